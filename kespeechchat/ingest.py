@@ -1,0 +1,602 @@
+"""Ingest: read text dialogues (Alpaca, ShareGPT, OpenAI messages) into the dialogue schema.
+
+Every record read ends up either as one dialogue row or as one :class:`IngestReject` with a
+stable snake_case reason, so the counts always add up: records = rows + rejects, per file.
+
+Choices made here (and tested):
+
+- Roles become "user"/"assistant". A leading system message is dropped (it is not spoken) and
+  counted as ``system_dropped``; a system message anywhere else is ``bad_turn_order``.
+- A dialogue must start with a user turn and alternate. A trailing user turn (a question without
+  an answer) is dropped and counted as ``trailing_user_dropped``; if nothing is left, the record
+  is rejected as ``no_turns``. Two turns of the same role in a row are ``bad_turn_order`` (never
+  merged: merging would invent a turn nobody wrote).
+- Texts are NFC-normalised, CRLF becomes LF, and leading/trailing whitespace is stripped; an
+  empty text is ``empty_turn``.
+- ``dialogue_id`` is a content hash of the normalised turns, so the same dialogue gets the same
+  id in every run and duplicates (within a file or across sources) are found by id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import unicodedata
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kespeechchat.langid import detect_dialogue_language
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from kespeechchat.config import SourceConfig
+
+FORMATS = ("alpaca", "sharegpt", "openai")
+EXTENSIONS = (".json", ".jsonl", ".parquet")
+EXCERPT_CHARS = 300
+
+ROW_KEYS = ("dialogue_id", "source_file", "source_index", "source_format", "language", "roles", "source_texts")
+
+REASONS = (
+    "bad_json",
+    "invalid_utf8",
+    "not_an_object",
+    "unknown_format",
+    "missing_field",
+    "wrong_type",
+    "empty_turn",
+    "unknown_role",
+    "bad_turn_order",
+    "no_turns",
+    "duplicate",
+    "not_sampled",
+    "unreadable_file",
+)
+
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "chatgpt": "assistant",
+    "system": "system",
+}
+OPENAI_ROLES = {"user": "user", "assistant": "assistant", "system": "system"}
+
+
+class RecordError(ValueError):
+    """A record that cannot become a dialogue; ``reason`` is one of :data:`REASONS`."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class IngestReject:
+    """One record (or one whole file) that did not become a dialogue, and why."""
+
+    source_file: str
+    record_index: int | None
+    reason: str
+    detail: str
+    raw_excerpt: str
+
+    def to_row(self) -> dict[str, Any]:
+        """Row for the ingest ``rejected/`` table (names follow the schema's reject columns)."""
+        return {
+            "source_file": self.source_file,
+            "source_index": self.record_index,
+            "reject_stage": "ingest",
+            "reject_reason": self.reason,
+            "reject_detail": self.detail,
+            "raw_excerpt": self.raw_excerpt,
+        }
+
+
+def rejects_table(rejects: Sequence[IngestReject]) -> pa.Table:
+    """Arrow table of :meth:`IngestReject.to_row` rows (ingest rejects have no dialogue columns)."""
+    import pyarrow as pa
+
+    schema = pa.schema(
+        [
+            ("source_file", pa.string()),
+            ("source_index", pa.int64()),
+            ("reject_stage", pa.string()),
+            ("reject_reason", pa.string()),
+            ("reject_detail", pa.string()),
+            ("raw_excerpt", pa.string()),
+        ]
+    )
+    return pa.Table.from_pylist([r.to_row() for r in rejects], schema=schema)
+
+
+@dataclass
+class ParsedRecord:
+    """A valid record: its format, turns, and what normalisation dropped."""
+
+    format: str
+    roles: list[str]
+    texts: list[str]
+    system_dropped: bool = False
+    trailing_user_dropped: bool = False
+
+
+# ---------------------------------------------------------------------------------------------
+# reading files
+
+
+def excerpt(raw: Any, limit: int = EXCERPT_CHARS) -> str:
+    """First ``limit`` characters of a parsed record as JSON; never raises."""
+    try:
+        text = json.dumps(raw, ensure_ascii=False, default=str)
+    except (TypeError, ValueError, RecursionError):
+        try:
+            text = repr(raw)
+        except RecursionError:
+            text = f"<{type(raw).__name__} nested too deeply>"
+    return _valid_utf8(text[:limit])
+
+
+def _valid_utf8(text: str) -> str:
+    """Lone surrogates (from JSON escapes like \\ud800) cannot be written to Parquet."""
+    return text.encode("utf-8", errors="replace").decode("utf-8")
+
+
+def _raw_excerpt(data: bytes | str, limit: int = EXCERPT_CHARS) -> str:
+    """First ``limit`` characters of text that did not parse (undecodable bytes replaced)."""
+    if isinstance(data, bytes):
+        data = data[: limit * 4].decode("utf-8", errors="replace")
+    return _valid_utf8(data.strip()[:limit])
+
+
+def read_records(path: str | Path) -> Iterator[tuple[int, Any] | IngestReject]:
+    """Yield ``(record_index, raw)`` per record, or an :class:`IngestReject` for what cannot be read.
+
+    ``record_index`` is the 0-based position in the file: array index for .json, line - 1 for
+    .jsonl (blank lines are not records), row number for .parquet. A file that cannot be read at
+    all (missing, unknown extension, broken JSON array, broken Parquet) yields one reject with
+    ``record_index=None`` and nothing else.
+    """
+    path = Path(path)
+    name = path.name
+    suffix = path.suffix.lower()
+    if suffix not in EXTENSIONS:
+        yield IngestReject(name, None, "unreadable_file", f"unknown extension {suffix!r}; expected one of {', '.join(EXTENSIONS)}", "")
+        return
+    if not path.is_file():
+        yield IngestReject(name, None, "unreadable_file", f"{path} does not exist or is not a file", "")
+        return
+    if suffix == ".jsonl":
+        yield from _read_jsonl(path)
+    elif suffix == ".json":
+        yield from _read_json(path)
+    else:
+        yield from _read_parquet(path)
+
+
+def _read_jsonl(path: Path) -> Iterator[tuple[int, Any] | IngestReject]:
+    name = path.name
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below; a generator keeps it open between records
+    except OSError as e:
+        yield IngestReject(name, None, "unreadable_file", f"cannot open: {e}", "")
+        return
+    with f:
+        for lineno, line in enumerate(f):
+            if lineno == 0 and line.startswith(b"\xef\xbb\xbf"):
+                line = line[3:]
+            if not line.strip():
+                continue
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield IngestReject(name, lineno, "invalid_utf8", f"line {lineno + 1}: {e}", _raw_excerpt(line))
+                continue
+            try:
+                yield lineno, json.loads(text)
+            except json.JSONDecodeError as e:
+                yield IngestReject(name, lineno, "bad_json", f"line {lineno + 1}: {e}", _raw_excerpt(text))
+            except RecursionError:
+                yield IngestReject(name, lineno, "bad_json", f"line {lineno + 1}: nested too deeply", _raw_excerpt(text))
+
+
+def _read_json(path: Path) -> Iterator[tuple[int, Any] | IngestReject]:
+    name = path.name
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        yield IngestReject(name, None, "unreadable_file", f"cannot read: {e}", "")
+        return
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        yield IngestReject(name, None, "invalid_utf8", f"whole file: {e}", _raw_excerpt(data))
+        return
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        yield IngestReject(name, None, "bad_json", f"whole file: {e}", _raw_excerpt(text))
+        return
+    except RecursionError:
+        yield IngestReject(name, None, "bad_json", "whole file: nested too deeply", _raw_excerpt(text))
+        return
+    if isinstance(obj, list):
+        yield from enumerate(obj)
+    elif isinstance(obj, dict):
+        yield 0, obj
+    else:
+        yield IngestReject(
+            name, None, "not_an_object", f"top level is {type(obj).__name__}; expected an array of records or one object", excerpt(obj)
+        )
+
+
+def _read_parquet(path: Path) -> Iterator[tuple[int, Any] | IngestReject]:
+    import pyarrow.parquet as pq
+
+    name = path.name
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises several types for a broken file
+        yield IngestReject(name, None, "unreadable_file", f"not a readable Parquet file: {type(e).__name__}: {e}", "")
+        return
+    index = 0
+    try:
+        for batch in pf.iter_batches(batch_size=1024):
+            for row in batch.to_pylist():
+                yield index, row
+                index += 1
+    except Exception as e:
+        # Rows already yielded stay counted; the unreadable rest is one reject.
+        yield IngestReject(name, None, "unreadable_file", f"read failed after {index} rows: {type(e).__name__}: {e}", "")
+
+
+# ---------------------------------------------------------------------------------------------
+# normalising one record
+
+
+def detect_format(raw: dict[str, Any]) -> str:
+    """Format of one record from its keys (``messages`` > ``conversations`` > ``instruction``)."""
+    if raw.get("messages") is not None:
+        return "openai"
+    if raw.get("conversations") is not None:
+        return "sharegpt"
+    if "instruction" in raw:
+        return "alpaca"
+    keys = ", ".join(repr(k) for k in list(raw)[:10]) or "none"
+    raise RecordError(
+        "unknown_format", f"no 'messages', 'conversations' or 'instruction' key (keys: {keys})"
+    )
+
+
+def clean_text(text: str) -> str:
+    """NFC, LF line ends, no surrounding whitespace: the form that is hashed and kept."""
+    return unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n")).strip()
+
+
+def _text(value: Any, where: str) -> str:
+    if value is None:
+        raise RecordError("missing_field", f"{where} is missing")
+    if not isinstance(value, str):
+        raise RecordError("wrong_type", f"{where} is {type(value).__name__}, expected str")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise RecordError("invalid_utf8", f"{where} has a lone surrogate at position {e.start}") from None
+    text = clean_text(value)
+    if not text:
+        raise RecordError("empty_turn", f"{where} is empty")
+    return text
+
+
+def _type_name(value: Any) -> str:
+    return type(value).__name__
+
+
+def _parse_alpaca(raw: dict[str, Any]) -> tuple[list[str], list[str], bool]:
+    turns: list[tuple[str, str]] = []
+    history = raw.get("history")
+    if history is not None:
+        if not isinstance(history, list):
+            raise RecordError("wrong_type", f"history is {_type_name(history)}, expected a list of [question, answer] pairs")
+        for i, pair in enumerate(history):
+            if not isinstance(pair, list | tuple) or len(pair) != 2:
+                raise RecordError("wrong_type", f"history[{i}] is not a [question, answer] pair")
+            turns.append(("user", _text(pair[0], f"history[{i}][0]")))
+            turns.append(("assistant", _text(pair[1], f"history[{i}][1]")))
+    instruction = _text(raw.get("instruction"), "instruction")
+    extra = raw.get("input")
+    if extra is not None and not isinstance(extra, str):
+        raise RecordError("wrong_type", f"input is {_type_name(extra)}, expected str")
+    extra = clean_text(extra or "")
+    turns.append(("user", f"{instruction}\n{extra}" if extra else instruction))
+    if raw.get("output") is None:
+        raise RecordError("missing_field", "output is missing")
+    turns.append(("assistant", _text(raw.get("output"), "output")))
+    system = raw.get("system")
+    if system is not None and not isinstance(system, str):
+        raise RecordError("wrong_type", f"system is {_type_name(system)}, expected str")
+    return [r for r, _ in turns], [t for _, t in turns], bool(system and system.strip())
+
+
+def _message_list(raw: dict[str, Any], key: str) -> list[Any]:
+    msgs = raw.get(key)
+    if msgs is None:
+        raise RecordError("missing_field", f"{key} is missing")
+    if not isinstance(msgs, list):
+        raise RecordError("wrong_type", f"{key} is {_type_name(msgs)}, expected a list")
+    if not msgs:
+        raise RecordError("no_turns", f"{key} is an empty list")
+    return msgs
+
+
+def _parse_sharegpt(raw: dict[str, Any]) -> tuple[list[str], list[str], bool]:
+    roles: list[str] = []
+    texts: list[str] = []
+    for i, m in enumerate(_message_list(raw, "conversations")):
+        where = f"conversations[{i}]"
+        if not isinstance(m, dict):
+            raise RecordError("wrong_type", f"{where} is {_type_name(m)}, expected an object")
+        frm = m.get("from", m.get("role"))
+        if frm is None:
+            raise RecordError("missing_field", f"{where}.from is missing")
+        if not isinstance(frm, str):
+            raise RecordError("wrong_type", f"{where}.from is {_type_name(frm)}, expected str")
+        role = SHAREGPT_ROLES.get(frm.strip().lower())
+        if role is None:
+            raise RecordError(
+                "unknown_role", f"{where}.from={frm!r} is not one of {'/'.join(SHAREGPT_ROLES)}"
+            )
+        value = m.get("value", m.get("content"))
+        roles.append(role)
+        texts.append(_text(value, f"{where}.value"))
+    system = raw.get("system")
+    if system is not None and not isinstance(system, str):
+        raise RecordError("wrong_type", f"system is {_type_name(system)}, expected str")
+    return roles, texts, bool(system and system.strip())
+
+
+def _openai_content(content: Any, where: str) -> Any:
+    """Plain string content, or the text parts of a content list joined by newlines."""
+    if not isinstance(content, list):
+        return content
+    parts = []
+    for j, part in enumerate(content):
+        pw = f"{where}[{j}]"
+        if isinstance(part, str):
+            parts.append(part)
+            continue
+        if not isinstance(part, dict):
+            raise RecordError("wrong_type", f"{pw} is {_type_name(part)}, expected an object")
+        if part.get("type") != "text":
+            raise RecordError("wrong_type", f"{pw}.type={part.get('type')!r} is not 'text' (only text can be spoken)")
+        text = part.get("text")
+        if not isinstance(text, str):
+            raise RecordError("wrong_type" if text is not None else "missing_field", f"{pw}.text is not a string")
+        parts.append(text)
+    return "\n".join(p.strip() for p in parts if p.strip())
+
+
+def _parse_openai(raw: dict[str, Any]) -> tuple[list[str], list[str], bool]:
+    roles: list[str] = []
+    texts: list[str] = []
+    for i, m in enumerate(_message_list(raw, "messages")):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise RecordError("wrong_type", f"{where} is {_type_name(m)}, expected an object")
+        role = m.get("role")
+        if role is None:
+            raise RecordError("missing_field", f"{where}.role is missing")
+        if not isinstance(role, str):
+            raise RecordError("wrong_type", f"{where}.role is {_type_name(role)}, expected str")
+        norm = OPENAI_ROLES.get(role.strip().lower())
+        if norm is None:
+            raise RecordError("unknown_role", f"{where}.role={role!r} is not one of system/user/assistant")
+        roles.append(norm)
+        texts.append(_text(_openai_content(m.get("content"), f"{where}.content"), f"{where}.content"))
+    return roles, texts, False
+
+
+def _check_order(roles: list[str], texts: list[str], system_dropped: bool, fmt: str) -> ParsedRecord:
+    if roles and roles[0] == "system":
+        roles, texts, system_dropped = roles[1:], texts[1:], True
+    for i, r in enumerate(roles):
+        if r == "system":
+            raise RecordError("bad_turn_order", f"turn {i} is a system message after the dialogue started")
+    if not roles:
+        raise RecordError("no_turns", "no user or assistant turns")
+    if roles[0] != "user":
+        raise RecordError("bad_turn_order", "turn 0 is 'assistant'; a dialogue must start with 'user'")
+    for i in range(1, len(roles)):
+        if roles[i] == roles[i - 1]:
+            raise RecordError("bad_turn_order", f"turns {i - 1} and {i} are both {roles[i]!r}; turns must alternate")
+    trailing = False
+    if roles[-1] == "user":
+        roles, texts, trailing = roles[:-1], texts[:-1], True
+        if not roles:
+            raise RecordError("no_turns", "only a user turn without an answer")
+    return ParsedRecord(fmt, list(roles), list(texts), system_dropped, trailing)
+
+
+def parse_record(raw: Any, fmt: str = "auto") -> ParsedRecord:
+    """Like :func:`normalize_record`, but also says whether a system or trailing user turn was dropped."""
+    if not isinstance(raw, dict):
+        raise RecordError("not_an_object", f"record is {_type_name(raw)}, expected an object")
+    if fmt == "auto":
+        fmt = detect_format(raw)
+    elif fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; expected auto or one of {', '.join(FORMATS)}")
+    if fmt == "alpaca":
+        if "instruction" not in raw:
+            raise RecordError("missing_field", "instruction is missing")
+        roles, texts, system = _parse_alpaca(raw)
+    elif fmt == "sharegpt":
+        roles, texts, system = _parse_sharegpt(raw)
+    else:
+        roles, texts, system = _parse_openai(raw)
+    return _check_order(roles, texts, system, fmt)
+
+
+def normalize_record(raw: Any, fmt: str = "auto") -> tuple[str, list[str], list[str]]:
+    """``(format, roles, texts)`` of one raw record; raises :class:`RecordError` with a reason."""
+    p = parse_record(raw, fmt)
+    return p.format, p.roles, p.texts
+
+
+def dialogue_id(roles: list[str], texts: list[str]) -> str:
+    """Content hash of the normalised turns: same dialogue, same id, in every run."""
+    if len(roles) != len(texts):
+        raise ValueError(f"{len(roles)} roles but {len(texts)} texts")
+    blob = json.dumps([[r, t] for r, t in zip(roles, texts, strict=True)], ensure_ascii=False, separators=(",", ":"))
+    return "d-" + hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# sources -> rows
+
+
+@dataclass
+class _Candidate:
+    index: int
+    row: dict[str, Any]
+    raw_excerpt: str
+    chars: int
+
+
+@dataclass
+class _SourceStats:
+    source_file: str
+    path: str
+    records: int = 0
+    kept: int = 0
+    rejected: Counter = field(default_factory=Counter)
+    system_dropped: int = 0
+    trailing_user_dropped: int = 0
+    formats: Counter = field(default_factory=Counter)
+    languages: Counter = field(default_factory=Counter)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["rejected"] = dict(sorted(self.rejected.items()))
+        d["formats"] = dict(sorted(self.formats.items()))
+        d["languages"] = dict(sorted(self.languages.items()))
+        return d
+
+
+def _sample_key(seed: int, did: str) -> str:
+    return hashlib.sha256(f"{seed}:{did}".encode()).hexdigest()
+
+
+def ingest_source(
+    source: SourceConfig, seed: int, seen_ids: dict[str, str]
+) -> tuple[list[dict[str, Any]], list[IngestReject], dict[str, Any]]:
+    """One source file -> (rows, rejects, stats); ``seen_ids`` maps kept ids to where they came from."""
+    path = Path(source.path)
+    name = path.name
+    st = _SourceStats(source_file=name, path=str(path))
+    rejects: list[IngestReject] = []
+    candidates: list[_Candidate] = []
+    first_in_file: dict[str, int] = {}
+
+    for item in read_records(path):
+        st.records += 1
+        if isinstance(item, IngestReject):
+            rejects.append(item)
+            continue
+        index, raw = item
+        try:
+            p = parse_record(raw, source.format)
+        except RecordError as e:
+            rejects.append(IngestReject(name, index, e.reason, e.detail, excerpt(raw)))
+            continue
+        except RecursionError:
+            rejects.append(IngestReject(name, index, "wrong_type", "record is nested too deeply", excerpt(raw)))
+            continue
+        did = dialogue_id(p.roles, p.texts)
+        earlier = seen_ids.get(did) or (f"{name}#{first_in_file[did]}" if did in first_in_file else None)
+        if earlier is not None:
+            rejects.append(IngestReject(name, index, "duplicate", f"same turns as {earlier} ({did})", excerpt(raw)))
+            continue
+        first_in_file[did] = index
+        st.formats[p.format] += 1
+        st.system_dropped += int(p.system_dropped)
+        st.trailing_user_dropped += int(p.trailing_user_dropped)
+        row = {
+            "dialogue_id": did,
+            "source_file": name,
+            "source_index": index,
+            "source_format": p.format,
+            "language": detect_dialogue_language(p.texts),
+            "roles": p.roles,
+            "source_texts": p.texts,
+        }
+        candidates.append(_Candidate(index, row, excerpt(raw), sum(len(t) for t in p.texts)))
+
+    kept = candidates
+    if source.limit is not None:
+        pool: list[_Candidate] = []
+        for c in candidates:
+            if source.max_chars is not None and c.chars > source.max_chars:
+                why = f"{c.chars} chars > max_chars {source.max_chars}"
+            elif source.languages is not None and c.row["language"] not in source.languages:
+                why = f"language {c.row['language']!r} not in {list(source.languages)}"
+            else:
+                pool.append(c)
+                continue
+            rejects.append(IngestReject(name, c.index, "not_sampled", why, c.raw_excerpt))
+        pool.sort(key=lambda c: _sample_key(seed, c.row["dialogue_id"]))
+        chosen = {id(c) for c in pool[: source.limit]}
+        for c in pool[source.limit :]:
+            rejects.append(
+                IngestReject(name, c.index, "not_sampled", f"not among the {source.limit} sampled with seed {seed}", c.raw_excerpt)
+            )
+        kept = [c for c in candidates if id(c) in chosen]
+
+    rows = [c.row for c in kept]
+    for r in rows:
+        seen_ids[r["dialogue_id"]] = f"{name}#{r['source_index']}"
+        st.languages[r["language"]] += 1
+    rejects.sort(key=lambda r: -1 if r.record_index is None else r.record_index)
+    for r in rejects:
+        st.rejected[r.reason] += 1
+    st.kept = len(rows)
+    return rows, rejects, st.to_dict()
+
+
+def ingest_sources(
+    sources: list[SourceConfig], seed: int
+) -> tuple[list[dict[str, Any]], list[IngestReject], dict[str, Any]]:
+    """All sources in order -> (dialogue rows, rejects, stats).
+
+    Duplicates are found by ``dialogue_id`` against the rows kept from earlier sources and the
+    earlier valid records of the same file. ``stats["sources"]`` has one entry per source
+    (records, kept, rejected by reason, system_dropped, trailing_user_dropped, formats,
+    languages); ``stats["totals"]`` sums them.
+    """
+    seen: dict[str, str] = {}
+    rows: list[dict[str, Any]] = []
+    rejects: list[IngestReject] = []
+    per_source: list[dict[str, Any]] = []
+    for src in sources:
+        r, j, s = ingest_source(src, seed, seen)
+        rows.extend(r)
+        rejects.extend(j)
+        per_source.append(s)
+    totals: dict[str, Any] = {"records": 0, "kept": 0, "system_dropped": 0, "trailing_user_dropped": 0}
+    rejected: Counter = Counter()
+    languages: Counter = Counter()
+    for s in per_source:
+        for k in ("records", "kept", "system_dropped", "trailing_user_dropped"):
+            totals[k] += s[k]
+        rejected.update(s["rejected"])
+        languages.update(s["languages"])
+    totals["rejected"] = dict(sorted(rejected.items()))
+    totals["languages"] = dict(sorted(languages.items()))
+    return rows, rejects, {"sources": per_source, "totals": totals}

@@ -1,0 +1,100 @@
+"""Error rates between the text we asked the TTS to say and what ASR heard.
+
+Reference and hypothesis go through the same normalisation, so differences in script
+(traditional/simplified), number form ("3" vs "three"), case and punctuation are not counted as
+errors: only what a listener would hear differently is. Chinese is scored by characters (CER),
+English by words (WER).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Callable
+from functools import lru_cache
+
+_KINDS = {"zh": "cer", "en": "wer"}
+# apostrophes inside words are dropped ("it's" -> "its"); all other punctuation splits words
+_APOSTROPHES = "'\u2019\u2018\u02bc\uff07"
+_SPACES = re.compile(r"\s+")
+
+
+def error_kind(language: str) -> str:
+    """Return "cer" for Chinese, "wer" for English."""
+    try:
+        return _KINDS[language]
+    except KeyError:
+        raise ValueError(f"no error metric for language {language!r} (expected one of {sorted(_KINDS)})") from None
+
+
+@lru_cache(maxsize=1)
+def _t2s() -> Callable[[str], str]:
+    import opencc
+
+    return opencc.OpenCC("t2s").convert
+
+
+@lru_cache(maxsize=1)
+def _text_normalizer() -> Callable[[str, str], str] | None:
+    """kespeechchat.textnorm.normalize, or None when that module is not part of this install.
+
+    Only the absence of the module itself is tolerated; an import error inside it (a broken
+    dependency) propagates, so scores are never silently computed without normalisation.
+    """
+    import importlib
+
+    try:
+        textnorm = importlib.import_module("kespeechchat.textnorm")
+    except ModuleNotFoundError as e:
+        if e.name == "kespeechchat.textnorm":
+            return None
+        raise
+    return textnorm.normalize
+
+
+def _strip_punctuation(text: str) -> str:
+    out = []
+    for ch in text:
+        if ch in _APOSTROPHES:
+            continue
+        cat = unicodedata.category(ch)
+        out.append(" " if cat[0] in ("P", "S") else ch)
+    return "".join(out)
+
+
+def normalize_for_scoring(text: str, language: str) -> str:
+    """Canonical form for scoring: NFKC, traditional->simplified, TN, lowercase, no punctuation.
+
+    zh: all spaces removed (scored per character); en: single spaces between words.
+    """
+    kind = error_kind(language)
+    s = unicodedata.normalize("NFKC", text or "")
+    s = _t2s()(s)
+    tn = _text_normalizer()
+    if tn is not None and s.strip():
+        s = tn(s, language)
+        s = unicodedata.normalize("NFKC", s)
+    s = _strip_punctuation(s.lower())
+    if kind == "cer":
+        return _SPACES.sub("", s)
+    return _SPACES.sub(" ", s).strip()
+
+
+def error_rate(reference: str, hypothesis: str, language: str) -> float:
+    """CER (zh) or WER (en) of ``hypothesis`` against ``reference`` after normalize_for_scoring.
+
+    An empty reference scores 0 when the hypothesis is empty too, else 1. The rate is not capped:
+    insertions can push it above 1.
+    """
+    import jiwer
+
+    kind = error_kind(language)
+    ref = normalize_for_scoring(reference, language)
+    hyp = normalize_for_scoring(hypothesis, language)
+    if not ref:
+        return 0.0 if not hyp else 1.0
+    if not hyp:
+        return 1.0
+    if kind == "cer":
+        return float(jiwer.cer(ref, hyp))
+    return float(jiwer.wer(ref, hyp))

@@ -1,0 +1,1 @@
+"""Stage definitions and the executors that run them (local and Ray)."""

@@ -1,0 +1,220 @@
+"""Executors run (stage, shard) units; the pipeline plans them. Same stages, same files, either way.
+
+- ``LocalExecutor``: in-process, stage by stage (debugging, unit tests).
+- ``RayExecutor``: one actor pool per stage with the stage's declared resources; a model is loaded
+  once per actor; a shard moves on to the next stage as soon as it is done, so stages overlap.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from kespeechchat.config import RunConfig
+from kespeechchat.stage import Runtime
+
+if TYPE_CHECKING:
+    from pipelines.runner import Pipeline, Unit
+
+
+class LocalExecutor:
+    """Runs every unit in this process; stage-major so each model is loaded once and used for all shards."""
+
+    def __init__(self) -> None:
+        self._ready: set[int] = set()
+
+    def _check_fits(self, name: str, opts: dict[str, Any]) -> None:
+        """Fail fast instead of waiting forever for resources the cluster does not have."""
+        total = self.ray.cluster_resources()
+        for key, need in (("CPU", opts["num_cpus"]), ("GPU", opts["num_gpus"])):
+            if need and total.get(key, 0) < need:
+                raise RuntimeError(
+                    f"stage {name} needs {need} {key} per actor but the Ray cluster has {total.get(key, 0)}; "
+                    f"add nodes with {key}s or lower executor.stage_gpus/{name}"
+                )
+
+    def run(self, pipe: Pipeline, units: list[Unit], last: int) -> None:
+        from pipelines.runner import execute_unit
+
+        pending = list(units)
+        while pending:
+            pending.sort(key=lambda u: (u.stage_index, u.shard))
+            u = pending.pop(0)
+            stage = pipe.stages[u.stage_index]
+            if u.stage_index not in self._ready:
+                pipe.progress.note(f"[{stage.name}] loading …")
+                stage.setup()
+                self._ready.add(u.stage_index)
+            pipe.progress.unit_started(stage.name, u.shard)
+            marker = execute_unit(stage, pipe.store, pipe.input_stage_name(u.stage_index), u.shard, u.input_fingerprint)
+            pipe.progress.unit_done(stage.name, u.shard, marker)
+            if not any(p.stage_index == u.stage_index for p in pending):
+                stage.teardown()
+                self._ready.discard(u.stage_index)
+            nxt = pipe.plan(u.stage_index + 1, u.shard, marker["output_fingerprint"], last)
+            if nxt:
+                pending.append(nxt)
+
+    def close(self) -> None:
+        pass
+
+
+def ray_env() -> None:
+    """Keep a local cluster quiet and on loopback (no usage stats, no token auth prompts)."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
+
+
+def init_ray(cfg: RunConfig, address: str | None = None) -> Any:
+    """Join ``address`` (a real cluster) or start a local cluster sized by the config."""
+    ray_env()
+    try:
+        import ray
+    except ImportError as e:  # pragma: no cover - depends on extras
+        raise RuntimeError("the Ray executor needs the 'ray' extra: pip install 'kespeechchat[ray]'") from e
+    if ray.is_initialized():
+        return ray
+    address = address or cfg.executor.address
+    runtime_env = {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE", "NO_PROXY": "127.0.0.1,localhost", "OMP_NUM_THREADS": "1"}}
+    if address:
+        ray.init(address=address, log_to_driver=False, logging_level="WARNING", runtime_env=runtime_env)
+    else:
+        ray.init(
+            num_cpus=cfg.executor.num_cpus or os.cpu_count(),
+            object_store_memory=cfg.executor.object_store_mb * 1024 * 1024,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level="WARNING",
+            _node_ip_address="127.0.0.1",
+            runtime_env=runtime_env,
+        )
+    return ray
+
+
+class _Worker:
+    """Ray actor body: builds one stage, loads its model once, runs units of that stage."""
+
+    def __init__(self, stage_index: int, cfg_json: dict[str, Any], runtime: Runtime):
+        from kespeechchat.config import RunConfig
+        from pipelines.runner import make_stages
+
+        cfg = RunConfig.model_validate(cfg_json)
+        self.stage = make_stages(cfg, runtime)[stage_index]
+        self.stage.setup()
+        from kespeechchat.store import RunStore
+
+        self.store = RunStore(runtime.run_dir)
+        self.input_stage = "ingest" if stage_index == 0 else make_stages(cfg, runtime)[stage_index - 1].name
+
+    def run(self, shard: int, input_fp: str) -> dict[str, Any]:
+        from pipelines.runner import execute_unit
+
+        return execute_unit(self.stage, self.store, self.input_stage, shard, input_fp)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+class RayExecutor:
+    """Actor pool per stage; units flow shard by shard from one stage's pool to the next."""
+
+    def __init__(self, cfg: RunConfig, address: str | None = None, shutdown_on_close: bool = True):
+        self.cfg = cfg
+        self.ray = init_ray(cfg, address)
+        self._owns_cluster = shutdown_on_close
+        self._actor_cls = self.ray.remote(max_restarts=0)(_Worker)
+
+    def _actor_options(self, stage) -> dict[str, Any]:
+        name = stage.name
+        gpus = self.cfg.executor.stage_gpus.get(name, stage.resources.gpus)
+        return {"num_cpus": stage.resources.cpus, "num_gpus": gpus, "memory": stage.resources.memory_mb * 1024 * 1024}
+
+    def _check_fits(self, name: str, opts: dict[str, Any]) -> None:
+        """Fail fast instead of waiting forever for resources the cluster does not have."""
+        total = self.ray.cluster_resources()
+        for key, need in (("CPU", opts["num_cpus"]), ("GPU", opts["num_gpus"])):
+            if need and total.get(key, 0) < need:
+                raise RuntimeError(
+                    f"stage {name} needs {need} {key} per actor but the Ray cluster has {total.get(key, 0)}; "
+                    f"add nodes with {key}s or lower executor.stage_gpus/{name}"
+                )
+
+    def run(self, pipe: Pipeline, units: list[Unit], last: int) -> None:
+        ray = self.ray
+        cfg_json = pipe.cfg.model_dump(mode="json")
+        queues: dict[int, deque[Unit]] = {}
+        idle: dict[int, list[Any]] = {}
+        actors: dict[int, list[Any]] = {}
+        inflight: dict[Any, tuple[Any, Unit]] = {}
+
+        def shards_left_for(i: int) -> bool:
+            return bool(queues.get(i)) or any(u.stage_index <= i for _, u in inflight.values())
+
+        def enqueue(u: Unit) -> None:
+            queues.setdefault(u.stage_index, deque()).append(u)
+            if u.stage_index not in actors:
+                stage = pipe.stages[u.stage_index]
+                n = max(1, self.cfg.executor.stage_workers.get(stage.name, 1))
+                opts = self._actor_options(stage)
+                self._check_fits(stage.name, opts)
+                pipe.progress.note(f"[{stage.name}] starting {n} actor(s) {opts['num_cpus']} CPU / {opts['num_gpus']} GPU each")
+                actors[u.stage_index] = [
+                    self._actor_cls.options(**opts).remote(u.stage_index, cfg_json, pipe.runtime) for _ in range(n)
+                ]
+                idle[u.stage_index] = list(actors[u.stage_index])
+
+        def dispatch() -> None:
+            for i, q in queues.items():
+                while q and idle.get(i):
+                    u = q.popleft()
+                    actor = idle[i].pop()
+                    pipe.progress.unit_started(pipe.stages[i].name, u.shard)
+                    inflight[actor.run.remote(u.shard, u.input_fingerprint)] = (actor, u)
+
+        for u in units:
+            enqueue(u)
+        dispatch()
+        while inflight:
+            done, _ = ray.wait(list(inflight), num_returns=1)
+            ref = done[0]
+            actor, u = inflight.pop(ref)
+            stage = pipe.stages[u.stage_index]
+            try:
+                marker = ray.get(ref)
+            except Exception as e:
+                for a_list in actors.values():
+                    for a in a_list:
+                        ray.kill(a)
+                from pipelines.runner import RunError
+
+                raise RunError(f"stage {stage.name} failed on shard {u.shard}: {_root_cause(e)}") from e
+            idle[u.stage_index].append(actor)
+            pipe.progress.unit_done(stage.name, u.shard, marker)
+            nxt = pipe.plan(u.stage_index + 1, u.shard, marker["output_fingerprint"], last)
+            if nxt:
+                enqueue(nxt)
+            # Free a stage's actors (and their models) once no shard can reach it any more.
+            for i in list(actors):
+                if not shards_left_for(i):
+                    for a in actors.pop(i):
+                        ray.kill(a)
+                    idle.pop(i, None)
+            dispatch()
+        for a_list in actors.values():
+            for a in a_list:
+                ray.kill(a)
+
+    def close(self) -> None:
+        if self._owns_cluster and self.ray.is_initialized():
+            self.ray.shutdown()
+
+
+def _root_cause(e: BaseException) -> str:
+    cause = getattr(e, "cause", None) or e.__cause__ or e
+    return f"{type(cause).__name__}: {cause}".strip()[:2000]
+
+
+def make_executor(cfg: RunConfig, address: str | None = None) -> RayExecutor:
+    return RayExecutor(cfg, address=address)

@@ -1,0 +1,64 @@
+"""filter: rules on the rewritten text (length, language, leftovers) and an LLM judge."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+
+from kespeechchat.stage import Resources, StageOutput, reject
+from pipelines.stages.llm_base import LLMStage
+
+
+class FilterStage(LLMStage):
+    name = "filter"
+    version = "1"
+    description = "Rule filters, then an LLM judge (safety, clarity, can it be spoken); every drop has a reason."
+    inputs = ("dialogue_id", "language", "roles", "rewritten_texts")
+    outputs = ("filter_notes",)
+    resources = Resources(cpus=0.25, memory_mb=300)
+
+    def needs_llm(self) -> bool:
+        return self.cfg.filter.llm_judge
+
+    def config_section(self) -> dict[str, Any]:
+        from kespeechchat.llm.tasks import load_prompt
+
+        section: dict[str, Any] = {"filter": self.cfg.filter.model_dump()}
+        if self.needs_llm():
+            section["llm"] = self.llm_config_section()
+            section["prompts"] = {lang: load_prompt("judge", lang).version for lang in ("zh", "en")}
+        return section
+
+    def process(self, table: pa.Table, shard: int) -> StageOutput:
+        from kespeechchat.llm.tasks import judge_request, parse_judge
+        from kespeechchat.rules import check_dialogue
+
+        self.check_inputs(table)
+        kept: list[dict[str, Any]] = []
+        rejected: list[dict[str, Any]] = []
+        todo: list[dict[str, Any]] = []
+        for row in table.to_pylist():
+            hit = check_dialogue(row["roles"], row["rewritten_texts"], row["language"], self.cfg.filter)
+            if hit is not None:
+                rejected.append(reject(row, hit.reason, hit.detail))
+            else:
+                todo.append(row)
+        metrics: dict[str, float] = {}
+        if not self.needs_llm():
+            kept = [{**row, "filter_notes": "rules_only"} for row in todo]
+        else:
+            requests = [judge_request(r["roles"], r["rewritten_texts"], r["language"]) for r in todo]
+            for req in requests:
+                req["validate"] = parse_judge
+            results, metrics = self.ask_all(requests)
+            for row, res in zip(todo, results):
+                if res.error:
+                    rejected.append(reject(row, res.error, res.detail))
+                    continue
+                keep, why = parse_judge(res.value)
+                if keep:
+                    kept.append({**row, "filter_notes": why})
+                else:
+                    rejected.append(reject(row, f"judge_{why}", str(res.value)[:500]))
+        return self.build_output(table, kept, rejected, metrics)

@@ -1,0 +1,78 @@
+"""rewrite: instruction-style text -> natural spoken request and answer, keeping the meaning.
+
+Cheap content rules run first (code, formulas, tables, URLs, …) so the LLM never pays for text
+that cannot be spoken anyway; source length is bounded by the LLM context, not by speech limits.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+
+from kespeechchat.stage import Resources, StageOutput, reject
+from pipelines.stages.llm_base import LLMStage
+
+# Source turns are long before the rewrite shortens them; only bound them by what the LLM can read.
+_PREFILTER_LIMITS = {"max_turn_chars_zh": 4000, "max_turn_chars_en": 12000}
+
+
+class RewriteStage(LLMStage):
+    name = "rewrite"
+    version = "1"
+    description = "LLM rewrite of each dialogue into spoken requests and answers (content rules first)."
+    inputs = ("dialogue_id", "language", "roles", "source_texts")
+    outputs = ("rewritten_texts",)
+    resources = Resources(cpus=0.25, memory_mb=300)
+
+    def needs_llm(self) -> bool:
+        return self.cfg.rewrite.mode == "llm"
+
+    def config_section(self) -> dict[str, Any]:
+        from kespeechchat.llm.tasks import load_prompt
+
+        section: dict[str, Any] = {
+            "rewrite": self.cfg.rewrite.model_dump(),
+            "prefilter": self._prefilter_cfg().model_dump(),
+        }
+        if self.needs_llm():
+            section["llm"] = self.llm_config_section()
+            section["prompts"] = {lang: load_prompt("rewrite", lang).version for lang in ("zh", "en")}
+        return section
+
+    def _prefilter_cfg(self):
+        return self.cfg.filter.model_copy(update=_PREFILTER_LIMITS)
+
+    def process(self, table: pa.Table, shard: int) -> StageOutput:
+        from kespeechchat.llm.tasks import parse_rewrite, rewrite_request
+        from kespeechchat.rules import check_dialogue
+
+        self.check_inputs(table)
+        prefilter = self._prefilter_cfg()
+        kept: list[dict[str, Any]] = []
+        rejected: list[dict[str, Any]] = []
+        todo: list[dict[str, Any]] = []
+        for row in table.to_pylist():
+            hit = check_dialogue(row["roles"], row["source_texts"], row["language"], prefilter)
+            if hit is not None:
+                rejected.append(reject(row, hit.reason, hit.detail))
+            else:
+                todo.append(row)
+        metrics: dict[str, float] = {}
+        if not self.needs_llm():
+            for row in todo:
+                kept.append({**row, "rewritten_texts": list(row["source_texts"])})
+        else:
+            requests = []
+            for row in todo:
+                req = rewrite_request(row["roles"], row["source_texts"], row["language"], self.cfg.rewrite)
+                roles = row["roles"]
+                req["validate"] = lambda v, roles=roles: parse_rewrite(v, roles)
+                requests.append(req)
+            results, metrics = self.ask_all(requests)
+            for row, res in zip(todo, results):
+                if res.error:
+                    rejected.append(reject(row, res.error, res.detail))
+                else:
+                    kept.append({**row, "rewritten_texts": parse_rewrite(res.value, row["roles"])})
+        return self.build_output(table, kept, rejected, metrics)
