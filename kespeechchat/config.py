@@ -141,10 +141,50 @@ class SelectConfig(_Model):
 
 
 class PackageConfig(_Model):
-    target_shard_mb: float = Field(500.0, gt=0, description="Target size of one output Parquet shard, in MB.")
-    row_group_rows: int = Field(100, ge=1, description="Rows per Parquet row group (small groups stream well).")
+    target_shard_mb: float = Field(
+        500.0,
+        gt=0,
+        description="Target size of one output Parquet shard, in MB (uncompressed rows, like `datasets`' "
+        "max_shard_size). Shards are cut between dialogues, so one dialogue never spans two files.",
+    )
+    row_group_rows: int = Field(100, ge=1, description="Most rows per Parquet row group (small groups stream well).")
+    row_group_mb: float = Field(
+        64.0, gt=0, description="Most MB per Parquet row group; a group closes at whichever limit comes first."
+    )
+    content_defined_chunking: bool = Field(
+        True,
+        description="Write Parquet pages with content-defined chunking (as `datasets` does), so a re-upload of a "
+        "changed dataset to the Hub's Xet storage sends only the changed chunks.",
+    )
+    splits: dict[str, float] = Field(
+        default_factory=lambda: {"train": 1.0},
+        description="Split name -> share of dialogues (shares sum to 1). A dialogue goes to a split by a hash of "
+        "(seed, dialogue_id): deterministic, all its turns together, and stable when more data is added.",
+    )
     pretty_name: str = Field("kespeechchat synthetic speech dialogues", description="Name shown on the dataset card.")
     license: str = Field("cc-by-nc-4.0", description="Licence of the published dataset (must respect the sources').")
+    source_licenses: dict[str, str] = Field(
+        default_factory=dict,
+        description="Licence of each source text file, by file name (as in the `source_file` column); "
+        "quoted on the dataset card, which says 'not declared' for files missing here.",
+    )
+
+    @field_validator("splits")
+    @classmethod
+    def _check_splits(cls, v: dict[str, float]) -> dict[str, float]:
+        import re
+
+        if not v:
+            raise ValueError("splits must name at least one split, e.g. {train: 1.0}")
+        for name, share in v.items():
+            if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name):
+                raise ValueError(f"split name {name!r}: use letters, digits and '_' (e.g. train, validation, test)")
+            if not share > 0:
+                raise ValueError(f"split {name!r}: share must be > 0, got {share}")
+        total = sum(v.values())
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"split shares must sum to 1, got {total:g} ({v})")
+        return v
 
 
 class ExecutorConfig(_Model):

@@ -39,7 +39,15 @@ FORMATS = ("alpaca", "sharegpt", "openai")
 EXTENSIONS = (".json", ".jsonl", ".parquet")
 EXCERPT_CHARS = 300
 
-ROW_KEYS = ("dialogue_id", "source_file", "source_index", "source_format", "language", "roles", "source_texts")
+ROW_KEYS = (
+    "dialogue_id",
+    "source_file",
+    "source_index",
+    "source_format",
+    "language",
+    "roles",
+    "source_texts",
+)
 
 REASONS = (
     "bad_json",
@@ -88,10 +96,10 @@ class IngestReject:
     raw_excerpt: str
 
     def to_row(self) -> dict[str, Any]:
-        """Row for the ingest ``rejected/`` table (names follow the schema's reject columns)."""
+        """Row for the ingest ``rejected/`` table (reason and detail named like the schema's reject columns)."""
         return {
             "source_file": self.source_file,
-            "source_index": self.record_index,
+            "record_index": self.record_index,
             "reject_stage": "ingest",
             "reject_reason": self.reason,
             "reject_detail": self.detail,
@@ -106,7 +114,7 @@ def rejects_table(rejects: Sequence[IngestReject]) -> pa.Table:
     schema = pa.schema(
         [
             ("source_file", pa.string()),
-            ("source_index", pa.int64()),
+            ("record_index", pa.int64()),
             ("reject_stage", pa.string()),
             ("reject_reason", pa.string()),
             ("reject_detail", pa.string()),
@@ -167,7 +175,13 @@ def read_records(path: str | Path) -> Iterator[tuple[int, Any] | IngestReject]:
     name = path.name
     suffix = path.suffix.lower()
     if suffix not in EXTENSIONS:
-        yield IngestReject(name, None, "unreadable_file", f"unknown extension {suffix!r}; expected one of {', '.join(EXTENSIONS)}", "")
+        yield IngestReject(
+            name,
+            None,
+            "unreadable_file",
+            f"unknown extension {suffix!r}; expected one of {', '.join(EXTENSIONS)}",
+            "",
+        )
         return
     if not path.is_file():
         yield IngestReject(name, None, "unreadable_file", f"{path} does not exist or is not a file", "")
@@ -196,14 +210,18 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, Any] | IngestReject]:
             try:
                 text = line.decode("utf-8")
             except UnicodeDecodeError as e:
-                yield IngestReject(name, lineno, "invalid_utf8", f"line {lineno + 1}: {e}", _raw_excerpt(line))
+                yield IngestReject(
+                    name, lineno, "invalid_utf8", f"line {lineno + 1}: {e}", _raw_excerpt(line)
+                )
                 continue
             try:
                 yield lineno, json.loads(text)
             except json.JSONDecodeError as e:
                 yield IngestReject(name, lineno, "bad_json", f"line {lineno + 1}: {e}", _raw_excerpt(text))
             except RecursionError:
-                yield IngestReject(name, lineno, "bad_json", f"line {lineno + 1}: nested too deeply", _raw_excerpt(text))
+                yield IngestReject(
+                    name, lineno, "bad_json", f"line {lineno + 1}: nested too deeply", _raw_excerpt(text)
+                )
 
 
 def _read_json(path: Path) -> Iterator[tuple[int, Any] | IngestReject]:
@@ -234,7 +252,11 @@ def _read_json(path: Path) -> Iterator[tuple[int, Any] | IngestReject]:
         yield 0, obj
     else:
         yield IngestReject(
-            name, None, "not_an_object", f"top level is {type(obj).__name__}; expected an array of records or one object", excerpt(obj)
+            name,
+            None,
+            "not_an_object",
+            f"top level is {type(obj).__name__}; expected an array of records or one object",
+            excerpt(obj),
         )
 
 
@@ -245,7 +267,9 @@ def _read_parquet(path: Path) -> Iterator[tuple[int, Any] | IngestReject]:
     try:
         pf = pq.ParquetFile(path)
     except Exception as e:  # pyarrow raises several types for a broken file
-        yield IngestReject(name, None, "unreadable_file", f"not a readable Parquet file: {type(e).__name__}: {e}", "")
+        yield IngestReject(
+            name, None, "unreadable_file", f"not a readable Parquet file: {type(e).__name__}: {e}", ""
+        )
         return
     index = 0
     try:
@@ -255,7 +279,9 @@ def _read_parquet(path: Path) -> Iterator[tuple[int, Any] | IngestReject]:
                 index += 1
     except Exception as e:
         # Rows already yielded stay counted; the unreadable rest is one reject.
-        yield IngestReject(name, None, "unreadable_file", f"read failed after {index} rows: {type(e).__name__}: {e}", "")
+        yield IngestReject(
+            name, None, "unreadable_file", f"read failed after {index} rows: {type(e).__name__}: {e}", ""
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,9 +297,7 @@ def detect_format(raw: dict[str, Any]) -> str:
     if "instruction" in raw:
         return "alpaca"
     keys = ", ".join(repr(k) for k in list(raw)[:10]) or "none"
-    raise RecordError(
-        "unknown_format", f"no 'messages', 'conversations' or 'instruction' key (keys: {keys})"
-    )
+    raise RecordError("unknown_format", f"no 'messages', 'conversations' or 'instruction' key (keys: {keys})")
 
 
 def clean_text(text: str) -> str:
@@ -305,7 +329,9 @@ def _parse_alpaca(raw: dict[str, Any]) -> tuple[list[str], list[str], bool]:
     history = raw.get("history")
     if history is not None:
         if not isinstance(history, list):
-            raise RecordError("wrong_type", f"history is {_type_name(history)}, expected a list of [question, answer] pairs")
+            raise RecordError(
+                "wrong_type", f"history is {_type_name(history)}, expected a list of [question, answer] pairs"
+            )
         for i, pair in enumerate(history):
             if not isinstance(pair, list | tuple) or len(pair) != 2:
                 raise RecordError("wrong_type", f"history[{i}] is not a [question, answer] pair")
@@ -376,10 +402,14 @@ def _openai_content(content: Any, where: str) -> Any:
         if not isinstance(part, dict):
             raise RecordError("wrong_type", f"{pw} is {_type_name(part)}, expected an object")
         if part.get("type") != "text":
-            raise RecordError("wrong_type", f"{pw}.type={part.get('type')!r} is not 'text' (only text can be spoken)")
+            raise RecordError(
+                "wrong_type", f"{pw}.type={part.get('type')!r} is not 'text' (only text can be spoken)"
+            )
         text = part.get("text")
         if not isinstance(text, str):
-            raise RecordError("wrong_type" if text is not None else "missing_field", f"{pw}.text is not a string")
+            raise RecordError(
+                "wrong_type" if text is not None else "missing_field", f"{pw}.text is not a string"
+            )
         parts.append(text)
     return "\n".join(p.strip() for p in parts if p.strip())
 
@@ -416,7 +446,9 @@ def _check_order(roles: list[str], texts: list[str], system_dropped: bool, fmt: 
         raise RecordError("bad_turn_order", "turn 0 is 'assistant'; a dialogue must start with 'user'")
     for i in range(1, len(roles)):
         if roles[i] == roles[i - 1]:
-            raise RecordError("bad_turn_order", f"turns {i - 1} and {i} are both {roles[i]!r}; turns must alternate")
+            raise RecordError(
+                "bad_turn_order", f"turns {i - 1} and {i} are both {roles[i]!r}; turns must alternate"
+            )
     trailing = False
     if roles[-1] == "user":
         roles, texts, trailing = roles[:-1], texts[:-1], True
@@ -454,7 +486,9 @@ def dialogue_id(roles: list[str], texts: list[str]) -> str:
     """Content hash of the normalised turns: same dialogue, same id, in every run."""
     if len(roles) != len(texts):
         raise ValueError(f"{len(roles)} roles but {len(texts)} texts")
-    blob = json.dumps([[r, t] for r, t in zip(roles, texts, strict=True)], ensure_ascii=False, separators=(",", ":"))
+    blob = json.dumps(
+        [[r, t] for r, t in zip(roles, texts, strict=True)], ensure_ascii=False, separators=(",", ":")
+    )
     return "d-" + hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 
@@ -517,12 +551,16 @@ def ingest_source(
             rejects.append(IngestReject(name, index, e.reason, e.detail, excerpt(raw)))
             continue
         except RecursionError:
-            rejects.append(IngestReject(name, index, "wrong_type", "record is nested too deeply", excerpt(raw)))
+            rejects.append(
+                IngestReject(name, index, "wrong_type", "record is nested too deeply", excerpt(raw))
+            )
             continue
         did = dialogue_id(p.roles, p.texts)
         earlier = seen_ids.get(did) or (f"{name}#{first_in_file[did]}" if did in first_in_file else None)
         if earlier is not None:
-            rejects.append(IngestReject(name, index, "duplicate", f"same turns as {earlier} ({did})", excerpt(raw)))
+            rejects.append(
+                IngestReject(name, index, "duplicate", f"same turns as {earlier} ({did})", excerpt(raw))
+            )
             continue
         first_in_file[did] = index
         st.formats[p.format] += 1
@@ -555,7 +593,13 @@ def ingest_source(
         chosen = {id(c) for c in pool[: source.limit]}
         for c in pool[source.limit :]:
             rejects.append(
-                IngestReject(name, c.index, "not_sampled", f"not among the {source.limit} sampled with seed {seed}", c.raw_excerpt)
+                IngestReject(
+                    name,
+                    c.index,
+                    "not_sampled",
+                    f"not among the {source.limit} sampled with seed {seed}",
+                    c.raw_excerpt,
+                )
             )
         kept = [c for c in candidates if id(c) in chosen]
 
@@ -576,9 +620,10 @@ def ingest_sources(
     """All sources in order -> (dialogue rows, rejects, stats).
 
     Duplicates are found by ``dialogue_id`` against the rows kept from earlier sources and the
-    earlier valid records of the same file. ``stats["sources"]`` has one entry per source
-    (records, kept, rejected by reason, system_dropped, trailing_user_dropped, formats,
-    languages); ``stats["totals"]`` sums them.
+    earlier valid records of the same file. ``stats["sources"]`` has one entry per source:
+    records (items read; a whole-file reject counts as one), kept, rejected by reason, and over
+    the valid records before sampling: system_dropped, trailing_user_dropped, formats; plus the
+    languages of the kept rows. ``stats["totals"]`` sums them.
     """
     seen: dict[str, str] = {}
     rows: list[dict[str, Any]] = []

@@ -24,7 +24,9 @@ def error_kind(language: str) -> str:
     try:
         return _KINDS[language]
     except KeyError:
-        raise ValueError(f"no error metric for language {language!r} (expected one of {sorted(_KINDS)})") from None
+        raise ValueError(
+            f"no error metric for language {language!r} (expected one of {sorted(_KINDS)})"
+        ) from None
 
 
 @lru_cache(maxsize=1)

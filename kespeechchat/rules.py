@@ -84,7 +84,8 @@ _URL = re.compile(r"\bhttps?://\S+|\bwww\.[\w-]+(?:\.[\w-]+)+\S*", re.IGNORECASE
 
 # --- tool calls --------------------------------------------------------------------------------
 _TOOL_MARKERS = re.compile(
-    r"<tool_call>|</tool_call>|<\|python_tag\|>|<function[=_]|\"(?:tool_calls|function_call)\"\s*:", re.IGNORECASE
+    r"<tool_call>|</tool_call>|<\|python_tag\|>|<function[=_]|\"(?:tool_calls|function_call)\"\s*:",
+    re.IGNORECASE,
 )
 _JSON_NAME = re.compile(r"[{,]\s*\"name\"\s*:\s*\"[^\"]*\"")
 _JSON_ARGS = re.compile(r"[{,]\s*\"(?:arguments|parameters)\"\s*:\s*[{\"]")
@@ -196,24 +197,37 @@ CONTENT_RULES: tuple[tuple[str, Callable[[str], str | None]], ...] = (
 def _judgeable(text: str) -> bool:
     """Long enough for language id to mean something."""
     c = script_counts(text)
-    return c["han"] >= _MIN_LANGID_HAN or c["latin_words"] >= _MIN_LANGID_LATIN_WORDS or c["kana"] + c["hangul"] >= 2
+    return (
+        c["han"] >= _MIN_LANGID_HAN
+        or c["latin_words"] >= _MIN_LANGID_LATIN_WORDS
+        or c["kana"] + c["hangul"] >= 2
+    )
 
 
-def check_dialogue(roles: Sequence[str], texts: Sequence[str], language: str, cfg: FilterConfig) -> RuleHit | None:
+def check_dialogue(
+    roles: Sequence[str], texts: Sequence[str], language: str, cfg: FilterConfig
+) -> RuleHit | None:
     """The first rule that drops this dialogue, or None when it may go on to the LLM."""
     if len(roles) != len(texts):
         raise ValueError(f"{len(roles)} roles but {len(texts)} texts")
     if len(texts) > cfg.max_turns:
         return RuleHit("too_many_turns", f"{len(texts)} turns > max_turns {cfg.max_turns}")
     if language not in LANGUAGES:
-        return RuleHit("language_unsupported", f"dialogue language {language!r} is not one of {'/'.join(LANGUAGES)}")
+        return RuleHit(
+            "language_unsupported", f"dialogue language {language!r} is not one of {'/'.join(LANGUAGES)}"
+        )
     max_chars = cfg.max_turn_chars_zh if language == "zh" else cfg.max_turn_chars_en
     for i, t in enumerate(texts):
         n = len(t.strip())
         if n < cfg.min_turn_chars:
-            return RuleHit("turn_too_short", f"turn {i} ({roles[i]}) has {n} chars < min_turn_chars {cfg.min_turn_chars}")
+            return RuleHit(
+                "turn_too_short", f"turn {i} ({roles[i]}) has {n} chars < min_turn_chars {cfg.min_turn_chars}"
+            )
         if n > max_chars:
-            return RuleHit("turn_too_long", f"turn {i} ({roles[i]}) has {n} chars > max_turn_chars_{language} {max_chars}")
+            return RuleHit(
+                "turn_too_long",
+                f"turn {i} ({roles[i]}) has {n} chars > max_turn_chars_{language} {max_chars}",
+            )
     for reason, rule in CONTENT_RULES:
         for i, t in enumerate(texts):
             detail = rule(t)
@@ -221,5 +235,7 @@ def check_dialogue(roles: Sequence[str], texts: Sequence[str], language: str, cf
                 return RuleHit(reason, f"turn {i} ({roles[i]}): {detail}")
     for i, (t, lang) in enumerate(zip(texts, turn_languages(list(texts)), strict=True)):
         if lang != language and _judgeable(t):
-            return RuleHit("language_mismatch", f"turn {i} ({roles[i]}) is {lang!r} in a {language!r} dialogue")
+            return RuleHit(
+                "language_mismatch", f"turn {i} ({roles[i]}) is {lang!r} in a {language!r} dialogue"
+            )
     return None

@@ -98,15 +98,14 @@ class _Worker:
 
     def __init__(self, stage_index: int, cfg_json: dict[str, Any], runtime: Runtime):
         from kespeechchat.config import RunConfig
+        from kespeechchat.store import RunStore
         from pipelines.runner import make_stages
 
-        cfg = RunConfig.model_validate(cfg_json)
-        self.stage = make_stages(cfg, runtime)[stage_index]
+        stages = make_stages(RunConfig.model_validate(cfg_json), runtime)
+        self.stage = stages[stage_index]
         self.stage.setup()
-        from kespeechchat.store import RunStore
-
         self.store = RunStore(runtime.run_dir)
-        self.input_stage = "ingest" if stage_index == 0 else make_stages(cfg, runtime)[stage_index - 1].name
+        self.input_stage = "ingest" if stage_index == 0 else stages[stage_index - 1].name
 
     def run(self, shard: int, input_fp: str) -> dict[str, Any]:
         from pipelines.runner import execute_unit

@@ -252,9 +252,14 @@ class Pipeline:
             return
         if any(st.needs_llm() for st in self.stages[min(u.stage_index for u in units) : last + 1]):
             self.ensure_llm()
-        if executor is None:
-            executor = make_executor(self.cfg) if self.cfg.executor.kind == "ray" else LocalExecutor()
-        executor.run(self, units, last)
+        if executor is not None:
+            executor.run(self, units, last)
+            return
+        executor = make_executor(self.cfg) if self.cfg.executor.kind == "ray" else LocalExecutor()
+        try:
+            executor.run(self, units, last)
+        finally:
+            executor.close()
 
     # -- reports ----------------------------------------------------------------------------------
     def summary(self, wall_s: float) -> dict[str, Any]:

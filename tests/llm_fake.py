@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from kespeechchat.llm.tasks import JUDGE_LABELS, extract_dialogue
+from kespeechchat.llm.tasks import JUDGE_FLAGS, JUDGE_LABELS, extract_dialogue
 
 
 @dataclass
@@ -62,7 +62,7 @@ class FakeReply:
 class RecordedRequest:
     method: str
     path: str
-    headers: dict[str, str]
+    headers: dict[str, str]  # names lower-cased
     body: Any
     index: int
 
@@ -74,24 +74,29 @@ def _unprogrammed(body: dict) -> FakeReply:
     return FakeReply.error(500, "fake server: no reply programmed for this request")
 
 
-def dialogue_responder(
-    transform: Callable[[str, str], str] | None = None, label: str = "ok", note: str = "fine"
-) -> Responder:
+def dialogue_responder(transform: Callable[[str, str], str] | None = None, label: str = "ok") -> Responder:
     """Answer our task prompts: echo the dialogue's turns (through ``transform(role, text)``) when
-    the schema asks for turns, or give ``label`` when it asks for a judge label."""
+    the schema asks for turns, or judge answers that lead to ``label`` when it asks for those."""
     if label not in JUDGE_LABELS:
         raise ValueError(f"label {label!r} not in {JUDGE_LABELS}")
+    verdict = {
+        name: (bad_when if reason == label else not bad_when) for name, bad_when, reason in JUDGE_FLAGS
+    }
 
     def respond(body: dict) -> FakeReply:
-        schema = ((body.get("response_format") or {}).get("json_schema") or {}).get("schema") or (
-            body.get("response_format") or {}
-        ).get("schema") or {}
+        schema = (
+            ((body.get("response_format") or {}).get("json_schema") or {}).get("schema")
+            or (body.get("response_format") or {}).get("schema")
+            or {}
+        )
         props = schema.get("properties", {})
-        if "label" in props:
-            return FakeReply.json_content({"note": note, "label": label})
+        if set(verdict) <= set(props):
+            return FakeReply.json_content(verdict)
         roles, texts = extract_dialogue(body["messages"][-1]["content"])
         fn = transform or (lambda role, text: text)
-        return FakeReply.json_content({"turns": [{"role": r, "text": fn(r, t)} for r, t in zip(roles, texts)]})
+        return FakeReply.json_content(
+            {"turns": [{"role": r, "text": fn(r, t)} for r, t in zip(roles, texts, strict=True)]}
+        )
 
     return respond
 
@@ -99,8 +104,13 @@ def dialogue_responder(
 class FakeOpenAIServer:
     """Threaded HTTP server on a random loopback port; a context manager."""
 
-    def __init__(self, *, api_key: str | None = "test-key", model: str = "fake-model",
-                 responder: Responder | None = None):
+    def __init__(
+        self,
+        *,
+        api_key: str | None = "test-key",
+        model: str = "fake-model",
+        responder: Responder | None = None,
+    ):
         self.api_key = api_key
         self.model = model
         self.responder: Responder = responder or _unprogrammed
@@ -145,8 +155,9 @@ class FakeOpenAIServer:
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="fake-openai", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-openai", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -207,17 +218,30 @@ class _Handler(BaseHTTPRequestHandler):
         key = self.fake.api_key
         if key is None or self.headers.get("Authorization") == f"Bearer {key}":
             return True
-        self._send_json(401, {"error": {"message": "Invalid API key", "type": "invalid_request_error",
-                                        "code": "invalid_api_key"}})
+        self._send_json(
+            401,
+            {
+                "error": {
+                    "message": "Invalid API key",
+                    "type": "invalid_request_error",
+                    "code": "invalid_api_key",
+                }
+            },
+        )
         return False
 
     def do_GET(self) -> None:
-        self.fake._record("GET", self.path, dict(self.headers), None)
+        self.fake._record("GET", self.path, _lower(self.headers), None)
         if not self._authorised():
             return
         if self.path.rstrip("/") == "/v1/models":
-            self._send_json(200, {"object": "list", "data": [
-                {"id": self.fake.model, "object": "model", "created": 0, "owned_by": "fake"}]})
+            self._send_json(
+                200,
+                {
+                    "object": "list",
+                    "data": [{"id": self.fake.model, "object": "model", "created": 0, "owned_by": "fake"}],
+                },
+            )
         else:
             self._send_json(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
 
@@ -228,14 +252,16 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.loads(raw or b"{}")
         except json.JSONDecodeError:
             body = None
-        self.fake._record("POST", self.path, dict(self.headers), body)
+        self.fake._record("POST", self.path, _lower(self.headers), body)
         if not self._authorised():
             return
         if self.path.rstrip("/") != "/v1/chat/completions":
             self._send_json(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
             return
         if not isinstance(body, dict):
-            self._send_json(400, {"error": {"message": "body is not a JSON object", "type": "invalid_request_error"}})
+            self._send_json(
+                400, {"error": {"message": "body is not a JSON object", "type": "invalid_request_error"}}
+            )
             return
         self.fake._enter()
         try:
@@ -256,19 +282,40 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_bytes(reply.status, reply.raw_body, reply.headers)
             return
         if reply.status != 200:
-            self._send_json(reply.status, {"error": {"message": reply.error_message, "type": "server_error",
-                                                     "code": reply.status}}, reply.headers)
+            self._send_json(
+                reply.status,
+                {"error": {"message": reply.error_message, "type": "server_error", "code": reply.status}},
+                reply.headers,
+            )
             return
         prompt_chars = sum(len(str(m.get("content", ""))) for m in body.get("messages", []))
         tokens_in = reply.tokens_in if reply.tokens_in is not None else prompt_chars // 4 + 1
         tokens_out = reply.tokens_out if reply.tokens_out is not None else len(reply.content or "") // 4 + 1
-        self._send_json(200, {
-            "id": f"chatcmpl-fake-{len(self.fake.requests)}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": body.get("model", self.fake.model),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.content},
-                         "finish_reason": reply.finish_reason, "logprobs": None}],
-            "usage": {"prompt_tokens": tokens_in, "completion_tokens": tokens_out,
-                      "total_tokens": tokens_in + tokens_out},
-        }, reply.headers)
+        self._send_json(
+            200,
+            {
+                "id": f"chatcmpl-fake-{len(self.fake.requests)}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body.get("model", self.fake.model),
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": reply.content},
+                        "finish_reason": reply.finish_reason,
+                        "logprobs": None,
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": tokens_in,
+                    "completion_tokens": tokens_out,
+                    "total_tokens": tokens_in + tokens_out,
+                },
+            },
+            reply.headers,
+        )
+
+
+def _lower(headers: Any) -> dict[str, str]:
+    """Header names are case-insensitive; record them lower-cased."""
+    return {k.lower(): v for k, v in headers.items()}

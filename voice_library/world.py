@@ -23,7 +23,9 @@ def _pyworld():
             warnings.simplefilter("ignore")
             import pyworld
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("pyworld is not installed; install the extra: pip install 'kespeechchat[embedded]'") from e
+        raise ImportError(
+            "pyworld is not installed; install the extra: pip install 'kespeechchat[embedded]'"
+        ) from e
     return pyworld
 
 

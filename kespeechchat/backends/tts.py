@@ -117,7 +117,12 @@ class KokoroTTS:
                     f"Kokoro TTS needs kokoro-onnx and misaki[zh] ({e.name} missing); "
                     "install the extra: pip install 'kespeechchat[embedded]'"
                 ) from e
-            from kespeechchat.models import KOKORO_MODEL_FILE, KOKORO_VOCAB_FILE, KOKORO_VOICES_FILE, kokoro_dir
+            from kespeechchat.models import (
+                KOKORO_MODEL_FILE,
+                KOKORO_VOCAB_FILE,
+                KOKORO_VOICES_FILE,
+                kokoro_dir,
+            )
 
             d = Path(self.model_dir) if self.model_dir else kokoro_dir()
             model, voices, vocab = d / KOKORO_MODEL_FILE, d / KOKORO_VOICES_FILE, d / KOKORO_VOCAB_FILE
@@ -147,7 +152,9 @@ class KokoroTTS:
             raise ValueError(f"voice {voice.voice_id} has no base weights")
         unknown = [k for k, _ in key if k not in self._voices]
         if unknown:
-            raise ValueError(f"voice {voice.voice_id}: unknown Kokoro base voices {unknown}; have {list(self._voices)}")
+            raise ValueError(
+                f"voice {voice.voice_id}: unknown Kokoro base voices {unknown}; have {list(self._voices)}"
+            )
         mix = np.zeros_like(next(iter(self._voices.values())))
         for name, w in key:
             mix += np.float32(w) * self._voices[name]
@@ -158,7 +165,9 @@ class KokoroTTS:
         """Kokoro phonemes of one sentence in ``language`` (mixed zh/en runs handled)."""
         self.setup()
         primary = self._zh_phonemes if language == "zh" else self._en_phonemes
-        foreign_run, foreign = (_LATIN_RUN, self._en_phonemes) if language == "zh" else (_HAN_RUN, self._zh_phonemes)
+        foreign_run, foreign = (
+            (_LATIN_RUN, self._en_phonemes) if language == "zh" else (_HAN_RUN, self._zh_phonemes)
+        )
         pieces: list[str] = []
         pos = 0
         for m in foreign_run.finditer(text):
@@ -182,13 +191,13 @@ class KokoroTTS:
             return ""
         return self._kokoro.tokenizer.phonemize(text, "en-us")
 
-    def _chunks(self, text: str, language: str) -> list[str]:
+    def phoneme_chunks(self, text: str, language: str) -> list[str]:
         """Phoneme chunks of whole sentences, each within Kokoro's 510-phoneme context if possible."""
         chunks: list[str] = []
         cur = ""
         for sentence in split_sentences(text, language):
             ph = self.phonemize(sentence, language)
-            if not ph:
+            if not re.search(r"\w", ph):  # punctuation alone is not speech
                 continue
             if cur and len(cur) + 1 + len(ph) > KOKORO_MAX_PHONEMES:
                 chunks.append(cur)
@@ -206,8 +215,10 @@ class KokoroTTS:
         style = self.style(voice)
         speed = float(voice.speed)
         if not KOKORO_SPEED_RANGE[0] <= speed <= KOKORO_SPEED_RANGE[1]:
-            raise ValueError(f"voice {voice.voice_id}: speed {speed} outside Kokoro's range {KOKORO_SPEED_RANGE}")
-        chunks = self._chunks(text, language)
+            raise ValueError(
+                f"voice {voice.voice_id}: speed {speed} outside Kokoro's range {KOKORO_SPEED_RANGE}"
+            )
+        chunks = self.phoneme_chunks(text, language)
         if not chunks:
             raise ValueError(f"no speakable phonemes in {text[:60]!r}")
         pause = np.zeros(int(SENTENCE_PAUSE_S * self.sample_rate_hz), dtype=np.float32)
@@ -351,6 +362,8 @@ def make_tts(cfg: TTSConfig) -> TTSBackend:
         return KokoroTTS(model_dir=cfg.model_dir, num_threads=cfg.num_threads)
     if cfg.backend == "cosyvoice":
         if not cfg.model_dir:
-            raise ValueError("tts.model_dir is required for the cosyvoice backend (a local CosyVoice2 model directory)")
+            raise ValueError(
+                "tts.model_dir is required for the cosyvoice backend (a local CosyVoice2 model directory)"
+            )
         return CosyVoiceTTS(cfg.model_dir)
     raise ValueError(f"unknown TTS backend {cfg.backend!r}")

@@ -26,7 +26,9 @@ import hashlib
 import json
 import logging
 import random
+import re
 import threading
+import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -145,7 +147,7 @@ _TYPES: dict[str, Callable[[Any], bool]] = {
 
 
 def _small_check(value: Any, schema: dict, where: str) -> None:
-    """The subset of JSON Schema our task schemas use: type, required, properties, items, sizes, enum."""
+    """The subset of JSON Schema our task schemas use: type, required, properties, items, sizes, enum, pattern."""
     types = schema.get("type")
     if types is not None:
         names = [types] if isinstance(types, str) else list(types)
@@ -176,6 +178,8 @@ def _small_check(value: Any, schema: dict, where: str) -> None:
             for i, item in enumerate(value):
                 _small_check(item, schema["items"], f"{where}[{i}]")
     if isinstance(value, str):
+        if "pattern" in schema and not re.search(schema["pattern"], value):
+            raise ValueError(f"schema: {where}: does not match {schema['pattern']!r}")
         if "minLength" in schema and len(value) < schema["minLength"]:
             raise ValueError(f"schema: {where}: shorter than {schema['minLength']}")
         if "maxLength" in schema and len(value) > schema["maxLength"]:
@@ -215,7 +219,13 @@ class _LoopState:
 
 
 class LLMClient:
-    """JSON completions from OpenAI-compatible endpoints; see the module docstring for the error contract."""
+    """JSON completions from OpenAI-compatible endpoints; see the module docstring for the error contract.
+
+    ``concurrency`` is per endpoint. A llama.cpp server answers one request at a time and the time a
+    request waits in its queue counts against ``timeout_s``, so give it concurrency 1 (or 2 to keep
+    it busy); vLLM batches, so give it tens. Requests that share a prompt prefix (same task and
+    language) in a row let llama.cpp reuse its KV cache: submit them grouped.
+    """
 
     def __init__(
         self,
@@ -233,11 +243,14 @@ class LLMClient:
         if not endpoints:
             raise ValueError("LLMClient needs at least one endpoint (a base URL ending in /v1)")
         if structured_output not in STRUCTURED_OUTPUT_MODES:
-            raise ValueError(f"structured_output {structured_output!r}: expected one of {STRUCTURED_OUTPUT_MODES}")
+            raise ValueError(
+                f"structured_output {structured_output!r}: expected one of {STRUCTURED_OUTPUT_MODES}"
+            )
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         self.endpoints = [e.rstrip("/") for e in endpoints]
-        self._api_key = api_key or "none"  # the openai client insists on a key; servers without auth ignore it
+        # the openai client insists on a key; servers without auth ignore it
+        self._api_key = api_key or "none"
         self.model = model
         self.concurrency = concurrency
         self.timeout_s = timeout_s
@@ -247,8 +260,11 @@ class LLMClient:
         self.backoff_base_s = backoff_base_s
         self._rr = 0
         self._rng = random.Random()
-        self._state: _LoopState | None = None
-        self._state_loop: asyncio.AbstractEventLoop | None = None
+        # one set of clients per event loop: complete_json_many may run in several threads at once
+        self._states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._states_lock = threading.Lock()
         self._stats_lock = threading.Lock()
         self.stats: dict[str, Any] = {
             "requests": 0,  # complete_json calls
@@ -263,7 +279,9 @@ class LLMClient:
         }
 
     def __repr__(self) -> str:  # no key here, ever
-        return f"LLMClient(endpoints={self.endpoints!r}, model={self.model!r}, concurrency={self.concurrency})"
+        return (
+            f"LLMClient(endpoints={self.endpoints!r}, model={self.model!r}, concurrency={self.concurrency})"
+        )
 
     # -- plumbing ----------------------------------------------------------------------------
     def _count(self, name: str, n: int = 1, *, bucket: str | None = None) -> None:
@@ -275,7 +293,9 @@ class LLMClient:
 
     def _loop_state(self) -> _LoopState:
         loop = asyncio.get_running_loop()
-        if self._state is None or self._state_loop is not loop:
+        with self._states_lock:
+            state = self._states.get(loop)
+        if state is None:
             try:
                 import openai
             except ImportError as e:  # a core dependency; say how to fix it in one line
@@ -295,9 +315,10 @@ class LLMClient:
                         http_client=http_client,
                     )
                 )
-            self._state = _LoopState(clients, self.concurrency)
-            self._state_loop = loop
-        return self._state
+            state = _LoopState(clients, self.concurrency)
+            with self._states_lock:
+                self._states[loop] = state
+        return state
 
     @contextlib.asynccontextmanager
     async def _slot(self) -> AsyncIterator[int]:
@@ -319,7 +340,8 @@ class LLMClient:
 
     async def aclose(self) -> None:
         """Close the connection pools of the current event loop."""
-        state, self._state, self._state_loop = self._state, None, None
+        with self._states_lock:
+            state = self._states.pop(asyncio.get_running_loop(), None)
         if state is not None:
             for c in state.clients:
                 with contextlib.suppress(Exception):
@@ -337,7 +359,9 @@ class LLMClient:
                 try:
                     page = await state.clients[0].models.list()
                 except openai.APIStatusError as e:
-                    raise LLMError(f"{self.endpoints[0]}: GET /models answered HTTP {e.status_code}") from None
+                    raise LLMError(
+                        f"{self.endpoints[0]}: GET /models answered HTTP {e.status_code}"
+                    ) from None
                 except openai.APIConnectionError:
                     raise LLMError(f"{self.endpoints[0]}: cannot list models (connection failed)") from None
                 ids = [m.id for m in page.data]
@@ -386,7 +410,7 @@ class LLMClient:
                 except (openai.APIResponseValidationError, _BadBody, json.JSONDecodeError) as e:
                     kind, detail = "bad_response", f"{url}: unreadable response ({type(e).__name__})"
             self._count(kind, bucket="transient")
-            log.debug("LLM transient failure %s (attempt %d)", detail, attempt + 1)
+            log.debug("LLM transient failure %s (attempt %d)", self._redact(detail), attempt + 1)
             if attempt < self.max_retries:
                 self._count("retries")
                 await asyncio.sleep(self._backoff_s(attempt, retry_after_s))
@@ -455,10 +479,22 @@ class LLMClient:
                     self._count("invalid_retries")
                 continue
             self._cache_put(key, value, tokens_in, tokens_out, attempts)
-            return JsonResult(value=value, error=None, detail="", tokens_in=tokens_in,
-                              tokens_out=tokens_out, cached=False, attempts=attempts)
-        return self._fail("llm_invalid_output", f"{detail} (after {invalid_retries + 1} replies)",
-                          tokens_in, tokens_out, attempts)
+            return JsonResult(
+                value=value,
+                error=None,
+                detail="",
+                tokens_in=tokens_in,
+                tokens_out=tokens_out,
+                cached=False,
+                attempts=attempts,
+            )
+        return self._fail(
+            "llm_invalid_output",
+            f"{detail} (after {invalid_retries + 1} replies)",
+            tokens_in,
+            tokens_out,
+            attempts,
+        )
 
     def complete_json_many(self, requests: list[dict]) -> list[JsonResult]:
         """Run many ``complete_json`` calls (kwargs dicts) with bounded concurrency; order is kept."""
@@ -474,8 +510,15 @@ class LLMClient:
     # -- results and cache ----------------------------------------------------------------------
     def _fail(self, code: str, detail: str, tokens_in: int, tokens_out: int, attempts: int) -> JsonResult:
         self._count(code, bucket="errors")
-        return JsonResult(value=None, error=code, detail=self._redact(detail), tokens_in=tokens_in,
-                          tokens_out=tokens_out, cached=False, attempts=attempts)
+        return JsonResult(
+            value=None,
+            error=code,
+            detail=self._redact(detail),
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+            cached=False,
+            attempts=attempts,
+        )
 
     def _redact(self, text: str) -> str:
         """Details come from servers; make sure none of them can carry the key onwards."""
@@ -502,8 +545,18 @@ class LLMClient:
     def _cache_put(self, key: str, value: dict, tokens_in: int, tokens_out: int, attempts: int) -> None:
         path = self._cache_path(key)
         if path is not None:
-            write_json_atomic(path, {"version": CACHE_VERSION, "key": key, "model": self.model, "value": value,
-                                     "tokens_in": tokens_in, "tokens_out": tokens_out, "attempts": attempts})
+            write_json_atomic(
+                path,
+                {
+                    "version": CACHE_VERSION,
+                    "key": key,
+                    "model": self.model,
+                    "value": value,
+                    "tokens_in": tokens_in,
+                    "tokens_out": tokens_out,
+                    "attempts": attempts,
+                },
+            )
 
 
 class _BadBody(Exception):

@@ -100,6 +100,7 @@ class ManagedLlamaServer:
         self.requested_port = port
         self.port: int | None = None
         self.log_path = Path(log_path) if log_path is not None else None
+        self._temp_log = False  # a log we created ourselves is removed after a clean stop
         self.start_timeout_s = start_timeout_s
         self.model_name = self.model_path.stem
         self.api_key = ""
@@ -137,6 +138,7 @@ class ManagedLlamaServer:
             fd, name = tempfile.mkstemp(prefix="llama-server-", suffix=".log")
             os.close(fd)
             self.log_path = Path(name)
+            self._temp_log = True
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         for attempt in range(PORT_ATTEMPTS):
             self.port = self.requested_port or free_port(self.host)
@@ -148,25 +150,27 @@ class ManagedLlamaServer:
                 return
             except RuntimeError as e:
                 tail = self.log_tail()
-                self.stop()
+                self._stop_process()
                 port_taken = "address already in use" in tail.lower()
                 if port_taken and self.requested_port is None and attempt + 1 < PORT_ATTEMPTS:
                     continue  # another process took the port between our probe and the bind
+                self._temp_log = False  # keep it for whoever reads the error
                 raise RuntimeError(f"{e}\n--- server log tail ({self.log_path}) ---\n{tail}") from None
 
     def _command(self) -> list[str]:
-        args = [
-            "--model", str(self.model_path),
-            "--model_alias", self.model_name,
-            "--host", self.host,
-            "--port", str(self.port),
-            "--n_ctx", str(self.n_ctx),
-            "--n_threads", str(self.n_threads),
-            "--n_threads_batch", str(self.n_threads),
-            "--use_mlock", "False",  # do not pin a GB of RAM on a shared machine
-            "--logits_all", "False",  # we never read logits; keeping them all costs memory and time
-            "--verbose", "False",
-        ]
+        flags = {
+            "--model": str(self.model_path),
+            "--model_alias": self.model_name,
+            "--host": self.host,
+            "--port": str(self.port),
+            "--n_ctx": str(self.n_ctx),
+            "--n_threads": str(self.n_threads),
+            "--n_threads_batch": str(self.n_threads),
+            "--use_mlock": "False",  # do not pin a GB of RAM on a shared machine
+            "--logits_all": "False",  # we never read logits; keeping them all costs memory and time
+            "--verbose": "False",
+        }
+        args = [item for flag, value in flags.items() for item in (flag, value)]
         return [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *args]
 
     def _environment(self) -> dict[str, str]:
@@ -179,21 +183,25 @@ class ManagedLlamaServer:
             setting_names = set()
         setting_names |= {"HOST", "PORT", "API_KEY", "CONFIG_FILE", "MODEL"}
         env = {k: v for k, v in os.environ.items() if k.upper() not in setting_names}
-        env.update({
-            "API_KEY": self.api_key,
-            "HOST": self.host,  # uvicorn.run reads HOST/PORT from the environment over the flags
-            "PORT": str(self.port),
-            "OMP_WAIT_POLICY": "PASSIVE",  # spinning OpenMP threads starve everything else on a busy CPU
-            "NO_PROXY": "127.0.0.1,localhost",
-            "no_proxy": "127.0.0.1,localhost",
-            "PYTHONUNBUFFERED": "1",
-        })
+        env.update(
+            {
+                "API_KEY": self.api_key,
+                "HOST": self.host,  # uvicorn.run reads HOST/PORT from the environment over the flags
+                "PORT": str(self.port),
+                "OMP_WAIT_POLICY": "PASSIVE",  # spinning OpenMP threads starve everything else on a busy CPU
+                "NO_PROXY": "127.0.0.1,localhost",
+                "no_proxy": "127.0.0.1,localhost",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         return env
 
     def _spawn(self) -> None:
         assert self.log_path is not None
         self._log_file = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop())
-        self._log_file.write(f"\n=== start {time.strftime('%Y-%m-%d %H:%M:%S')} port {self.port} ===\n".encode())
+        self._log_file.write(
+            f"\n=== start {time.strftime('%Y-%m-%d %H:%M:%S')} port {self.port} ===\n".encode()
+        )
         self._log_file.flush()
         self._proc = subprocess.Popen(
             self._command(),
@@ -209,8 +217,9 @@ class ManagedLlamaServer:
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.start_timeout_s
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never a proxy
-        request = urllib.request.Request(f"{self.base_url}/models",
-                                         headers={"Authorization": f"Bearer {self.api_key}"})
+        request = urllib.request.Request(
+            f"{self.base_url}/models", headers={"Authorization": f"Bearer {self.api_key}"}
+        )
         while True:
             assert self._proc is not None
             code = self._proc.poll()
@@ -231,6 +240,13 @@ class ManagedLlamaServer:
 
     def stop(self) -> None:
         """Terminate the server (then kill it if it hangs); safe to call twice."""
+        self._stop_process()
+        if self._temp_log and self.log_path is not None:
+            with contextlib.suppress(OSError):
+                self.log_path.unlink()
+            self.log_path, self._temp_log = None, False
+
+    def _stop_process(self) -> None:
         proc, self._proc = self._proc, None
         if self._finalizer is not None:
             self._finalizer.detach()
@@ -255,4 +271,3 @@ class ManagedLlamaServer:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
-

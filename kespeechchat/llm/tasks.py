@@ -12,8 +12,10 @@ The source dialogue travels as DATA: JSON between ``<dialogue>`` and ``</dialogu
 message, and the system prompt says it is never to be obeyed. Angle brackets inside the texts
 are JSON-escaped, so a record cannot close the block early.
 
-Prompts live in ``configs/prompts/{name}_{language}.txt``: ``# `` header lines (the first one is
-``# version: N``), the system prompt, a ``--- user ---`` line, the user message template.
+Prompts live in ``configs/prompts/{name}_{language}.txt``: ``#`` header lines (the first one is
+``# version: N``), the system prompt, then sections opened by marker lines: ``--- example ---``
+(a dialogue as JSON) and ``--- example reply ---`` (the reply it should get), sent as one
+demonstration exchange, and ``--- user ---`` (the user message template with ``{dialogue}``).
 ``Prompt.version`` hashes the whole file, so editing a prompt changes the hash of stages using it.
 """
 
@@ -38,18 +40,35 @@ ROLES = ("user", "assistant")
 DATA_OPEN = "<dialogue>"
 DATA_CLOSE = "</dialogue>"
 USER_MARKER = "--- user ---"
+_SECTION_MARKERS = {
+    "--- example ---": "example",
+    "--- example reply ---": "example_reply",
+    USER_MARKER: "user",
+}
+# Characters a spoken turn never needs: markdown, code, URLs, brackets, JSON escapes, line breaks.
+# Servers with grammar-constrained decoding (llama.cpp, vLLM) cannot emit them at all, so the model
+# has to say things in words instead of copying markup; measured with the embedded 1.5B model this
+# turned most markdown-heavy answers from invalid into valid rewrites.
+SPOKEN_TEXT_PATTERN = r'^[^"\\\n\r\t#*`|<>/\[\]{}_~^=@()]+$'
 JUDGE_LABELS = ("ok", "unsafe", "unclear", "not_speakable")
-JUDGE_MAX_TOKENS = 128
-JUDGE_NOTE_MAX_CHARS = 160
+# The judge answers yes/no questions; the first answer that fails (in this order) names the reason.
+JUDGE_FLAGS = (
+    ("harmful", True, "unsafe"),
+    ("has_code", True, "not_speakable"),
+    ("makes_sense", False, "unclear"),
+)
+JUDGE_MAX_TOKENS = 48
 
 
 @dataclass(frozen=True)
 class Prompt:
-    """A prompt file: system text, user message template and a content hash as version."""
+    """A prompt file: system text, one demonstration exchange, user message template, content hash."""
 
     text: str
     version: str
     user_template: str = "{dialogue}"
+    example: dict | None = None  # a dialogue {"turns": [...]} shown as a user message ...
+    example_reply: str | None = None  # ... and the assistant reply it should get
     name: str = ""
     language: str = ""
 
@@ -59,7 +78,9 @@ def prompts_dir() -> Path:
     env = os.environ.get(PROMPTS_ENV)
     d = Path(env).expanduser() if env else REPO_ROOT / "configs" / "prompts"
     if not d.is_dir():
-        raise FileNotFoundError(f"prompt directory {d} not found; set {PROMPTS_ENV} to a copy of configs/prompts")
+        raise FileNotFoundError(
+            f"prompt directory {d} not found; set {PROMPTS_ENV} to a copy of configs/prompts"
+        )
     return d
 
 
@@ -68,25 +89,56 @@ def load_prompt(name: str, language: str) -> Prompt:
     if name not in TASKS:
         raise ValueError(f"unknown prompt {name!r}; expected one of {TASKS}")
     _check_language(language)
-    return _load_prompt_file(str(prompts_dir() / f"{name}_{language}.txt"), name, language)
+    path = prompts_dir() / f"{name}_{language}.txt"
+    st = path.stat()
+    return _load_prompt_file(str(path), st.st_mtime_ns, st.st_size, name, language)
 
 
 @functools.lru_cache(maxsize=64)
-def _load_prompt_file(path: str, name: str, language: str) -> Prompt:
+def _load_prompt_file(path: str, mtime_ns: int, size: int, name: str, language: str) -> Prompt:
+    """Parsed once per file version (the stat values are part of the cache key)."""
     raw = Path(path).read_text(encoding="utf-8")
     lines = raw.splitlines()
     if not lines or not re.match(r"#\s*version:\s*\S+", lines[0]):
         raise ValueError(f"{path}: the first line must be '# version: N'")
     while lines and lines[0].startswith("#"):
         lines.pop(0)
-    body = "\n".join(lines)
-    system, sep, user = body.partition("\n" + USER_MARKER + "\n")
-    if not sep:
-        raise ValueError(f"{path}: missing the '{USER_MARKER}' line before the user message template")
-    if "{dialogue}" not in user:
-        raise ValueError(f"{path}: the user message template has no {{dialogue}} placeholder")
+    sections: dict[str, list[str]] = {"system": []}
+    current = "system"
+    for line in lines:
+        marker = _SECTION_MARKERS.get(line.strip())
+        if marker is not None:
+            if marker in sections:
+                raise ValueError(f"{path}: {line.strip()!r} appears twice")
+            current = marker
+            sections[current] = []
+        else:
+            sections[current].append(line)
+    text = {k: "\n".join(v).strip() for k, v in sections.items()}
+    if "user" not in text or "{dialogue}" not in text["user"]:
+        raise ValueError(f"{path}: needs a '{USER_MARKER}' section with a {{dialogue}} placeholder")
+    if ("example" in text) != ("example_reply" in text):
+        raise ValueError(f"{path}: '--- example ---' and '--- example reply ---' go together")
+    example = None
+    if "example" in text:
+        try:
+            example = json.loads(text["example"])
+            _check_dialogue([t["role"] for t in example["turns"]], [t["text"] for t in example["turns"]])
+            json.loads(text["example_reply"])
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ValueError(
+                f"{path}: the example and its reply must be JSON dialogues/objects ({e})"
+            ) from None
     version = hashlib.sha256(raw.encode("utf-8")).hexdigest()[:12]
-    return Prompt(text=system.strip(), version=version, user_template=user.strip(), name=name, language=language)
+    return Prompt(
+        text=text["system"],
+        version=version,
+        user_template=text["user"],
+        example=example,
+        example_reply=text.get("example_reply"),
+        name=name,
+        language=language,
+    )
 
 
 def prompt_versions(language: str) -> dict[str, str]:
@@ -99,7 +151,9 @@ def prompt_versions(language: str) -> dict[str, str]:
 
 def dialogue_block(roles: Sequence[str], texts: Sequence[str]) -> str:
     """The dialogue as JSON between delimiters; '<' and '>' escaped so the block cannot be closed early."""
-    data = json.dumps({"turns": [{"role": r, "text": t} for r, t in zip(roles, texts)]}, ensure_ascii=False)
+    data = json.dumps(
+        {"turns": [{"role": r, "text": t} for r, t in zip(roles, texts, strict=True)]}, ensure_ascii=False
+    )
     data = data.replace("<", "\\u003c").replace(">", "\\u003e")
     return f"{DATA_OPEN}\n{data}\n{DATA_CLOSE}"
 
@@ -122,18 +176,33 @@ def _render(template: str, values: dict[str, Any]) -> str:
     return out
 
 
-def _messages(name: str, roles: Sequence[str], texts: Sequence[str], language: str,
-              values: dict[str, Any]) -> list[dict]:
+def _messages(
+    name: str, roles: Sequence[str], texts: Sequence[str], language: str, values: dict[str, Any]
+) -> list[dict]:
+    """System prompt, the demonstration exchange (small models follow a shown example far better
+    than a described one), then the dialogue as data."""
     _check_dialogue(roles, texts)
     prompt = load_prompt(name, language)
-    values = {**values, "n_turns": len(roles)}
-    system = _render(prompt.text, values)
-    user = _render(prompt.user_template, {**values, "dialogue": "\0"}).replace("\0", dialogue_block(roles, texts))
-    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+    def user(r: Sequence[str], t: Sequence[str]) -> str:
+        filled = _render(prompt.user_template, {**values, "n_turns": len(r), "dialogue": "\0"})
+        return filled.replace("\0", dialogue_block(r, t))
+
+    messages = [{"role": "system", "content": _render(prompt.text, {**values, "n_turns": len(roles)})}]
+    if prompt.example is not None and prompt.example_reply is not None:
+        ex = prompt.example["turns"]
+        messages.append({"role": "user", "content": user([t["role"] for t in ex], [t["text"] for t in ex])})
+        messages.append({"role": "assistant", "content": prompt.example_reply})
+    messages.append({"role": "user", "content": user(roles, texts)})
+    return messages
 
 
-def turns_schema(n_turns: int) -> dict:
-    """{"turns": [{"role", "text"}, ...]} with exactly ``n_turns`` items (enforced by grammar where supported)."""
+def turns_schema(n_turns: int, text_pattern: str | None = SPOKEN_TEXT_PATTERN) -> dict:
+    """{"turns": [{"role", "text"}, ...]} with exactly ``n_turns`` items and texts without markup
+    characters (``text_pattern``); grammar-constrained servers enforce both while decoding."""
+    text_schema: dict[str, Any] = {"type": "string"}
+    if text_pattern:
+        text_schema["pattern"] = text_pattern
     return {
         "type": "object",
         "properties": {
@@ -143,7 +212,7 @@ def turns_schema(n_turns: int) -> dict:
                 "maxItems": n_turns,
                 "items": {
                     "type": "object",
-                    "properties": {"role": {"type": "string", "enum": list(ROLES)}, "text": {"type": "string"}},
+                    "properties": {"role": {"type": "string", "enum": list(ROLES)}, "text": text_schema},
                     "required": ["role", "text"],
                     "additionalProperties": False,
                 },
@@ -155,13 +224,12 @@ def turns_schema(n_turns: int) -> dict:
 
 
 def judge_schema() -> dict:
+    """{"harmful": bool, "has_code": bool, "makes_sense": bool}."""
+    names = [name for name, _, _ in JUDGE_FLAGS]
     return {
         "type": "object",
-        "properties": {
-            "note": {"type": "string", "maxLength": JUDGE_NOTE_MAX_CHARS},
-            "label": {"type": "string", "enum": list(JUDGE_LABELS)},
-        },
-        "required": ["note", "label"],
+        "properties": {name: {"type": "boolean"} for name in names},
+        "required": names,
         "additionalProperties": False,
     }
 
@@ -169,18 +237,29 @@ def judge_schema() -> dict:
 # --- requests ----------------------------------------------------------------------------------
 
 
-def rewrite_request(roles: Sequence[str], texts: Sequence[str], language: str, cfg: RewriteConfig) -> dict:
-    """Rewrite a dialogue into natural spoken requests and answers of bounded length."""
+def rewrite_request(
+    roles: Sequence[str],
+    texts: Sequence[str],
+    language: str,
+    cfg: RewriteConfig,
+    *,
+    text_pattern: str | None = SPOKEN_TEXT_PATTERN,
+) -> dict:
+    """Rewrite a dialogue into natural spoken requests and answers of bounded length.
+
+    ``text_pattern=None`` drops the character constraint for a server whose structured output
+    does not support JSON-schema ``pattern``."""
     limits = {"max_chars": cfg.max_answer_chars_zh, "max_words": cfg.max_answer_words_en}
     return {
         "messages": _messages("rewrite", roles, texts, language, limits),
-        "schema": turns_schema(len(roles)),
+        "schema": turns_schema(len(roles), text_pattern),
         "max_tokens": cfg.max_tokens,
     }
 
 
 def judge_request(roles: Sequence[str], texts: Sequence[str], language: str) -> dict:
-    """Ask whether the dialogue is safe, clear and speakable; reply {"note", "label"}."""
+    """Ask whether the dialogue is harmful, holds code, makes sense (yes/no questions: a 1.5B model
+    answers these far more reliably than picking one label)."""
     return {
         "messages": _messages("judge", roles, texts, language, {}),
         "schema": judge_schema(),
@@ -188,11 +267,18 @@ def judge_request(roles: Sequence[str], texts: Sequence[str], language: str) -> 
     }
 
 
-def spoken_request(roles: Sequence[str], texts: Sequence[str], language: str, cfg: SpokenConfig) -> dict:
+def spoken_request(
+    roles: Sequence[str],
+    texts: Sequence[str],
+    language: str,
+    cfg: SpokenConfig,
+    *,
+    text_pattern: str | None = SPOKEN_TEXT_PATTERN,
+) -> dict:
     """Spoken-style pass: assistant turns become conversational; user turns are to be copied unchanged."""
     return {
         "messages": _messages("spoken", roles, texts, language, {}),
-        "schema": turns_schema(len(roles)),
+        "schema": turns_schema(len(roles), text_pattern),
         "max_tokens": cfg.max_tokens,
     }
 
@@ -210,6 +296,7 @@ _MARKDOWN = [
     ("html tag", re.compile(r"</?[A-Za-z][A-Za-z0-9]*(\s[^<>]*)?>")),
     ("latex", re.compile(r"\\(frac|sqrt|sum|int|cdot|times)\b|\$\$")),
     ("markdown link", re.compile(r"\[[^\]\n]+\]\([^)\n]+\)")),
+    ("asterisk", re.compile(r"\*")),
 ]
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _LATIN = re.compile(r"[A-Za-z]")
@@ -223,10 +310,15 @@ def markdown_left(text: str) -> str | None:
     return None
 
 
-def clean_text(text: str) -> str:
-    """Drop emphasis markers (not spoken, lossless to remove) and fold line breaks into one line."""
+def strip_emphasis(text: str) -> str:
+    """Drop **bold**, __bold__ and *italic* markers: not spoken, so removing them loses nothing."""
     text = re.sub(r"\*\*|__", "", text)
-    return re.sub(r"\s*\n\s*", " ", text).strip()
+    return re.sub(r"(?<![\w*])\*(?=\S)([^*\n]+?)(?<=\S)\*(?![\w*])", r"\1", text)
+
+
+def clean_text(text: str) -> str:
+    """Emphasis markers dropped and line breaks folded, so a turn is one spoken line."""
+    return re.sub(r"\s*\n\s*", " ", strip_emphasis(text)).strip()
 
 
 def cjk_share(text: str) -> float:
@@ -242,7 +334,7 @@ def _parse_turns(value: dict, roles: Sequence[str], language: str | None) -> lis
     if len(turns) != len(roles):
         raise ValueError(f"expected {len(roles)} turns, got {len(turns)}")
     out = []
-    for i, (turn, role) in enumerate(zip(turns, roles)):
+    for i, (turn, role) in enumerate(zip(turns, roles, strict=True)):
         if not isinstance(turn, dict) or not isinstance(turn.get("text"), str):
             raise ValueError(f"turn {i}: not an object with a text")
         if turn.get("role") != role:
@@ -250,7 +342,7 @@ def _parse_turns(value: dict, roles: Sequence[str], language: str | None) -> lis
         text = clean_text(turn["text"])
         if not text:
             raise ValueError(f"turn {i}: empty text")
-        what = markdown_left(turn["text"])
+        what = markdown_left(strip_emphasis(turn["text"]))  # line breaks kept: lists show in them
         if what:
             raise ValueError(f"turn {i}: {what} left in the text")
         if language == "zh" and _LATIN.search(text) and cjk_share(text) < 0.3:
@@ -272,11 +364,16 @@ def parse_spoken(value: dict, roles: Sequence[str], *, language: str | None = No
 
 
 def parse_judge(value: dict) -> tuple[bool, str]:
-    """(keep, reason code): keep only when the label is "ok"; reason is the label."""
-    label = value.get("label") if isinstance(value, dict) else None
-    if label not in JUDGE_LABELS:
-        raise ValueError(f"judge label {label!r} is not one of {JUDGE_LABELS}")
-    return label == "ok", label
+    """(keep, reason code): "unsafe" > "not_speakable" > "unclear" by the first answer that fails, else "ok"."""
+    if not isinstance(value, dict):
+        raise ValueError("judge reply is not an object")
+    for name, _, _ in JUDGE_FLAGS:
+        if not isinstance(value.get(name), bool):
+            raise ValueError(f"judge reply: {name!r} is not true/false")
+    for name, bad_when, reason in JUDGE_FLAGS:
+        if value[name] is bad_when:
+            return False, reason
+    return True, "ok"
 
 
 # --- checks ------------------------------------------------------------------------------------
@@ -289,7 +386,9 @@ def _check_language(language: str) -> None:
 
 def _check_dialogue(roles: Sequence[str], texts: Sequence[str]) -> None:
     if len(roles) != len(texts) or not roles:
-        raise ValueError(f"a dialogue needs as many roles as texts, at least one ({len(roles)} vs {len(texts)})")
+        raise ValueError(
+            f"a dialogue needs as many roles as texts, at least one ({len(roles)} vs {len(texts)})"
+        )
     bad = sorted({r for r in roles if r not in ROLES})
     if bad:
         raise ValueError(f"roles {bad}: expected {ROLES}")

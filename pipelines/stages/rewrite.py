@@ -66,13 +66,13 @@ class RewriteStage(LLMStage):
             requests = []
             for row in todo:
                 req = rewrite_request(row["roles"], row["source_texts"], row["language"], self.cfg.rewrite)
-                roles = row["roles"]
-                req["validate"] = lambda v, roles=roles: parse_rewrite(v, roles)
+                roles, lang = row["roles"], row["language"]
+                req["validate"] = lambda v, roles=roles, lang=lang: parse_rewrite(v, roles, language=lang)
                 requests.append(req)
             results, metrics = self.ask_all(requests)
             for row, res in zip(todo, results):
                 if res.error:
                     rejected.append(reject(row, res.error, res.detail))
                 else:
-                    kept.append({**row, "rewritten_texts": parse_rewrite(res.value, row["roles"])})
+                    kept.append({**row, "rewritten_texts": parse_rewrite(res.value, row["roles"], language=row["language"])})
         return self.build_output(table, kept, rejected, metrics)

@@ -44,8 +44,8 @@ class SpokenStage(LLMStage):
             requests = []
             for r in rows:
                 req = spoken_request(r["roles"], r["rewritten_texts"], r["language"], self.cfg.spoken)
-                roles = r["roles"]
-                req["validate"] = lambda v, roles=roles: parse_spoken(v, roles)
+                roles, lang = r["roles"], r["language"]
+                req["validate"] = lambda v, roles=roles, lang=lang: parse_spoken(v, roles, language=lang)
                 requests.append(req)
             results, metrics = self.ask_all(requests)
             for i, (r, res) in enumerate(zip(rows, results)):
@@ -53,7 +53,7 @@ class SpokenStage(LLMStage):
                     rejected.append(reject(r, res.error, res.detail))
                     texts_by_row[i] = None
                 else:
-                    texts_by_row[i] = parse_spoken(res.value, r["roles"])
+                    texts_by_row[i] = parse_spoken(res.value, r["roles"], language=r["language"])
         for r, texts in zip(rows, texts_by_row):
             if texts is None:
                 continue

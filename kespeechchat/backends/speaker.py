@@ -1,0 +1,174 @@
+"""Speaker-embedding backends: resemblyzer (embedded, CPU) and pyannote / WeSpeaker (production, GPU).
+
+The verify stage compares each utterance with its voice's reference by cosine similarity, and the
+voice library measures how far apart voices are; both only need unit-norm vectors from one
+encoder, so a backend is a single ``embed`` call.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from kespeechchat.audio import resample
+
+if TYPE_CHECKING:
+    from kespeechchat.config import SpeakerConfig
+
+ENCODER_SAMPLE_RATE_HZ = 16000
+
+
+@runtime_checkable
+class SpeakerEncoder(Protocol):
+    """What verify and the voice-library audit need from a speaker encoder."""
+
+    name: str
+
+    def setup(self) -> None: ...
+
+    def embed(self, x: np.ndarray, sr: int) -> np.ndarray:
+        """Unit-norm float32 embedding of one utterance (mono audio at ``sr`` Hz)."""
+        ...
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity; 0 when either vector is zero (no direction to compare)."""
+    va = np.asarray(a, dtype=np.float64).ravel()
+    vb = np.asarray(b, dtype=np.float64).ravel()
+    if va.shape != vb.shape:
+        raise ValueError(f"embeddings differ in shape: {va.shape} vs {vb.shape}")
+    na, nb = np.linalg.norm(va), np.linalg.norm(vb)
+    if na == 0.0 or nb == 0.0:
+        return 0.0
+    return float(np.clip(va @ vb / (na * nb), -1.0, 1.0))
+
+
+def _unit(v: Any) -> np.ndarray:
+    e = np.asarray(v, dtype=np.float32).ravel()
+    if not np.all(np.isfinite(e)):
+        raise ValueError("speaker encoder returned a non-finite embedding")
+    n = float(np.linalg.norm(e))
+    return e / n if n > 0 else e
+
+
+def _mono_16k(x: np.ndarray, sr: int) -> np.ndarray:
+    a = np.asarray(x, dtype=np.float32)
+    if a.ndim == 2:
+        a = a.mean(axis=1)
+    if a.size == 0:
+        raise ValueError("cannot embed empty audio")
+    a = np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
+    return resample(a, int(sr), ENCODER_SAMPLE_RATE_HZ)
+
+
+class ResemblyzerEncoder:
+    """GE2E encoder shipped inside the resemblyzer wheel (256-d, CPU, about 0.02x real time)."""
+
+    name = "resemblyzer"
+
+    def __init__(self, device: str = "cpu"):
+        self.device = device
+        self._encoder: Any = None
+        self._preprocess: Any = None
+        self._lock = threading.Lock()
+
+    def setup(self) -> None:
+        if self._encoder is not None:
+            return
+        with self._lock:
+            if self._encoder is not None:
+                return
+            try:
+                from resemblyzer import VoiceEncoder, preprocess_wav
+            except ImportError as e:
+                raise ImportError(
+                    f"the resemblyzer speaker encoder needs resemblyzer, torch and setuptools<81 "
+                    f"({e.name} missing); install the extra: pip install 'kespeechchat[embedded]'"
+                ) from e
+            self._encoder = VoiceEncoder(self.device, verbose=False)
+            self._preprocess = preprocess_wav
+
+    def embed(self, x: np.ndarray, sr: int) -> np.ndarray:
+        self.setup()
+        wav = _mono_16k(x, sr)
+        if float(np.max(np.abs(wav))) < 1e-6:
+            # digital silence: volume normalisation would divide by zero; the embedding is
+            # meaningless anyway and scores low against any real voice
+            return _unit(self._encoder.embed_utterance(wav))
+        # volume normalisation and trimming of long pauses, as the encoder was trained
+        trimmed = self._preprocess(wav)
+        if trimmed.size < ENCODER_SAMPLE_RATE_HZ // 10:
+            # the VAD removed (nearly) everything: embed what there is rather than nothing
+            trimmed = wav
+        return _unit(self._encoder.embed_utterance(trimmed))
+
+
+class PyannoteEncoder:
+    """pyannote.audio embedding model (e.g. WeSpeaker ResNet34) from a local checkpoint.
+
+    ``model_dir`` is a ``pytorch_model.bin`` file or a directory holding one; a missing path is
+    an error here, because pyannote would otherwise read it as a hub id and try to download it.
+    """
+
+    name = "pyannote"
+    checkpoint_name = "pytorch_model.bin"
+
+    def __init__(self, model_dir: str, device: str = "cuda"):
+        self.model_dir = model_dir
+        self.device = device
+        self._inference: Any = None
+        self._torch: Any = None
+        self._lock = threading.Lock()
+
+    def _checkpoint(self) -> Path:
+        p = Path(self.model_dir)
+        if p.is_file():
+            return p
+        if (p / self.checkpoint_name).is_file():
+            return p / self.checkpoint_name
+        raise FileNotFoundError(
+            f"no pyannote checkpoint at {p} (expected a file or a directory with {self.checkpoint_name})"
+        )
+
+    def setup(self) -> None:
+        if self._inference is not None:
+            return
+        with self._lock:
+            if self._inference is not None:
+                return
+            try:
+                import torch
+                from pyannote.audio import Inference, Model
+            except ImportError as e:
+                raise ImportError(
+                    f"the pyannote speaker encoder needs pyannote.audio ({e.name} missing); "
+                    "install the extra: pip install 'kespeechchat[gpu]'"
+                ) from e
+            model = Model.from_pretrained(str(self._checkpoint()))
+            if model is None:
+                raise RuntimeError(f"pyannote could not load a model from {self.model_dir}")
+            inference = Inference(model, window="whole")
+            inference.to(torch.device(self.device))
+            self._torch = torch
+            self._inference = inference
+
+    def embed(self, x: np.ndarray, sr: int) -> np.ndarray:
+        self.setup()
+        wav = _mono_16k(x, sr)
+        waveform = self._torch.from_numpy(np.ascontiguousarray(wav))[None, :]  # (channel, time)
+        out = self._inference({"waveform": waveform, "sample_rate": ENCODER_SAMPLE_RATE_HZ})
+        return _unit(out)
+
+
+def make_speaker(cfg: SpeakerConfig) -> SpeakerEncoder:
+    """The speaker encoder named in the config."""
+    if cfg.backend == "resemblyzer":
+        return ResemblyzerEncoder()
+    if cfg.backend == "pyannote":
+        if not cfg.model_dir:
+            raise ValueError("speaker.backend 'pyannote' needs speaker.model_dir (a local checkpoint)")
+        return PyannoteEncoder(cfg.model_dir)
+    raise ValueError(f"unknown speaker backend {cfg.backend!r}")

@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import pytest
+
+from kespeechchat.metrics import error_kind, error_rate, normalize_for_scoring
+
+
+def test_error_kind():
+    assert error_kind("zh") == "cer"
+    assert error_kind("en") == "wer"
+    with pytest.raises(ValueError, match="ja"):
+        error_kind("ja")
+
+
+def test_traditional_and_simplified_are_the_same_text():
+    ref = "希望你以后能够做得比我还好。欢迎大家来体验达摩院推出的语音识别模型"
+    hyp = "希望你以後能夠做得比我還好,歡迎大家來體驗達摩院推出的語音識別模型"
+    assert error_rate(ref, hyp, "zh") == 0.0
+
+
+def test_numbers_case_and_apostrophes_do_not_count_in_english():
+    assert error_rate("It's 3 dogs.", "its three dogs", "en") == 0.0
+    assert error_rate("It costs $3.50.", "it costs three dollars and fifty cents", "en") == 0.0
+
+
+def test_numbers_do_not_count_in_chinese():
+    assert error_rate("我明天早上8点要去机场。", "我明天早上八点要去机场", "zh") == 0.0
+
+
+def test_punctuation_and_spacing_are_ignored():
+    assert error_rate("你好，世界！「真的」？", "你 好 世界 真的", "zh") == 0.0
+    assert error_rate("Hello, world! (Really?)", "hello   world really", "en") == 0.0
+    assert error_rate("a well-known fact", "a well known fact", "en") == 0.0
+    assert error_rate("Ｈｅｌｌｏ，ｗｏｒｌｄ！", "hello world", "en") == 0.0
+
+
+def test_real_errors_are_counted():
+    # one substituted character out of six
+    assert error_rate("今天天气很好", "今天天汽很好", "zh") == pytest.approx(1 / 6)
+    # one substituted word out of three, then one deleted word
+    assert error_rate("the cat sat", "the cat sit", "en") == pytest.approx(1 / 3)
+    assert error_rate("the cat sat", "the cat", "en") == pytest.approx(1 / 3)
+    # nothing heard
+    assert error_rate("the cat sat", "", "en") == 1.0
+    assert error_rate("今天天气很好", "", "zh") == 1.0
+    # insertions can push the rate above 1 (not capped)
+    assert error_rate("yes", "yes yes yes", "en") == pytest.approx(2.0)
+
+
+def test_empty_reference():
+    assert error_rate("", "", "en") == 0.0
+    assert error_rate("", "hello", "en") == 1.0
+    assert error_rate("。！", "", "zh") == 0.0  # only punctuation: nothing to say
+    assert error_rate("", "你好", "zh") == 1.0
+
+
+def test_normalize_for_scoring_forms():
+    assert normalize_for_scoring("我 爱 你。", "zh") == "我爱你"
+    assert normalize_for_scoring("  Hello,\tWorld!  ", "en") == "hello world"
+    assert normalize_for_scoring("戶口", "zh") == "户口"
+    assert normalize_for_scoring("“Don’t” — she said…", "en") == "dont she said"
+    # same transform on both sides: idempotent
+    for text, lang in (("It's 3 dogs.", "en"), ("我有3个苹果，12.5%的人", "zh")):
+        once = normalize_for_scoring(text, lang)
+        assert normalize_for_scoring(once, lang) == once
+
+
+def test_real_transcripts_against_themselves(shared_data):
+    import csv
+
+    with open(shared_data / "audio" / "transcripts.tsv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    assert rows
+    for r in rows:
+        assert error_rate(r["transcript"], r["transcript"], r["language"]) == 0.0
+        assert error_rate(r["transcript"], r["transcript"].lower(), r["language"]) == 0.0
