@@ -109,6 +109,15 @@ class TTSConfig(_Model):
     model_dir: str | None = Field(None, description="Local model directory (default: the embedded Kokoro model).")
     sample_rate_hz: int = Field(24000, description="Sample rate of the stored audio.")
     num_threads: int = Field(1, ge=1, description="Intra-op threads of the TTS model per worker.")
+    sentence_pause_s: float = Field(
+        0.25, ge=0, le=2, description="Silence between the sentences of a long turn (Kokoro speaks sentence by sentence)."
+    )
+    source_dir: str | None = Field(
+        None, description="CosyVoice source checkout (default: $COSYVOICE_ROOT); the PyPI 'cosyvoice' is not it."
+    )
+    fp16: bool = Field(False, description="CosyVoice: half precision on GPU.")
+    load_jit: bool = Field(False, description="CosyVoice: load the TorchScript flow encoder from the model directory.")
+    load_trt: bool = Field(False, description="CosyVoice: load the TensorRT flow decoder plan from the model directory.")
 
 
 class ASRConfig(_Model):
@@ -117,11 +126,55 @@ class ASRConfig(_Model):
     en_model_dir: str | None = Field(None, description="Whisper directory for English with the funasr backend.")
     beam_size: int = Field(1, ge=1, description="Beam size of the decoder.")
     num_threads: int = Field(1, ge=1, description="CPU threads of the ASR model per worker.")
+    device: str | None = Field(
+        None, description="'cpu', 'cuda' or 'cuda:N'; default: cpu for faster_whisper, cuda for funasr."
+    )
+    pack: bool = Field(
+        True,
+        description="faster_whisper: pack short clips of one language into one <=30 s window and split the "
+        "transcript by word timestamps (Whisper pads every input to 30 s). False: one clip per window.",
+    )
+    window_s: float = Field(25.0, gt=0, le=30, description="Longest packed window, in seconds (faster_whisper).")
+    batch_size: int = Field(32, ge=1, description="Clips per batch of the Paraformer model (funasr).")
 
 
 class SpeakerConfig(_Model):
     backend: Literal["resemblyzer", "pyannote"] = Field("resemblyzer", description="Speaker-embedding backend.")
     model_dir: str | None = Field(None, description="Local model directory (pyannote/WeSpeaker); unused by resemblyzer.")
+    device: str | None = Field(None, description="'cpu' or 'cuda[:N]'; default: cpu for resemblyzer, cuda for pyannote.")
+
+
+class QualityConfig(_Model):
+    backend: Literal["dnsmos", "none"] = Field(
+        "dnsmos",
+        description="Per-utterance quality score written by verify: 'dnsmos' (DNSMOS P.835 OVRL from the "
+        "speechmos wheel, an artefact detector) or 'none' (no score; the gate in select is then skipped).",
+    )
+    num_threads: int = Field(1, ge=1, description="onnxruntime threads of the quality model per worker.")
+    personalized: bool = Field(False, description="Use the personalised DNSMOS model (penalises interfering talkers).")
+    hop_s: float = Field(
+        9.0,
+        gt=0,
+        le=9.01,
+        description="Hop between DNSMOS' 9.01 s windows; 1.0 is the reference (about 9x the cost on long clips).",
+    )
+
+
+class RetryConfig(_Model):
+    retries: int = Field(
+        2,
+        ge=0,
+        description="Re-syntheses of a turn that fails the select thresholds (each with another seed) before its "
+        "dialogue is rejected; done by the repair stage. 0 switches repair off.",
+    )
+    speed_jitter: float = Field(
+        0.06,
+        ge=0,
+        le=0.3,
+        description="Kokoro is deterministic, so a retry changes something real: the voice's speed is scaled by a "
+        "seeded factor in [1 - jitter, 1 + jitter] (and the sentence pause by up to twice that). CosyVoice retries "
+        "change the sampling seed instead.",
+    )
 
 
 class SelectConfig(_Model):
@@ -137,6 +190,18 @@ class SelectConfig(_Model):
     )
     max_chars_per_s: dict[str, float] = Field(
         default_factory=lambda: {"zh": 9.0, "en": 30.0}, description="Fastest plausible speaking rate (characters/s)."
+    )
+    rate_min_chars: int = Field(
+        6,
+        ge=0,
+        description="Check the speaking rate only for turns of at least this many spoken characters "
+        "(kespeechchat.metrics.spoken_chars): the rate of a two-word turn says little.",
+    )
+    min_dnsmos_ovrl: float | None = Field(
+        None,
+        ge=1,
+        le=5,
+        description="Lowest DNSMOS OVRL (1-5) of an accepted utterance; None: no quality gate. Needs quality.backend.",
     )
 
 
@@ -213,6 +278,8 @@ class RunConfig(_Model):
     tts: TTSConfig = Field(default_factory=TTSConfig)
     asr: ASRConfig = Field(default_factory=ASRConfig)
     speaker: SpeakerConfig = Field(default_factory=SpeakerConfig)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
+    retry: RetryConfig = Field(default_factory=RetryConfig)
     select: SelectConfig = Field(default_factory=SelectConfig)
     package: PackageConfig = Field(default_factory=PackageConfig)
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)

@@ -17,6 +17,13 @@ _KINDS = {"zh": "cer", "en": "wer"}
 # apostrophes inside words are dropped ("it's" -> "its"); all other punctuation splits words
 _APOSTROPHES = "'\u2019\u2018\u02bc\uff07"
 _SPACES = re.compile(r"\s+")
+_HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_LATIN_WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)*")
+_ALNUM = re.compile(r"[A-Za-z0-9]")
+# One English word inside Chinese speech takes about as long as two Chinese characters; one Chinese
+# character inside English speech about as long as three letters.
+ZH_CHARS_PER_LATIN_WORD = 2
+EN_CHARS_PER_HAN = 3
 
 
 def error_kind(language: str) -> str:
@@ -100,3 +107,19 @@ def error_rate(reference: str, hypothesis: str, language: str) -> float:
     if kind == "cer":
         return float(jiwer.cer(ref, hyp))
     return float(jiwer.wer(ref, hyp))
+
+
+def spoken_chars(text: str, language: str) -> int:
+    """How much there is to say, in the unit the speaking-rate bounds use.
+
+    zh: Chinese characters, plus two per Latin word; en: letters and digits, plus three per Chinese
+    character. Spaces and punctuation do not count (they are not spoken). The text is expected in
+    spoken form (numbers already written as words by the spoken stage).
+    """
+    error_kind(language)
+    text = unicodedata.normalize("NFKC", text or "")
+    han = len(_HAN.findall(text))
+    if language == "zh":
+        digits = sum(ch.isdigit() for ch in text)
+        return han + ZH_CHARS_PER_LATIN_WORD * len(_LATIN_WORD.findall(text)) + digits
+    return len(_ALNUM.findall(text)) + EN_CHARS_PER_HAN * han

@@ -40,6 +40,7 @@ COLUMN_TYPES: dict[str, pa.DataType] = {
     "silence_ratios": pa.list_(pa.float32()),
     "clipping_ratios": pa.list_(pa.float32()),
     "chars_per_s": pa.list_(pa.float32()),
+    "dnsmos_ovrl": pa.list_(pa.float32()),
     "quality_flags": pa.list_(pa.string()),
     # rejects
     "reject_stage": pa.string(),

@@ -1,16 +1,25 @@
-"""The package step: accepted dialogues -> one row per utterance in Hugging Face Parquet shards.
+"""The package step: accepted dialogues -> Hugging Face Parquet shards, one row per utterance.
 
-Why one row per utterance: `datasets` streams, filters and batches flat rows well, the Hub viewer
-shows them, and ASR/TTS training reads them directly; `dialogue_id` + `turn_index` rebuild the
-dialogue. Audio is the `Audio` feature (`struct<bytes, path>`, FLAC bytes) with the features in the
-Parquet schema metadata, so `datasets.load_dataset(<dataset dir>)` decodes it as audio.
+Why one row per utterance (and not one row per dialogue with nested turns): `datasets` streams,
+filters, shuffles and batches flat rows well, the Hub viewer plays an `Audio` cell per row (it
+does not play audio nested in lists), row groups stay small and even for streaming, and ASR/TTS
+training reads the rows directly. `dialogue_id` + `turn_index` rebuild a dialogue, and a
+dialogue's rows are contiguous and never span two files or two splits.
+
+Files are `data/<split>-00000-of-000NN.parquet` (what `push_to_hub` writes and the Hub
+auto-detects). Audio is the `Audio` feature (`struct<bytes, path>`, FLAC bytes, stored without
+compression and PLAIN-encoded like `datasets` does), and the features are in the Parquet schema
+metadata under `huggingface`, so `datasets.load_dataset(<dataset dir>)` decodes it as audio even
+without the card. A shard is cut between dialogues at about `package.target_shard_mb`; row groups
+close at `row_group_rows` or `row_group_mb`.
 
 The dataset folder is built next to the old one and swapped in by rename: readers never see half.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
+import re
 import shutil
 import time
 from collections import defaultdict
@@ -25,47 +34,106 @@ from kespeechchat.config import RunConfig, stable_hash
 from kespeechchat.progress import Progress
 from kespeechchat.store import RunStore, write_json_atomic
 
-PACKAGE_VERSION = "1"
+PACKAGE_VERSION = "2"
 LAST_SHARD_STAGE = "select"
+LAYOUT = "utterance"
+# Package settings that only change the card, not the Parquet files.
+CARD_ONLY_FIELDS = frozenset({"pretty_name", "license", "source_licenses"})
+DATA_FILE_RE = re.compile(r"^(?P<split>[A-Za-z][A-Za-z0-9_]*)-(?P<index>\d{5})-of-(?P<count>\d{5})\.parquet$")
+MEDIA_COLUMN = "audio"
 
-UTTERANCE_FIELDS: list[tuple[str, pa.DataType, dict[str, Any]]] = [
-    ("utterance_id", pa.string(), {"dtype": "string", "_type": "Value"}),
-    ("dialogue_id", pa.string(), {"dtype": "string", "_type": "Value"}),
-    ("turn_index", pa.int32(), {"dtype": "int32", "_type": "Value"}),
-    ("num_turns", pa.int32(), {"dtype": "int32", "_type": "Value"}),
-    ("role", pa.string(), {"dtype": "string", "_type": "Value"}),
-    ("language", pa.string(), {"dtype": "string", "_type": "Value"}),
-    ("text", pa.string(), {"dtype": "string", "_type": "Value"}),
-    ("rewritten_text", pa.string(), {"dtype": "string", "_type": "Value"}),
-    ("source_text", pa.string(), {"dtype": "string", "_type": "Value"}),
-    ("voice_id", pa.string(), {"dtype": "string", "_type": "Value"}),
-    ("audio", pa.struct([("bytes", pa.binary()), ("path", pa.string())]), None),  # Audio; sampling rate filled in
-    ("duration_s", pa.float32(), {"dtype": "float32", "_type": "Value"}),
-    ("asr_text", pa.string(), {"dtype": "string", "_type": "Value"}),
-    ("error_rate", pa.float32(), {"dtype": "float32", "_type": "Value"}),
-    ("error_kind", pa.string(), {"dtype": "string", "_type": "Value"}),
-    ("speaker_similarity", pa.float32(), {"dtype": "float32", "_type": "Value"}),
-    ("tts_attempts", pa.int32(), {"dtype": "int32", "_type": "Value"}),
-    ("source_file", pa.string(), {"dtype": "string", "_type": "Value"}),
-    ("source_format", pa.string(), {"dtype": "string", "_type": "Value"}),
+
+def _value(dtype: str) -> dict[str, Any]:
+    return {"dtype": dtype, "_type": "Value"}
+
+
+# name, Arrow type, `datasets` feature (None: the Audio feature), description (quoted on the card).
+UTTERANCE_FIELDS: list[tuple[str, pa.DataType, dict[str, Any] | None, str]] = [
+    ("utterance_id", pa.string(), _value("string"), "`<dialogue_id>-<turn_index>`, unique in the dataset"),
+    ("dialogue_id", pa.string(), _value("string"), "content hash of the source dialogue; shared by its turns"),
+    ("turn_index", pa.int32(), _value("int32"), "position of the turn in its dialogue, from 0"),
+    ("num_turns", pa.int32(), _value("int32"), "number of turns of the dialogue"),
+    ("role", pa.string(), _value("string"), "`user` or `assistant`"),
+    ("language", pa.string(), _value("string"), "`zh` or `en` (language of the dialogue)"),
+    ("text", pa.string(), _value("string"), "what is spoken: the spoken-style, normalised text given to the TTS"),
+    ("rewritten_text", pa.string(), _value("string"), "the LLM rewrite for speech, before the spoken-style pass"),
+    ("source_text", pa.string(), _value("string"), "the turn as it is in the source dataset"),
+    ("voice_id", pa.string(), _value("string"), "virtual voice recipe that spoke the turn"),
+    ("speaker_id", pa.string(), _value("string"), "identity of the voice; prosodic variants of one identity share it (count speakers by this)"),
+    ("gender", pa.string(), _value("string"), "gender label of the voice (from its predicted pitch)"),
+    (MEDIA_COLUMN, pa.struct([("bytes", pa.binary()), ("path", pa.string())]), None, "the speech, FLAC 16-bit mono"),
+    ("sample_rate_hz", pa.int32(), _value("int32"), "sample rate of the audio"),
+    ("duration_s", pa.float32(), _value("float32"), "duration of the audio in seconds"),
+    ("asr_text", pa.string(), _value("string"), "what the verification ASR heard"),
+    ("error_rate", pa.float32(), _value("float32"), "CER (zh) or WER (en) of `asr_text` against `text`"),
+    ("error_kind", pa.string(), _value("string"), "`cer` or `wer`"),
+    ("speaker_similarity", pa.float32(), _value("float32"), "cosine between the utterance and its voice's reference (speaker encoder)"),
+    ("tts_attempts", pa.int32(), _value("int32"), "TTS attempts the turn needed"),
+    ("source_file", pa.string(), _value("string"), "source text file the dialogue came from"),
+    ("source_format", pa.string(), _value("string"), "record format of the source (alpaca, sharegpt, openai)"),
 ]
+
+
+def hf_features(sample_rate_hz: int) -> dict[str, Any]:
+    """The `datasets` features as the JSON `datasets` itself stores in Parquet metadata."""
+    return {
+        name: feat if feat is not None else {"sampling_rate": int(sample_rate_hz), "_type": "Audio"}
+        for name, _, feat, _ in UTTERANCE_FIELDS
+    }
 
 
 def utterance_schema(sample_rate_hz: int) -> pa.Schema:
     """Arrow schema carrying the `huggingface` features metadata (what `datasets` writes itself)."""
-    features = {}
-    for name, _, feat in UTTERANCE_FIELDS:
-        features[name] = feat if feat is not None else {"sampling_rate": int(sample_rate_hz), "_type": "Audio"}
-    meta = {b"huggingface": json.dumps({"info": {"features": features}}).encode()}
-    return pa.schema([pa.field(n, t) for n, t, _ in UTTERANCE_FIELDS], metadata=meta)
+    import json
+
+    meta = {b"huggingface": json.dumps({"info": {"features": hf_features(sample_rate_hz)}}).encode()}
+    return pa.schema([pa.field(n, t) for n, t, _, _ in UTTERANCE_FIELDS], metadata=meta)
 
 
-def flatten(row: dict[str, Any]) -> list[dict[str, Any]]:
+def split_of(dialogue_id: str, seed: int, splits: dict[str, float]) -> str:
+    """The split of a dialogue: a hash of (seed, id) mapped onto the cumulative shares, in declared order.
+
+    Independent of the other dialogues, so adding data never moves a dialogue to another split.
+    """
+    h = hashlib.sha256(f"{seed}:{dialogue_id}".encode()).digest()
+    u = int.from_bytes(h[:8], "big") / 2.0**64
+    acc = 0.0
+    names = list(splits)
+    for name in names:
+        acc += splits[name]
+        if u < acc:
+            return name
+    return names[-1]
+
+
+def voice_labels(run_dir: Path) -> dict[str, tuple[str, str]]:
+    """voice_id -> (identity_id, gender) from the run's voice library."""
+    from pipelines.voices import library_path
+
+    p = library_path(run_dir)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: the run's voice library is missing (run the pipeline, it is written before assign)")
+    t = pq.read_table(p, columns=["voice_id", "identity_id", "gender"]).to_pylist()
+    return {r["voice_id"]: (r["identity_id"], r["gender"]) for r in t}
+
+
+def flatten(row: dict[str, Any], voices: dict[str, tuple[str, str]] | None = None) -> list[dict[str, Any]]:
+    """One dialogue row of the select stage -> its utterance rows, in turn order."""
     lang = row["language"]
     n = len(row["roles"])
+    per_turn = ("spoken_texts", "rewritten_texts", "source_texts", "voice_ids", "audio_flac", "durations_s",
+                "asr_texts", "error_rates", "speaker_similarities", "tts_attempts")  # fmt: skip
+    for col in per_turn:
+        if row.get(col) is None or len(row[col]) != n:
+            got = None if row.get(col) is None else len(row[col])
+            raise ValueError(f"dialogue {row['dialogue_id']}: column {col} has {got} values for {n} turns")
     out = []
     for i in range(n):
         uid = f"{row['dialogue_id']}-{i:02d}"
+        vid = row["voice_ids"][i]
+        if voices is not None and vid not in voices:
+            raise ValueError(f"dialogue {row['dialogue_id']} turn {i}: voice {vid!r} is not in the run's voice library")
+        speaker, gender = voices[vid] if voices is not None else (None, None)
         out.append(
             {
                 "utterance_id": uid,
@@ -77,8 +145,11 @@ def flatten(row: dict[str, Any]) -> list[dict[str, Any]]:
                 "text": row["spoken_texts"][i],
                 "rewritten_text": row["rewritten_texts"][i],
                 "source_text": row["source_texts"][i],
-                "voice_id": row["voice_ids"][i],
-                "audio": {"bytes": row["audio_flac"][i], "path": f"{uid}.flac"},
+                "voice_id": vid,
+                "speaker_id": speaker,
+                "gender": gender,
+                MEDIA_COLUMN: {"bytes": row["audio_flac"][i], "path": f"{uid}.flac"},
+                "sample_rate_hz": int(row["sample_rate_hz"]),
                 "duration_s": row["durations_s"][i],
                 "asr_text": row["asr_texts"][i],
                 "error_rate": row["error_rates"][i],
@@ -92,56 +163,148 @@ def flatten(row: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-class _ShardWriter:
-    """Cuts utterances into files of about ``target_bytes``; names are fixed once the count is known."""
+def row_nbytes(u: dict[str, Any]) -> int:
+    """Approximate uncompressed size of one utterance row (what shard and row-group sizes count)."""
+    n = len(u[MEDIA_COLUMN]["bytes"]) + 48
+    for v in u.values():
+        if isinstance(v, str):
+            n += len(v.encode("utf-8"))
+    return n
 
-    def __init__(self, folder: Path, schema: pa.Schema, target_bytes: int, row_group_rows: int):
-        self.folder, self.schema = folder, schema
-        self.target_bytes, self.row_group_rows = target_bytes, row_group_rows
+
+class _SplitWriter:
+    """Streams one split's rows into files of about ``target_bytes``; names are fixed once the count is known.
+
+    Only one row group is held in memory; a new file starts before a dialogue that would overflow it.
+    """
+
+    def __init__(self, folder: Path, split: str, schema: pa.Schema, cfg: Any):
+        self.folder, self.split, self.schema = folder, split, schema
+        self.target_bytes = int(cfg.target_shard_mb * 1e6)
+        self.rg_rows = cfg.row_group_rows
+        self.rg_bytes = int(cfg.row_group_mb * 1e6)
+        self.cdc = bool(cfg.content_defined_chunking)
         self.parts: list[Path] = []
-        self.rows: list[dict[str, Any]] = []
-        self.bytes = 0
-        self.counts: list[int] = []
+        self.part_rows: list[int] = []
+        self._writer: pq.ParquetWriter | None = None
+        self._file_bytes = 0
+        self._group: list[dict[str, Any]] = []
+        self._group_bytes = 0
 
-    def add(self, rows: list[dict[str, Any]]) -> None:
-        for r in rows:
-            self.rows.append(r)
-            self.bytes += len(r["audio"]["bytes"]) + 256
-            if self.bytes >= self.target_bytes:
-                self.flush()
-
-    def flush(self) -> None:
-        if not self.rows and self.parts:
-            return
-        path = self.folder / f"part-{len(self.parts):05d}.parquet"
-        table = pa.Table.from_pylist(self.rows, schema=self.schema)
-        compression = {n: ("NONE" if n == "audio" else "SNAPPY") for n in self.schema.names}
-        pq.write_table(
-            table,
+    def _open(self) -> None:
+        path = self.folder / f".part-{self.split}-{len(self.parts):05d}.parquet"
+        names = [n for n in self.schema.names if n != MEDIA_COLUMN]
+        media = [f"{MEDIA_COLUMN}.bytes", f"{MEDIA_COLUMN}.path"]
+        compression: dict[str, str] = {n: "snappy" for n in names}
+        compression.update({m: "none" for m in media})
+        kwargs: dict[str, Any] = {}
+        if self.cdc:
+            kwargs["use_content_defined_chunking"] = True
+        self._writer = pq.ParquetWriter(
             path,
-            row_group_size=self.row_group_rows,
+            self.schema,
             compression=compression,
-            use_dictionary=[n for n in self.schema.names if n != "audio"],
+            use_dictionary=names,
+            column_encoding={m: "PLAIN" for m in media},
             write_page_index=True,
+            **kwargs,
         )
         self.parts.append(path)
-        self.counts.append(len(self.rows))
-        self.rows, self.bytes = [], 0
+        self.part_rows.append(0)
+        self._file_bytes = 0
 
-    def finish(self, split: str) -> list[Path]:
-        if self.rows or not self.parts:
-            self.flush()
+    def _flush_group(self) -> None:
+        if self._group:
+            assert self._writer is not None
+            self._writer.write_table(pa.Table.from_pylist(self._group, schema=self.schema), row_group_size=len(self._group))
+            self.part_rows[-1] += len(self._group)
+            self._group, self._group_bytes = [], 0
+
+    def _close(self) -> None:
+        self._flush_group()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def add_dialogue(self, utts: list[dict[str, Any]]) -> None:
+        sizes = [row_nbytes(u) for u in utts]
+        total = sum(sizes)
+        if self._writer is not None and self._file_bytes > 0 and self._file_bytes + total > self.target_bytes:
+            self._close()
+        if self._writer is None:
+            self._open()
+        for u, b in zip(utts, sizes, strict=True):
+            self._group.append(u)
+            self._group_bytes += b
+            if len(self._group) >= self.rg_rows or self._group_bytes >= self.rg_bytes:
+                self._flush_group()
+        self._file_bytes += total
+
+    def finish(self, allow_empty: bool = False) -> list[Path]:
+        """Close the last file and rename all to `<split>-XXXXX-of-YYYYY.parquet`."""
+        if not self.parts and allow_empty:
+            self._open()
+        self._close()
         n = len(self.parts)
         final = []
         for i, p in enumerate(self.parts):
-            dst = p.with_name(f"{split}-{i:05d}-of-{n:05d}.parquet")
+            dst = p.with_name(f"{self.split}-{i:05d}-of-{n:05d}.parquet")
             p.rename(dst)
             final.append(dst)
         return final
 
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def data_fingerprint(cfg: RunConfig, input_fps: list[str], library_fp: str) -> str:
+    """What the Parquet files depend on (card-only settings excluded)."""
+    pkg = cfg.package.model_dump(exclude=set(CARD_ONLY_FIELDS))
+    return stable_hash({"v": PACKAGE_VERSION, "inputs": input_fps, "package": pkg, "seed": cfg.seed, "library": library_fp})
+
+
+def card_fingerprint(cfg: RunConfig, data_fp: str) -> str:
+    from kespeechchat.card import CARD_VERSION
+
+    return stable_hash(
+        {"data": data_fp, "card": CARD_VERSION, "cfg": cfg.model_dump(mode="json", exclude={"executor", "runs_dir"})}
+    )
+
+
+def prompt_versions(cfg: RunConfig) -> dict[str, Any]:
+    """Versions of the prompt files the LLM stages used (hash of each file), recorded on the card."""
+    used = {"rewrite": cfg.rewrite.mode == "llm", "judge": cfg.filter.llm_judge, "spoken": cfg.spoken.mode == "llm"}
+    out: dict[str, Any] = {}
+    for task, on in used.items():
+        if not on:
+            continue
+        try:
+            from kespeechchat.llm.tasks import load_prompt
+
+            out[task] = {lang: load_prompt(task, lang).version for lang in ("zh", "en")}
+        except Exception as e:  # the card says so rather than failing the package
+            out[task] = f"unavailable ({type(e).__name__}: {e})"
+    return out
+
+
+def _new_stats() -> dict[str, Any]:
+    return {
+        "dialogues": 0,
+        "utterances": 0,
+        "audio_s": 0.0,
+        "by_language": defaultdict(lambda: {"dialogues": 0, "utterances": 0, "audio_s": 0.0, "errors": [], "sims": []}),
+        "by_role": defaultdict(lambda: {"utterances": 0, "audio_s": 0.0}),
+        "by_split": defaultdict(lambda: {"dialogues": 0, "utterances": 0, "audio_s": 0.0}),
+        "voices": defaultdict(int),
+        "speakers": set(),
+    }
+
 
 def run_package(cfg: RunConfig, store: RunStore, progress: Progress) -> Path:
-    from kespeechchat.card import write_card
+    """Write (or keep, when its inputs did not change) the dataset folder of the run."""
+    from pipelines.voices import library_fingerprint
 
     shards = store.shards()
     fps = []
@@ -150,26 +313,27 @@ def run_package(cfg: RunConfig, store: RunStore, progress: Progress) -> Path:
         if not m:
             raise RuntimeError(f"package: stage {LAST_SHARD_STAGE} has not finished shard {shard}")
         fps.append(m["output_fingerprint"])
-    fp = stable_hash({"v": PACKAGE_VERSION, "inputs": fps, "package": cfg.package.model_dump()})
-    m = store.read_marker("package", None)
+    data_fp = data_fingerprint(cfg, fps, library_fingerprint(cfg, store.root))
+    card_fp = card_fingerprint(cfg, data_fp)
     final_dir = store.dataset_dir
-    if m and m.get("input_fingerprint") == fp and final_dir.is_dir():
-        progress.note(f"[package] up to date: {final_dir}")
+    m = store.read_marker("package", None)
+    if m and m.get("input_fingerprint") == data_fp and (final_dir / "data").is_dir():
+        if m.get("card_fingerprint") != card_fp:
+            _write_card_or_note(final_dir, cfg, store.root, progress)
+            store.write_marker("package", None, {**m, "card_fingerprint": card_fp})
+            progress.note(f"[package] data up to date; card rewritten: {final_dir / 'README.md'}")
+        else:
+            progress.note(f"[package] up to date: {final_dir}")
         return final_dir
 
     t0 = time.perf_counter()
     tmp_dir = final_dir.with_name(f".tmp-dataset-{int(time.time() * 1000)}")
-    (tmp_dir / "data").mkdir(parents=True)
-    writer: _ShardWriter | None = None
-    stats: dict[str, Any] = {
-        "dialogues": 0,
-        "utterances": 0,
-        "audio_s": 0.0,
-        "by_language": defaultdict(lambda: {"dialogues": 0, "utterances": 0, "audio_s": 0.0, "errors": [], "sims": []}),
-        "by_role": defaultdict(lambda: {"utterances": 0, "audio_s": 0.0}),
-        "voices": defaultdict(int),
-    }
-    sample_rate = None
+    data_dir = tmp_dir / "data"
+    data_dir.mkdir(parents=True)
+    voices = voice_labels(store.root)
+    writers: dict[str, _SplitWriter] = {}
+    stats = _new_stats()
+    sample_rate: int | None = None
     try:
         for shard in shards:
             table = store.read_table(LAST_SHARD_STAGE, shard)
@@ -177,34 +341,25 @@ def run_package(cfg: RunConfig, store: RunStore, progress: Progress) -> Path:
                 sr = int(row["sample_rate_hz"])
                 if sample_rate is None:
                     sample_rate = sr
-                    writer = _ShardWriter(
-                        tmp_dir / "data",
-                        utterance_schema(sr),
-                        int(cfg.package.target_shard_mb * 1e6),
-                        cfg.package.row_group_rows,
-                    )
                 elif sr != sample_rate:
-                    raise RuntimeError(f"package: shard {shard} has sample rate {sr}, others {sample_rate}")
-                utts = flatten(row)
-                writer.add(utts)
-                lang = stats["by_language"][row["language"]]
-                stats["dialogues"] += 1
-                lang["dialogues"] += 1
-                for u in utts:
-                    stats["utterances"] += 1
-                    stats["audio_s"] += u["duration_s"]
-                    lang["utterances"] += 1
-                    lang["audio_s"] += u["duration_s"]
-                    lang["errors"].append(u["error_rate"])
-                    lang["sims"].append(u["speaker_similarity"])
-                    stats["by_role"][u["role"]]["utterances"] += 1
-                    stats["by_role"][u["role"]]["audio_s"] += u["duration_s"]
-                    stats["voices"][u["voice_id"]] += 1
-        if writer is None:  # nothing accepted: still a valid, empty dataset
-            writer = _ShardWriter(tmp_dir / "data", utterance_schema(cfg.tts.sample_rate_hz), 1, cfg.package.row_group_rows)
-        files = writer.finish("train")
-        summary = _summarise(stats, files, final_dir)
-        write_card(tmp_dir, cfg, summary, store.root)
+                    raise RuntimeError(
+                        f"package: dialogue {row['dialogue_id']} (shard {shard}) has sample rate {sr} Hz, "
+                        f"earlier dialogues {sample_rate} Hz; one dataset holds one rate"
+                    )
+                split = split_of(row["dialogue_id"], cfg.seed, cfg.package.splits)
+                if split not in writers:
+                    writers[split] = _SplitWriter(data_dir, split, utterance_schema(sr), cfg.package)
+                utts = flatten(row, voices)
+                writers[split].add_dialogue(utts)
+                _count(stats, row, split, utts)
+        if not writers:  # nothing accepted: still a valid, empty dataset
+            first = next(iter(cfg.package.splits))
+            writers[first] = _SplitWriter(data_dir, first, utterance_schema(cfg.tts.sample_rate_hz), cfg.package)
+            files = {first: writers[first].finish(allow_empty=True)}
+        else:
+            files = {s: writers[s].finish() for s in cfg.package.splits if s in writers}
+        summary = _summarise(stats, files, final_dir, sample_rate or cfg.tts.sample_rate_hz, cfg)
+        _write_card_or_note(tmp_dir, cfg, store.root, progress, summary=summary)
         old = None
         if final_dir.exists():
             old = final_dir.with_name(f".tmp-old-dataset-{int(time.time() * 1000)}")
@@ -213,6 +368,8 @@ def run_package(cfg: RunConfig, store: RunStore, progress: Progress) -> Path:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     finally:
+        for w in writers.values():
+            w.abort()
         if tmp_dir.exists():
             shutil.rmtree(tmp_dir, ignore_errors=True)
     write_json_atomic(store.root / "package" / "stats" / "package.json", summary)
@@ -222,23 +379,68 @@ def run_package(cfg: RunConfig, store: RunStore, progress: Progress) -> Path:
         {
             "stage": "package",
             "stage_version": PACKAGE_VERSION,
-            "input_fingerprint": fp,
+            "input_fingerprint": data_fp,
+            "card_fingerprint": card_fp,
             "rows_in": summary["dialogues"],
             "rows_out": summary["utterances"],
             "rows_rejected": 0,
             "duration_s": round(time.perf_counter() - t0, 3),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         },
     )
+    n_files = sum(len(v) for v in files.values())
+    split_txt = ", ".join(f"{s} {d['dialogues']}" for s, d in summary["splits"].items())
     progress.note(
-        f"[package] {summary['dialogues']} dialogues -> {summary['utterances']} utterances in "
-        f"{len(files)} file(s), {summary['audio_s']:.1f} s of audio -> {final_dir}"
+        f"[package] {summary['dialogues']} dialogues ({split_txt}) -> {summary['utterances']} utterances in "
+        f"{n_files} file(s), {summary['audio_s']:.1f} s of audio -> {final_dir}"
     )
+    if summary["empty_splits"]:
+        progress.note(f"[package] no dialogue fell into split(s) {', '.join(summary['empty_splits'])}: left out")
     return final_dir
 
 
-def _summarise(stats: dict[str, Any], files: list[Path], final_dir: Path) -> dict[str, Any]:
+def _write_card_or_note(
+    dataset_dir: Path, cfg: RunConfig, run_dir: Path, progress: Progress, summary: dict[str, Any] | None = None
+) -> None:
+    """The card needs the `hf` extra; without it the data is still complete and loadable, so say so and go on."""
+    try:
+        from kespeechchat.card import write_card
+    except ImportError as e:  # pragma: no cover - depends on extras
+        progress.note(f"[package] dataset card skipped ({e}); install the 'hf' extra and run `kespeechchat card`")
+        return
+    try:
+        write_card(dataset_dir, cfg, run_dir, package_summary=summary)
+    except ImportError as e:  # pragma: no cover - depends on extras
+        progress.note(f"[package] dataset card skipped ({e}); install the 'hf' extra and run `kespeechchat card`")
+
+
+def _count(stats: dict[str, Any], row: dict[str, Any], split: str, utts: list[dict[str, Any]]) -> None:
+    lang = stats["by_language"][row["language"]]
+    sp = stats["by_split"][split]
+    stats["dialogues"] += 1
+    lang["dialogues"] += 1
+    sp["dialogues"] += 1
+    for u in utts:
+        d = float(u["duration_s"])
+        stats["utterances"] += 1
+        stats["audio_s"] += d
+        lang["utterances"] += 1
+        lang["audio_s"] += d
+        lang["errors"].append(u["error_rate"])
+        lang["sims"].append(u["speaker_similarity"])
+        sp["utterances"] += 1
+        sp["audio_s"] += d
+        stats["by_role"][u["role"]]["utterances"] += 1
+        stats["by_role"][u["role"]]["audio_s"] += d
+        stats["voices"][u["voice_id"]] += 1
+        stats["speakers"].add(u["speaker_id"])
+
+
+def _summarise(
+    stats: dict[str, Any], files: dict[str, list[Path]], final_dir: Path, sample_rate_hz: int, cfg: RunConfig
+) -> dict[str, Any]:
     by_lang = {}
-    for lang, d in stats["by_language"].items():
+    for lang, d in sorted(stats["by_language"].items()):
         by_lang[lang] = {
             "dialogues": d["dialogues"],
             "utterances": d["utterances"],
@@ -247,14 +449,134 @@ def _summarise(stats: dict[str, Any], files: list[Path], final_dir: Path) -> dic
             "mean_error_rate": float(np.mean(d["errors"])) if d["errors"] else 0.0,
             "mean_speaker_similarity": float(np.mean(d["sims"])) if d["sims"] else 0.0,
         }
+    splits = {}
+    for name, paths in files.items():
+        s = stats["by_split"].get(name, {"dialogues": 0, "utterances": 0, "audio_s": 0.0})
+        num_bytes = download = 0
+        for p in paths:
+            md = pq.ParquetFile(p).metadata
+            num_bytes += sum(md.row_group(i).total_byte_size for i in range(md.num_row_groups))
+            download += p.stat().st_size
+        splits[name] = {
+            "dialogues": s["dialogues"],
+            "utterances": s["utterances"],
+            "audio_s": round(s["audio_s"], 3),
+            "files": [f"data/{p.name}" for p in paths],
+            "num_bytes": num_bytes,
+            "download_bytes": download,
+        }
     return {
         "path": str(final_dir),
-        "files": [f"data/{f.name}" for f in files],
+        "layout": LAYOUT,
+        "sample_rate_hz": int(sample_rate_hz),
+        "files": [f for s in splits.values() for f in s["files"]],
         "dialogues": stats["dialogues"],
         "utterances": stats["utterances"],
         "audio_s": round(stats["audio_s"], 3),
         "audio_hours": stats["audio_s"] / 3600.0,
         "by_language": by_lang,
-        "by_role": {k: dict(v) for k, v in stats["by_role"].items()},
+        "by_role": {k: {"utterances": v["utterances"], "audio_s": round(v["audio_s"], 3)} for k, v in sorted(stats["by_role"].items())},
+        "splits": splits,
+        "empty_splits": [s for s in cfg.package.splits if s not in splits],
+        "speakers": len(stats["speakers"] - {None}),
         "voice_usage": dict(sorted(stats["voices"].items())),
+        "prompts": prompt_versions(cfg),
     }
+
+
+# -- reading a packaged dataset back (card, inspect, export) --------------------------------------
+
+
+def dataset_files(dataset_dir: str | Path) -> dict[str, list[Path]]:
+    """`data/<split>-XXXXX-of-YYYYY.parquet` files by split, checked complete (every index, one count)."""
+    data = Path(dataset_dir) / "data"
+    if not data.is_dir():
+        raise FileNotFoundError(f"{data}: no data folder; run the pipeline (package step) first")
+    by_split: dict[str, list[tuple[int, int, Path]]] = defaultdict(list)
+    for p in sorted(data.iterdir()):
+        if p.name.startswith("."):
+            continue
+        mt = DATA_FILE_RE.match(p.name)
+        if not mt:
+            raise ValueError(f"{p}: not a dataset shard name (<split>-XXXXX-of-YYYYY.parquet)")
+        by_split[mt["split"]].append((int(mt["index"]), int(mt["count"]), p))
+    out: dict[str, list[Path]] = {}
+    for split, items in by_split.items():
+        counts = {c for _, c, _ in items}
+        idx = sorted(i for i, _, _ in items)
+        if len(counts) != 1 or idx != list(range(next(iter(counts)))):
+            names = ", ".join(p.name for _, _, p in items)
+            raise ValueError(f"{data}: split {split!r} is incomplete or mixes two writes: {names}")
+        out[split] = [p for _, _, p in sorted(items)]
+    if not out:
+        raise FileNotFoundError(f"{data}: no Parquet shards")
+    return out
+
+
+def read_utterances(
+    dataset_dir: str | Path,
+    columns: list[str] | None = None,
+    *,
+    split: str | None = None,
+    limit: int | None = None,
+    dialogue_id: str | None = None,
+) -> pa.Table:
+    """Rows of the packaged dataset with a `split` column; reads only the row groups it needs."""
+    files = dataset_files(dataset_dir)
+    if split is not None and split not in files:
+        raise ValueError(f"{dataset_dir}: no split {split!r}; splits: {', '.join(files)}")
+    tables = []
+    left = limit
+    for name, paths in files.items():
+        if split is not None and name != split:
+            continue
+        for p in paths:
+            if left is not None and left <= 0:
+                break
+            try:
+                if dialogue_id is not None:
+                    t = pq.read_table(p, columns=columns, filters=[("dialogue_id", "=", dialogue_id)])
+                elif left is not None:
+                    pf = pq.ParquetFile(p)
+                    batches = []
+                    for b in pf.iter_batches(batch_size=max(1, min(left, 1024)), columns=columns):
+                        batches.append(b.slice(0, left))
+                        left -= min(left, b.num_rows)
+                        if left <= 0:
+                            break
+                    t = pa.Table.from_batches(batches) if batches else None
+                else:
+                    t = pq.read_table(p, columns=columns)
+            except (pa.ArrowInvalid, OSError) as e:
+                raise ValueError(f"{p}: cannot read: {e}") from e
+            if t is None:
+                continue
+            t = t.replace_schema_metadata(None)
+            tables.append(t.append_column("split", pa.array([name] * t.num_rows, pa.string())))
+    if not tables:
+        return pa.table({"split": pa.array([], pa.string())})
+    return pa.concat_tables(tables)
+
+
+def write_wavs(rows: list[dict[str, Any]], wav_dir: str | Path) -> list[Path]:
+    """Decode each row's FLAC and write `<utterance_id>.wav` (16-bit PCM) for listening."""
+    import soundfile as sf
+
+    from kespeechchat.audio import decode_audio
+
+    out_dir = Path(wav_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for r in rows:
+        uid = r["utterance_id"]
+        audio = r.get(MEDIA_COLUMN) or {}
+        if not audio.get("bytes"):
+            raise ValueError(f"utterance {uid}: no audio bytes")
+        try:
+            x, sr = decode_audio(audio["bytes"])
+        except Exception as e:
+            raise ValueError(f"utterance {uid}: audio does not decode: {type(e).__name__}: {e}") from e
+        p = out_dir / f"{uid}.wav"
+        sf.write(p, x, sr, subtype="PCM_16")
+        paths.append(p)
+    return paths

@@ -279,6 +279,26 @@ def test_round_robin_bounded_concurrency_and_order():
         assert client.stats["requests"] == 12 and client.stats["http_requests"] == 12
 
 
+def test_requests_are_sent_grouped_by_prompt_prefix(srv):
+    srv.responder = _echo_number(0.0)
+    requests = []
+    for i in range(6):  # alternating system prompts, as a shard mixing zh and en dialogues would
+        system = {"role": "system", "content": "prompt A" if i % 2 == 0 else "prompt B"}
+        requests.append(
+            {
+                "messages": [system, {"role": "user", "content": f"item {i}"}],
+                "schema": SCHEMA,
+                "max_tokens": 16,
+            }
+        )
+    results = make_client(srv, concurrency=1).complete_json_many(requests)
+    assert [r.value["n"] for r in results] == list(range(6))  # results in request order
+    systems = [r.body["messages"][0]["content"] for r in srv.chat_requests()]
+    assert systems in (["prompt A"] * 3 + ["prompt B"] * 3, ["prompt B"] * 3 + ["prompt A"] * 3)
+    firsts = [int(r.body["messages"][-1]["content"].split()[-1]) for r in srv.chat_requests()]
+    assert [n for n in firsts if n % 2 == 0] == [0, 2, 4]  # stable within a group
+
+
 def test_failover_to_a_healthy_endpoint():
     def always_down(body: dict) -> FakeReply:
         return FakeReply.error(503)

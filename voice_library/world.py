@@ -67,6 +67,32 @@ def warp_envelope(sp: np.ndarray, formant_ratio: float) -> np.ndarray:
     return np.ascontiguousarray(np.maximum(out, 1e-16))
 
 
+def synthesize_from(
+    analysis: tuple[np.ndarray, np.ndarray, np.ndarray],
+    sr: int,
+    n_samples: int,
+    pitch_ratio: float,
+    formant_ratio: float,
+) -> np.ndarray:
+    """Re-synthesise a WORLD analysis with F0 × ``pitch_ratio`` and formants × ``formant_ratio``.
+
+    One analysis serves many transforms (the voice search tries several per blend); the result
+    has ``n_samples`` samples, is float32 and peak-limited below 0.99.
+    """
+    if pitch_ratio <= 0 or formant_ratio <= 0:
+        raise ValueError(f"ratios must be positive, got pitch {pitch_ratio}, formant {formant_ratio}")
+    pw = _pyworld()
+    f0, sp, ap = analysis
+    y = pw.synthesize(f0 * pitch_ratio, warp_envelope(sp, formant_ratio), ap, sr, FRAME_PERIOD_MS)
+    y = np.asarray(y[:n_samples], dtype=np.float32)
+    if y.size < n_samples:
+        y = np.pad(y, (0, n_samples - y.size))
+    peak = float(np.max(np.abs(y))) if y.size else 0.0
+    if peak > 0.99:
+        y *= 0.99 / peak
+    return y
+
+
 def transform(x: np.ndarray, sr: int, pitch_ratio: float, formant_ratio: float) -> np.ndarray:
     """Return ``x`` re-synthesised with F0 × ``pitch_ratio`` and formants × ``formant_ratio``.
 
@@ -80,13 +106,4 @@ def transform(x: np.ndarray, sr: int, pitch_ratio: float, formant_ratio: float) 
         return x
     if x.size == 0:
         return x
-    pw = _pyworld()
-    f0, sp, ap = analyse(x, sr)
-    y = pw.synthesize(f0 * pitch_ratio, warp_envelope(sp, formant_ratio), ap, sr, FRAME_PERIOD_MS)
-    y = np.asarray(y[: x.size], dtype=np.float32)
-    if y.size < x.size:
-        y = np.pad(y, (0, x.size - y.size))
-    peak = float(np.max(np.abs(y))) if y.size else 0.0
-    if peak > 0.99:
-        y *= 0.99 / peak
-    return y
+    return synthesize_from(analyse(x, sr), sr, x.size, pitch_ratio, formant_ratio)

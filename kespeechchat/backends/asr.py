@@ -331,9 +331,22 @@ class FunASRASR:
 def make_asr(cfg: ASRConfig) -> ASRBackend:
     """The ASR backend named in the config."""
     if cfg.backend == "faster_whisper":
-        return FasterWhisperASR(cfg.model_dir, num_threads=cfg.num_threads, beam_size=cfg.beam_size)
+        return FasterWhisperASR(
+            cfg.model_dir,
+            num_threads=cfg.num_threads,
+            beam_size=cfg.beam_size,
+            device=cfg.device or "cpu",
+            pack=cfg.pack,
+            window_s=cfg.window_s,
+        )
     if cfg.backend == "funasr":
         if not cfg.model_dir:
             raise ValueError("asr.backend 'funasr' needs asr.model_dir (a local Paraformer-zh directory)")
-        return FunASRASR(cfg.model_dir, cfg.en_model_dir, en_beam_size=cfg.beam_size)
+        return FunASRASR(
+            cfg.model_dir,
+            cfg.en_model_dir,
+            device=cfg.device or "cuda",
+            batch_size=cfg.batch_size,
+            en_beam_size=cfg.beam_size,
+        )
     raise ValueError(f"unknown ASR backend {cfg.backend!r}")

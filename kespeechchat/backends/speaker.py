@@ -166,9 +166,9 @@ class PyannoteEncoder:
 def make_speaker(cfg: SpeakerConfig) -> SpeakerEncoder:
     """The speaker encoder named in the config."""
     if cfg.backend == "resemblyzer":
-        return ResemblyzerEncoder()
+        return ResemblyzerEncoder(device=cfg.device or "cpu")
     if cfg.backend == "pyannote":
         if not cfg.model_dir:
             raise ValueError("speaker.backend 'pyannote' needs speaker.model_dir (a local checkpoint)")
-        return PyannoteEncoder(cfg.model_dir)
+        return PyannoteEncoder(cfg.model_dir, device=cfg.device or "cuda")
     raise ValueError(f"unknown speaker backend {cfg.backend!r}")

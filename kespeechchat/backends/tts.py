@@ -4,6 +4,11 @@ A backend turns (text, language, voice recipe) into float32 mono audio at ``samp
 The voice is a recipe (``voice_library.recipes.VoiceRecipe``), not a waveform: Kokoro mixes its
 shipped style tensors with the recipe's weights, CosyVoice conditions on the recipe's speaker
 embedding; both then apply the recipe's WORLD pitch/formant transform.
+
+``attempt`` numbers the tries at one turn (1 = first). A retry must be able to come out
+differently: CosyVoice samples its speech tokens, so each attempt gets its own sampling seed;
+Kokoro is deterministic, so attempts after the first scale the speed (and sentence pause) by a
+small factor drawn from the seed and the attempt, which changes every duration the model predicts.
 """
 
 from __future__ import annotations
@@ -47,7 +52,56 @@ class TTSBackend(Protocol):
 
     def setup(self) -> None: ...
 
-    def synthesize(self, text: str, language: str, voice: VoiceRecipe, seed: int = 0) -> np.ndarray: ...
+    def synthesize(
+        self, text: str, language: str, voice: VoiceRecipe, seed: int = 0, attempt: int = 1
+    ) -> np.ndarray: ...
+
+
+def turn_seed(seed: int, dialogue_id: str, turn_index: int) -> int:
+    """The synthesis seed of one turn: the same on every machine and every rerun, different per turn."""
+    import hashlib
+
+    h = hashlib.sha256(f"{seed}:{dialogue_id}:{turn_index}".encode()).digest()
+    return int.from_bytes(h[:4], "big") & 0x7FFFFFFF
+
+
+def attempt_seed(seed: int, attempt: int) -> int:
+    """Seed of attempt ``attempt`` (1-based) of a turn whose seed is ``seed``; attempt 1 keeps it."""
+    if attempt < 1:
+        raise ValueError(f"attempt counts from 1, got {attempt}")
+    if attempt == 1:
+        return int(seed) & 0x7FFFFFFF
+    ss = np.random.SeedSequence([int(seed) & 0x7FFFFFFF, int(attempt)])
+    return int(ss.generate_state(1)[0]) & 0x7FFFFFFF
+
+
+def retry_perturbation(seed: int, attempt: int, jitter: float) -> tuple[float, float]:
+    """(speed factor, pause factor) of a deterministic backend's attempt; (1, 1) on the first.
+
+    The speed factor's distance from 1 is drawn in [jitter/2, jitter] with a random sign, so a
+    retry never lands on (nearly) the rendering that just failed.
+    """
+    if attempt <= 1 or jitter <= 0:
+        return 1.0, 1.0
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed) & 0x7FFFFFFF, int(attempt), 7]))
+    sign = 1.0 if rng.random() < 0.5 else -1.0
+    speed = 1.0 + sign * float(rng.uniform(0.5 * jitter, jitter))
+    pause = float(np.clip(1.0 + float(rng.uniform(-2.0 * jitter, 2.0 * jitter)), 0.5, 1.5))
+    return speed, pause
+
+
+def output_problem(audio: np.ndarray) -> tuple[str, str] | None:
+    """(reason, detail) when a backend's output is unusable before any scoring, else None.
+
+    ``tts_empty``: no samples; ``tts_nonfinite``: NaN or inf samples (FLAC would silently zero them).
+    """
+    a = np.asarray(audio)
+    if a.size == 0:
+        return "tts_empty", "the TTS returned no samples"
+    bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+    if bad:
+        return "tts_nonfinite", f"{bad} of {a.size} samples are NaN or inf"
+    return None
 
 
 def split_sentences(text: str, language: str) -> list[str]:
@@ -80,18 +134,27 @@ class KokoroTTS:
 
     zh text goes through misaki's G2P, en text through espeak-ng phonemes; Latin runs inside
     zh text are phonemised as English and Han runs inside en text as Chinese. Kokoro itself is
-    deterministic, so ``seed`` changes nothing (it is kept for the backend protocol).
+    deterministic: ``seed`` only matters for attempts after the first (``retry_perturbation``).
     """
 
     name = "kokoro"
     sample_rate_hz = KOKORO_SAMPLE_RATE_HZ
 
-    def __init__(self, model_dir: str | None = None, num_threads: int = 1):
+    def __init__(
+        self,
+        model_dir: str | None = None,
+        num_threads: int = 1,
+        *,
+        sentence_pause_s: float = SENTENCE_PAUSE_S,
+        speed_jitter: float = 0.06,
+    ):
         self.model_dir = model_dir
         self.num_threads = int(num_threads)
+        self.sentence_pause_s = float(sentence_pause_s)
+        self.speed_jitter = float(speed_jitter)
         self._kokoro: Any = None
         self._zh_g2p: Callable[[str], Any] | None = None
-        self._styles: dict[tuple[tuple[str, float], ...], np.ndarray] = {}
+        self._styles: dict[Any, np.ndarray] = {}
         self._lock = threading.Lock()
 
     # The base voices shipped with the model, e.g. jf_alpha … jm_kumo.
@@ -142,22 +205,31 @@ class KokoroTTS:
             self._kokoro = kokoro
 
     def style(self, voice: VoiceRecipe) -> np.ndarray:
-        """The recipe's style tensor (510, 1, 256): weighted sum of the base voices (affine)."""
+        """The recipe's style tensor (510, 1, 256): the affine blend of the base voices, and the
+        recipe's separate prosody blend and length-direction offsets when it has them
+        (``voice_library.kokoro_style``)."""
+        from voice_library.kokoro_style import style_from_parts
+
         self.setup()
-        key = tuple(sorted((str(k), float(v)) for k, v in voice.base_weights.items()))
+        weights = tuple(sorted((str(k), float(v)) for k, v in voice.base_weights.items()))
+        if not weights:
+            raise ValueError(f"voice {voice.voice_id} has no base weights")
+        pw = getattr(voice, "prosody_weights", None)
+        so = getattr(voice, "style_offsets", None)
+        key = (
+            weights,
+            tuple(sorted((str(k), float(v)) for k, v in pw.items())) if pw else None,
+            tuple(float(x) for x in so) if so else None,
+        )
         cached = self._styles.get(key)
         if cached is not None:
             return cached
-        if not key:
-            raise ValueError(f"voice {voice.voice_id} has no base weights")
-        unknown = [k for k, _ in key if k not in self._voices]
+        unknown = [k for k in {k for k, _ in weights} | set(pw or {}) if k not in self._voices]
         if unknown:
             raise ValueError(
-                f"voice {voice.voice_id}: unknown Kokoro base voices {unknown}; have {list(self._voices)}"
+                f"voice {voice.voice_id}: unknown Kokoro base voices {sorted(unknown)}; have {list(self._voices)}"
             )
-        mix = np.zeros_like(next(iter(self._voices.values())))
-        for name, w in key:
-            mix += np.float32(w) * self._voices[name]
+        mix = style_from_parts(self._voices, dict(weights), pw or None, list(so) if so else None, who=f"voice {voice.voice_id}")
         self._styles[key] = mix
         return mix
 
@@ -208,8 +280,14 @@ class KokoroTTS:
             chunks.append(cur)
         return chunks  # a single sentence over the limit is split by kokoro-onnx at clause/word bounds
 
-    def synthesize(self, text: str, language: str, voice: VoiceRecipe, seed: int = 0) -> np.ndarray:
-        """Speak ``text`` with the recipe's style mix, speed and WORLD transform; float32 mono."""
+    def synthesize(
+        self, text: str, language: str, voice: VoiceRecipe, seed: int = 0, attempt: int = 1
+    ) -> np.ndarray:
+        """Speak ``text`` with the recipe's style mix, speed and WORLD transform; float32 mono.
+
+        Attempt 1 is the recipe exactly; later attempts scale speed and pause by
+        ``retry_perturbation(seed, attempt, speed_jitter)``.
+        """
         _check_text(text, language)
         self.setup()
         style = self.style(voice)
@@ -218,10 +296,12 @@ class KokoroTTS:
             raise ValueError(
                 f"voice {voice.voice_id}: speed {speed} outside Kokoro's range {KOKORO_SPEED_RANGE}"
             )
+        speed_factor, pause_factor = retry_perturbation(seed, attempt, self.speed_jitter)
+        speed = float(np.clip(speed * speed_factor, *KOKORO_SPEED_RANGE))
         chunks = self.phoneme_chunks(text, language)
         if not chunks:
             raise ValueError(f"no speakable phonemes in {text[:60]!r}")
-        pause = np.zeros(int(SENTENCE_PAUSE_S * self.sample_rate_hz), dtype=np.float32)
+        pause = np.zeros(int(self.sentence_pause_s * pause_factor * self.sample_rate_hz), dtype=np.float32)
         parts: list[np.ndarray] = []
         for i, ph in enumerate(chunks):
             audio, sr = self._kokoro.create(ph, voice=style, speed=speed, is_phonemes=True)
@@ -328,7 +408,14 @@ class CosyVoiceTTS:
             }
         return voice.voice_id
 
-    def synthesize(self, text: str, language: str, voice: VoiceRecipe, seed: int = 0) -> np.ndarray:
+    def synthesize(
+        self, text: str, language: str, voice: VoiceRecipe, seed: int = 0, attempt: int = 1
+    ) -> np.ndarray:
+        """Speak ``text`` (non-streaming; CosyVoice splits long text into sentences itself).
+
+        The speech-token LM samples, so every attempt gets its own seed (``attempt_seed``) and the
+        same (seed, attempt) reproduces the same audio on the same machine and model.
+        """
         _check_text(text, language)
         if voice.speaker_embedding is None:
             raise ValueError(f"voice {voice.voice_id} has no speaker_embedding; CosyVoice needs one")
@@ -338,12 +425,12 @@ class CosyVoiceTTS:
         import torch
 
         spk = self._speaker_id(voice)
-        # The LLM samples speech tokens: seed every generator it may use, so a retry is reproducible.
-        random.seed(seed)
-        np.random.seed(seed % (2**32))
-        torch.manual_seed(seed)
+        s = attempt_seed(seed, attempt)
+        random.seed(s)
+        np.random.seed(s)
+        torch.manual_seed(s)
         if torch.cuda.is_available():
-            torch.cuda.manual_seed_all(seed)
+            torch.cuda.manual_seed_all(s)
         parts = [
             out["tts_speech"].detach().float().cpu().numpy().ravel()
             for out in self._model.inference_sft(
@@ -351,19 +438,31 @@ class CosyVoiceTTS:
             )
         ]
         if not parts:
-            raise RuntimeError(f"CosyVoice returned no audio for {text[:60]!r}")
+            return np.zeros(0, dtype=np.float32)  # reported as tts_empty by the stage
         audio = np.concatenate(parts).astype(np.float32)
         return _apply_world(audio, self.sample_rate_hz, voice)
 
 
-def make_tts(cfg: TTSConfig) -> TTSBackend:
-    """The backend named in the config (not yet set up: call ``setup()`` in the worker)."""
+def make_tts(cfg: TTSConfig, *, speed_jitter: float = 0.06) -> TTSBackend:
+    """The backend named in the config (not yet set up: call ``setup()`` in the worker).
+
+    ``speed_jitter`` is ``retry.speed_jitter``: how much a deterministic backend's retries vary.
+    """
     if cfg.backend == "kokoro":
-        return KokoroTTS(model_dir=cfg.model_dir, num_threads=cfg.num_threads)
+        return KokoroTTS(
+            model_dir=cfg.model_dir,
+            num_threads=cfg.num_threads,
+            sentence_pause_s=cfg.sentence_pause_s,
+            speed_jitter=speed_jitter,
+        )
     if cfg.backend == "cosyvoice":
         if not cfg.model_dir:
             raise ValueError(
                 "tts.model_dir is required for the cosyvoice backend (a local CosyVoice2 model directory)"
             )
-        return CosyVoiceTTS(cfg.model_dir)
+        return CosyVoiceTTS(
+            cfg.model_dir, source_dir=cfg.source_dir, load_jit=cfg.load_jit, load_trt=cfg.load_trt, fp16=cfg.fp16
+        )
     raise ValueError(f"unknown TTS backend {cfg.backend!r}")
+
+

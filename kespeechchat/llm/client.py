@@ -497,15 +497,30 @@ class LLMClient:
         )
 
     def complete_json_many(self, requests: list[dict]) -> list[JsonResult]:
-        """Run many ``complete_json`` calls (kwargs dicts) with bounded concurrency; order is kept."""
+        """Run many ``complete_json`` calls (kwargs dicts) with bounded concurrency; order is kept.
 
-        async def run_all() -> list[JsonResult]:
-            try:
-                return list(await asyncio.gather(*(self.complete_json(**r) for r in requests)))
+        Requests are sent grouped by their prompt prefix (all messages but the last), so a server
+        with a prefix cache (llama.cpp keeps the previous prompt's KV) skips re-reading the shared
+        system prompt and example; results still come back in the order of ``requests``.
+        """
+        results: list[JsonResult | None] = [None] * len(requests)
+
+        async def one(i: int) -> None:
+            results[i] = await self.complete_json(**requests[i])
+
+        async def run_all() -> None:
+            try:  # tasks start in list order, so slots are taken in this order
+                await asyncio.gather(
+                    *(one(i) for i in sorted(range(len(requests)), key=lambda i: _prefix_key(requests[i])))
+                )
             finally:
                 await self.aclose()
 
-        return run_sync(run_all)
+        run_sync(run_all)
+        done = [r for r in results if r is not None]
+        if len(done) != len(requests):  # gather either fills every slot or raises
+            raise RuntimeError("complete_json_many: a request ended without a result")
+        return done
 
     # -- results and cache ----------------------------------------------------------------------
     def _fail(self, code: str, detail: str, tokens_in: int, tokens_out: int, attempts: int) -> JsonResult:
@@ -561,6 +576,12 @@ class LLMClient:
 
 class _BadBody(Exception):
     """A 200 response without the parts of a chat completion."""
+
+
+def _prefix_key(request: dict) -> str:
+    """Hash of everything before the last message: requests sharing it share a cacheable prefix."""
+    head = request.get("messages", [])[:-1]
+    return hashlib.sha1(json.dumps(head, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
 def _error_message(e: Any) -> str:

@@ -1,7 +1,24 @@
 """select: thresholds from the config decide which dialogues are kept; no model runs here.
 
 A dialogue is kept when every turn passes; otherwise it is rejected with the reason of its
-first failing turn, and the detail lists every failing turn with its values.
+first failing turn, and the detail lists every failing turn with its values and attempts.
+The same ``turn_failure`` decides which turns the repair stage re-synthesises.
+
+Reasons, in the order they are checked (broken audio first, then content, then voice, then quality):
+
+=====================  ==============================================================
+``audio_empty``        no audio at all
+``audio_silence``      share of near-silent 20 ms frames above ``max_silence_ratio``
+``audio_clipping``     share of full-scale samples above ``max_clipping_ratio``
+``speaking_rate_slow`` spoken characters per second of speech under the language's minimum:
+                       a loop or a stall (the text takes far too long)
+``speaking_rate_fast`` over the maximum: dropped or truncated text
+``asr_mismatch``       CER (zh) / WER (en) above the bound
+``speaker_mismatch``   cosine to the voice's reference under ``min_speaker_similarity``
+``low_quality``        DNSMOS OVRL under ``min_dnsmos_ovrl``
+=====================  ==============================================================
+
+A NaN score means "not measured" (e.g. a turn too short to embed) and is not gated.
 """
 
 from __future__ import annotations
@@ -14,33 +31,102 @@ import pyarrow as pa
 from kespeechchat.config import SelectConfig
 from kespeechchat.stage import Resources, Stage, StageOutput, reject
 
+REASONS = (
+    "audio_empty",
+    "audio_silence",
+    "audio_clipping",
+    "speaking_rate_slow",
+    "speaking_rate_fast",
+    "asr_mismatch",
+    "speaker_mismatch",
+    "low_quality",
+)
 
-def turn_failure(cfg: SelectConfig, language: str, er: float, sim: float, sil: float, clip: float, cps: float) -> str | None:
-    """The reason one turn fails, or None. Order: broken audio first, then content, then voice."""
-    if not math.isfinite(cps):
+
+def _nan(x: Any) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def turn_failure(cfg: SelectConfig, language: str, text: str, scores: dict[str, Any]) -> str | None:
+    """The reason one turn fails, or None. ``scores`` holds one turn's value of each score column."""
+    from kespeechchat.metrics import spoken_chars
+
+    duration = _nan(scores.get("durations_s"))
+    if not duration > 0:
         return "audio_empty"
-    if sil > cfg.max_silence_ratio:
+    if _nan(scores.get("silence_ratios")) > cfg.max_silence_ratio:
         return "audio_silence"
-    if clip > cfg.max_clipping_ratio:
+    if _nan(scores.get("clipping_ratios")) > cfg.max_clipping_ratio:
         return "audio_clipping"
-    lo, hi = cfg.min_chars_per_s.get(language, 0.0), cfg.max_chars_per_s.get(language, math.inf)
-    if cps < lo:
-        return "speaking_rate_slow"
-    if cps > hi:
-        return "speaking_rate_fast"
+    cps = _nan(scores.get("chars_per_s"))
+    if math.isfinite(cps) and spoken_chars(text, language) >= cfg.rate_min_chars:
+        if cps < cfg.min_chars_per_s.get(language, 0.0):
+            return "speaking_rate_slow"
+        if cps > cfg.max_chars_per_s.get(language, math.inf):
+            return "speaking_rate_fast"
     limit = cfg.max_cer_zh if language == "zh" else cfg.max_wer_en
-    if er > limit:
+    if not _nan(scores.get("error_rates")) <= limit:  # NaN fails: an error rate is always measured
         return "asr_mismatch"
-    if sim < cfg.min_speaker_similarity:
+    if _nan(scores.get("speaker_similarities")) < cfg.min_speaker_similarity:
         return "speaker_mismatch"
+    if cfg.min_dnsmos_ovrl is not None and _nan(scores.get("dnsmos_ovrl")) < cfg.min_dnsmos_ovrl:
+        return "low_quality"
     return None
+
+
+TURN_COLUMNS = (
+    "durations_s",
+    "error_rates",
+    "speaker_similarities",
+    "silence_ratios",
+    "clipping_ratios",
+    "chars_per_s",
+    "dnsmos_ovrl",
+)
+
+
+def turn_values(row: dict[str, Any], i: int) -> dict[str, Any]:
+    """Turn ``i``'s value of every score column the row has."""
+    return {c: row[c][i] for c in TURN_COLUMNS if row.get(c) is not None}
+
+
+def describe_turn(i: int, why: str, v: dict[str, Any], attempts: int | None) -> str:
+    def f(key: str, fmt: str) -> str:
+        x = v.get(key)
+        return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
+
+    return (
+        f"turn {i}: {why} (error_rate={f('error_rates', '.3f')} speaker_sim={f('speaker_similarities', '.3f')} "
+        f"silence={f('silence_ratios', '.2f')} clipping={f('clipping_ratios', '.3f')} "
+        f"chars_per_s={f('chars_per_s', '.1f')} dnsmos={f('dnsmos_ovrl', '.2f')} attempts={attempts})"
+    )
+
+
+def row_failures(cfg: SelectConfig, row: dict[str, Any]) -> list[tuple[int, str]]:
+    """(turn index, reason) of every failing turn of a dialogue row."""
+    out = []
+    for i, text in enumerate(row["spoken_texts"]):
+        why = turn_failure(cfg, row["language"], text, turn_values(row, i))
+        if why:
+            out.append((i, why))
+    return out
 
 
 class SelectStage(Stage):
     name = "select"
-    version = "1"
-    description = "Apply thresholds (CER/WER, speaker similarity, silence, clipping, speaking rate)."
-    inputs = ("dialogue_id", "language", "error_rates", "speaker_similarities", "silence_ratios", "clipping_ratios", "chars_per_s")
+    version = "2"
+    description = "Apply thresholds (silence, clipping, speaking rate, CER/WER, speaker similarity, DNSMOS)."
+    inputs = (
+        "dialogue_id",
+        "language",
+        "spoken_texts",
+        "durations_s",
+        "error_rates",
+        "speaker_similarities",
+        "silence_ratios",
+        "clipping_ratios",
+        "chars_per_s",
+    )
     outputs = ()
     resources = Resources(cpus=0.25, memory_mb=300)
 
@@ -51,17 +137,22 @@ class SelectStage(Stage):
         self.check_inputs(table)
         cfg = self.cfg.select
         kept, rejected = [], []
+        kept_first = 0
+        turns_retried = 0
         for row in table.to_pylist():
-            fails = []
-            for i, vals in enumerate(
-                zip(row["error_rates"], row["speaker_similarities"], row["silence_ratios"], row["clipping_ratios"], row["chars_per_s"])
-            ):
-                why = turn_failure(cfg, row["language"], *vals)
-                if why:
-                    er, sim, sil, clip, cps = vals
-                    fails.append((why, f"turn {i}: {why} (error_rate={er:.3f} speaker_sim={sim:.3f} silence={sil:.2f} clipping={clip:.3f} chars_per_s={cps:.1f})"))
+            attempts = row.get("tts_attempts") or [1] * len(row["spoken_texts"])
+            fails = row_failures(cfg, row)
             if fails:
-                rejected.append(reject(row, fails[0][0], "; ".join(f[1] for f in fails)))
-            else:
-                kept.append(row)
-        return self.build_output(table, kept, rejected)
+                detail = "; ".join(describe_turn(i, why, turn_values(row, i), attempts[i]) for i, why in fails)
+                rejected.append(reject(row, fails[0][1], detail))
+                continue
+            kept.append(row)
+            retried = sum(1 for a in attempts if a > 1)
+            turns_retried += retried
+            kept_first += int(retried == 0)
+        metrics = {
+            "kept_first_attempt": float(kept_first),
+            "kept_after_retry": float(len(kept) - kept_first),
+            "kept_turns_retried": float(turns_retried),
+        }
+        return self.build_output(table, kept, rejected, metrics)

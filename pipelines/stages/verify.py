@@ -1,129 +1,275 @@
-"""verify: scores only (ASR error rate, speaker similarity, audio sanity); select decides.
+"""verify: scores only (audio sanity, ASR error rate, speaker similarity, DNSMOS); select decides.
 
-Score first, decide later: changing a threshold never re-runs these models.
+Score first, decide later: changing a threshold never re-runs these models. Per turn it writes
+
+* ``silence_ratios``, ``clipping_ratios``: signal checks, measured before any model runs;
+* ``chars_per_s``: spoken characters (``kespeechchat.metrics.spoken_chars``) per second of
+  non-silent audio, which catches loops (too slow) and dropped text (too fast);
+* ``asr_texts``, ``error_rates``: what the recogniser heard and its CER (zh) / WER (en) against
+  the spoken text, after the same normalisation on both sides; all clips of a shard go to the
+  recogniser in one batch (Whisper packs them into shared 30 s windows);
+* ``speaker_similarities``: cosine between the utterance and its voice's reference probe;
+* ``dnsmos_ovrl``: the DNSMOS overall score, an artefact detector.
+
+NaN means "not measured" (a clip too short to embed or to score); select does not gate on it.
+``SpeechScorer`` is shared with the repair stage, so a retried turn is scored exactly the same way.
 """
 
 from __future__ import annotations
 
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from kespeechchat.config import RunConfig
 from kespeechchat.stage import Resources, Stage, StageOutput, reject
 
 ASR_RATE_HZ = 16000
+# Less speech than this gives a speaker embedding too noisy to judge a voice by.
+MIN_SPEAKER_SPEECH_S = 0.3
+SCORE_COLUMNS = (
+    "asr_texts",
+    "error_rates",
+    "speaker_similarities",
+    "silence_ratios",
+    "clipping_ratios",
+    "chars_per_s",
+    "dnsmos_ovrl",
+)
+NAN = float("nan")
 
 
-class VerifyStage(Stage):
-    name = "verify"
-    version = "1"
-    description = "ASR (WER/CER vs the spoken text), speaker similarity vs the voice reference, audio sanity."
-    inputs = ("dialogue_id", "language", "spoken_texts", "voice_ids", "audio_flac", "sample_rate_hz")
-    outputs = (
-        "asr_texts",
-        "error_rates",
-        "speaker_similarities",
-        "silence_ratios",
-        "clipping_ratios",
-        "chars_per_s",
-    )
-    resources = Resources(cpus=1.0, memory_mb=2000)
+@dataclass(frozen=True)
+class Clip:
+    """One utterance to score: audio as synthesised, what it should say, whose voice it should be."""
 
-    def config_section(self) -> dict[str, Any]:
-        return {
-            "asr": self.cfg.asr.model_dump(exclude={"num_threads"}),
-            "speaker": self.cfg.speaker.model_dump(),
-            "metrics": "v1",
-        }
+    audio: np.ndarray
+    sample_rate_hz: int
+    text: str
+    language: str
+    voice_id: str
+
+
+@dataclass(frozen=True)
+class TurnScores:
+    asr_text: str
+    error_rate: float
+    speaker_similarity: float
+    silence_ratio: float
+    clipping_ratio: float
+    chars_per_s: float
+    dnsmos_ovrl: float
+
+    def as_columns(self) -> dict[str, Any]:
+        """Values keyed by the per-turn list column each goes into."""
+        return dict(zip(SCORE_COLUMNS, (self.asr_text, *self.numbers()), strict=True))
+
+    def numbers(self) -> tuple[float, ...]:
+        return (
+            self.error_rate,
+            self.speaker_similarity,
+            self.silence_ratio,
+            self.clipping_ratio,
+            self.chars_per_s,
+            self.dnsmos_ovrl,
+        )
+
+
+def verify_config_section(cfg: RunConfig) -> dict[str, Any]:
+    """What changes the scores (worker threads do not)."""
+    return {
+        "asr": cfg.asr.model_dump(exclude={"num_threads"}),
+        "speaker": cfg.speaker.model_dump(),
+        "quality": cfg.quality.model_dump(exclude={"num_threads"}),
+        "metrics": "v2",
+    }
+
+
+class SpeechScorer:
+    """The ASR, speaker encoder and quality model of one worker, loaded once; scores clips in batches."""
+
+    def __init__(self, cfg: RunConfig, run_dir: Path):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.asr: Any = None
+        self.speaker: Any = None
+        self.quality: Any = None
+        self._refs: dict[str, np.ndarray] = {}
+        self.timings: dict[str, float] = {"asr_s": 0.0, "speaker_s": 0.0, "quality_s": 0.0}
 
     def setup(self) -> None:
         from kespeechchat.backends.asr import make_asr
         from kespeechchat.backends.speaker import make_speaker
+        from kespeechchat.quality import make_quality
 
-        self.asr = make_asr(self.cfg.asr)
-        self.asr.setup()
-        self.speaker = make_speaker(self.cfg.speaker)
-        self.speaker.setup()
-        self._ref_cache: dict[str, np.ndarray] = {}
+        if self.asr is not None:
+            return
+        asr = make_asr(self.cfg.asr)
+        asr.setup()
+        speaker = make_speaker(self.cfg.speaker)
+        speaker.setup()
+        quality = make_quality(self.cfg.quality)
+        if quality is not None:
+            quality.setup()
+        self.asr, self.speaker, self.quality = asr, speaker, quality
 
-    def _ref_embedding(self, voice_id: str, language: str) -> np.ndarray:
+    def ref_embedding(self, voice_id: str, language: str) -> np.ndarray:
+        """Embedding of the voice's reference probe (``voices/refs``), computed once per worker."""
         from kespeechchat.audio import load_audio
         from voice_library.refs import ref_path
 
         key = f"{voice_id}-{language}"
-        if key not in self._ref_cache:
-            path = ref_path(self.runtime.run_dir, voice_id, language)
+        if key not in self._refs:
+            path = ref_path(self.run_dir, voice_id, language)
             if not path.exists():
                 raise FileNotFoundError(f"{path}: reference audio of voice {voice_id} missing (rerun synthesize)")
             x, sr = load_audio(path)
-            self._ref_cache[key] = self.speaker.embed(x, sr)
-        return self._ref_cache[key]
+            self._refs[key] = self.speaker.embed(x, sr)
+        return self._refs[key]
 
-    def process(self, table: pa.Table, shard: int) -> StageOutput:
-        from kespeechchat.audio import audio_sanity, decode_audio, resample
-        from kespeechchat.backends.speaker import cosine
-        from kespeechchat.metrics import error_rate
-
-        self.check_inputs(table)
-        rows = table.to_pylist()
-        kept, rejected = [], []
-        decoded: list[tuple[dict, list[np.ndarray], int]] = []
-        for row in rows:
-            try:
-                clips = []
-                for b in row["audio_flac"]:
-                    x, sr = decode_audio(b)
-                    clips.append(resample(x, sr, ASR_RATE_HZ) if sr != ASR_RATE_HZ else x)
-            except Exception as e:
-                rejected.append(reject(row, "audio_undecodable", f"{type(e).__name__}: {e}"))
-                continue
-            decoded.append((row, clips, ASR_RATE_HZ))
-        batch = [(x, sr, row["language"]) for row, clips, sr in decoded for x in clips]
+    def transcribe(self, clips16: list[np.ndarray], languages: list[str]) -> list[str | Exception]:
+        """One batch for all clips; if the batch fails, clip by clip so only bad clips are lost."""
+        idx = [i for i, x in enumerate(clips16) if x.size >= ASR_RATE_HZ // 10]
+        out: list[str | Exception] = [""] * len(clips16)  # under 0.1 s there is nothing to hear
+        batch = [(clips16[i], ASR_RATE_HZ, languages[i]) for i in idx]
+        if not batch:
+            return out
+        t0 = time.perf_counter()
         try:
-            hyps = self.asr.transcribe(batch) if batch else []
+            hyps: list[str | Exception] = list(self.asr.transcribe(batch))
+            if len(hyps) != len(batch):
+                raise RuntimeError(f"ASR returned {len(hyps)} transcripts for {len(batch)} clips")
         except Exception as e:
-            # The batch failed as a whole: fall back to one clip at a time so only bad rows are lost.
             hyps = []
             for item in batch:
                 try:
                     hyps.extend(self.asr.transcribe([item]))
                 except Exception as e2:
                     hyps.append(e2)
-            if all(isinstance(h, Exception) for h in hyps) and hyps:
-                raise RuntimeError(f"ASR failed on every clip of shard {shard}: {e}") from e
-        pos = 0
-        for row, clips, sr in decoded:
-            lang = row["language"]
-            my_hyps = hyps[pos : pos + len(clips)]
-            pos += len(clips)
-            bad = [h for h in my_hyps if isinstance(h, Exception)]
-            if bad:
-                rejected.append(reject(row, "asr_error", f"{type(bad[0]).__name__}: {bad[0]}"))
+            if all(isinstance(h, Exception) for h in hyps):
+                raise RuntimeError(f"ASR failed on every clip: {type(e).__name__}: {e}") from e
+        self.timings["asr_s"] += time.perf_counter() - t0
+        for i, h in zip(idx, hyps, strict=True):
+            out[i] = h
+        return out
+
+    def score(self, clips: list[Clip]) -> list[TurnScores | Exception]:
+        """Scores of each clip, in order; an Exception in place of a clip that could not be scored."""
+        from kespeechchat.audio import audio_sanity, resample
+        from kespeechchat.backends.speaker import cosine
+        from kespeechchat.metrics import error_rate, spoken_chars
+
+        self.setup()
+        sanity = [audio_sanity(c.audio, c.sample_rate_hz) for c in clips]
+        clips16 = [
+            resample(np.nan_to_num(c.audio), c.sample_rate_hz, ASR_RATE_HZ)
+            if c.sample_rate_hz != ASR_RATE_HZ
+            else np.nan_to_num(c.audio)
+            for c in clips
+        ]
+        hyps = self.transcribe(clips16, [c.language for c in clips])
+        out: list[TurnScores | Exception] = []
+        for c, s, x16, hyp in zip(clips, sanity, clips16, hyps, strict=True):
+            if isinstance(hyp, Exception):
+                out.append(hyp)
                 continue
             try:
-                ers, sims, sil, clip, cps = [], [], [], [], []
-                for x, hyp, text, vid in zip(clips, my_hyps, row["spoken_texts"], row["voice_ids"]):
-                    s = audio_sanity(x, sr)
-                    ers.append(float(error_rate(text, hyp, lang)))
-                    emb = self.speaker.embed(x, sr) if s.finite and s.duration_s > 0.3 else None
-                    sims.append(float(cosine(emb, self._ref_embedding(vid, lang))) if emb is not None else -1.0)
-                    sil.append(float(s.silence_ratio))
-                    clip.append(float(s.clipping_ratio))
-                    n_chars = len(text.replace(" ", "")) if lang == "zh" else len(text)
-                    cps.append(float(n_chars / s.duration_s) if s.duration_s > 0 else float("inf"))
-            except Exception as e:
-                rejected.append(reject(row, "verify_error", f"{type(e).__name__}: {e}"))
+                speech_s = s.duration_s * (1.0 - s.silence_ratio)
+                n_chars = spoken_chars(c.text, c.language)
+                cps = n_chars / speech_s if speech_s > 0 else NAN
+                sim = NAN
+                if s.finite and speech_s >= MIN_SPEAKER_SPEECH_S:
+                    t0 = time.perf_counter()
+                    sim = cosine(self.speaker.embed(x16, ASR_RATE_HZ), self.ref_embedding(c.voice_id, c.language))
+                    self.timings["speaker_s"] += time.perf_counter() - t0
+                mos = NAN
+                if self.quality is not None:
+                    t0 = time.perf_counter()
+                    mos = self.quality.score(x16, ASR_RATE_HZ).ovrl
+                    self.timings["quality_s"] += time.perf_counter() - t0
+                out.append(
+                    TurnScores(
+                        asr_text=hyp,
+                        error_rate=float(error_rate(c.text, hyp, c.language)),
+                        speaker_similarity=float(sim),
+                        silence_ratio=float(s.silence_ratio),
+                        clipping_ratio=float(s.clipping_ratio),
+                        chars_per_s=float(cps),
+                        dnsmos_ovrl=float(mos),
+                    )
+                )
+            except Exception as e:  # one clip's failure must not sink the shard
+                out.append(e)
+        return out
+
+
+def finite_mean(values: list[float]) -> float:
+    v = [x for x in values if isinstance(x, float) and math.isfinite(x)]
+    return float(np.mean(v)) if v else NAN
+
+
+class VerifyStage(Stage):
+    name = "verify"
+    version = "2"
+    description = "Audio sanity, ASR (CER/WER vs the spoken text), speaker similarity vs the voice reference, DNSMOS."
+    inputs = ("dialogue_id", "language", "spoken_texts", "voice_ids", "audio_flac", "sample_rate_hz")
+    outputs = SCORE_COLUMNS
+    resources = Resources(cpus=1.0, memory_mb=2500)
+
+    def config_section(self) -> dict[str, Any]:
+        return verify_config_section(self.cfg)
+
+    def setup(self) -> None:
+        self.scorer = SpeechScorer(self.cfg, self.runtime.run_dir)
+        self.scorer.setup()
+
+    def process(self, table: pa.Table, shard: int) -> StageOutput:
+        from kespeechchat.audio import decode_audio
+
+        self.check_inputs(table)
+        kept, rejected = [], []
+        todo: list[tuple[dict[str, Any], int]] = []  # (row, index of its first clip)
+        clips: list[Clip] = []
+        for row in table.to_pylist():
+            n = len(row["spoken_texts"])
+            if len(row["audio_flac"]) != n or len(row["voice_ids"]) != n:
+                rejected.append(
+                    reject(
+                        row,
+                        "verify_error",
+                        f"dialogue {row['dialogue_id']}: {n} turns but {len(row['audio_flac'])} audio clips "
+                        f"and {len(row['voice_ids'])} voices",
+                    )
+                )
                 continue
-            kept.append(
-                {
-                    **row,
-                    "asr_texts": list(my_hyps),
-                    "error_rates": ers,
-                    "speaker_similarities": sims,
-                    "silence_ratios": sil,
-                    "clipping_ratios": clip,
-                    "chars_per_s": cps,
-                }
-            )
-        return self.build_output(table, kept, rejected)
+            try:
+                decoded = [decode_audio(b) for b in row["audio_flac"]]
+            except Exception as e:
+                rejected.append(reject(row, "audio_undecodable", f"{type(e).__name__}: {e}"))
+                continue
+            todo.append((row, len(clips)))
+            for (x, sr), text, vid in zip(decoded, row["spoken_texts"], row["voice_ids"], strict=True):
+                clips.append(Clip(x, sr, text, row["language"], vid))
+        scores = self.scorer.score(clips) if clips else []
+        for row, start in todo:
+            mine = scores[start : start + len(row["spoken_texts"])]
+            bad = [(i, s) for i, s in enumerate(mine) if isinstance(s, Exception)]
+            if bad:
+                i, e = bad[0]
+                rejected.append(reject(row, "verify_error", f"turn {i}: {type(e).__name__}: {e}"))
+                continue
+            cols: dict[str, list[Any]] = {c: [] for c in SCORE_COLUMNS}
+            for s in mine:
+                for c, v in s.as_columns().items():
+                    cols[c].append(v)
+            kept.append({**row, **cols})
+        audio_s = float(sum(c.audio.size / c.sample_rate_hz for c in clips))
+        metrics = {"clips": float(len(clips)), "audio_s": audio_s, **{k: round(v, 3) for k, v in self.scorer.timings.items()}}
+        for k in self.scorer.timings:
+            self.scorer.timings[k] = 0.0
+        return self.build_output(table, kept, rejected, metrics)

@@ -1,0 +1,408 @@
+"""The identity pool: voices the speaker encoder measured as distinct, each a timbre to vary.
+
+An identity is accepted only if its centroid embedding (search probes, zh + en) has cosine
+≤ ``max_identity_cosine`` to every other accepted identity, it stays below the privacy bound to
+every reference speaker (the TTS's shipped voices, which stand for the real people it was
+trained on, and any real recordings given), its median F0 is plausible, and ASR understands
+its probes (CER/WER ≤ ``max_error``). Acceptance is greedy; by default the candidate with the
+fewest too-close neighbours goes first (a maximal-independent-set heuristic), which fits more
+identities under the same bound than a random order; both counts are recorded.
+
+The pool is a small Parquet file (one row per identity, with its centroid) and metadata saying
+how it was measured; ``voice_library/data/kokoro_identities.parquet`` ships with the package so
+``voices build`` takes seconds. Libraries are identities × prosodic variants built from it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+POOL_META_KEY = b"kespeechchat.identity_pool"
+DEFAULT_POOL_PATH = Path(__file__).resolve().parent / "data" / "kokoro_identities.parquet"
+F0_RANGE_HZ = (85.0, 330.0)
+MAX_PROBE_ERROR = 0.10
+POOL_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A measured timbre: conditioning + WORLD transform, with what the measurement found."""
+
+    identity_id: str
+    backend: str
+    family: str
+    base_weights: dict[str, float]
+    pitch_ratio: float
+    formant_ratio: float
+    f0_median_hz: float
+    gender: str
+    age_band: str
+    prosody_weights: dict[str, float] | None = None
+    style_offsets: list[float] | None = None
+    speaker_embedding: list[float] | None = None
+    error_zh: float = float("nan")
+    error_en: float = float("nan")
+    nearest_identity_cosine: float = float("nan")
+    nearest_reference: str = ""
+    nearest_reference_cosine: float = float("nan")
+    candidate_id: int = -1
+    centroid: list[float] | None = field(default=None, compare=False, repr=False)
+
+    def conditioning(self) -> dict[str, Any]:
+        """The fields that define the timbre (hashed into ``identity_id``)."""
+        return {
+            "backend": self.backend,
+            "base_weights": dict(sorted(self.base_weights.items())),
+            "prosody_weights": None if not self.prosody_weights else dict(sorted(self.prosody_weights.items())),
+            "style_offsets": None if not self.style_offsets else [float(x) for x in self.style_offsets],
+            "pitch_ratio": float(self.pitch_ratio),
+            "formant_ratio": float(self.formant_ratio),
+            "speaker_embedding": self.speaker_embedding,
+        }
+
+
+def identity_id_for(conditioning: Mapping[str, Any]) -> str:
+    from kespeechchat.config import stable_hash
+
+    return "i-" + stable_hash(dict(conditioning))[:12]
+
+
+@dataclass
+class IdentityPool:
+    identities: list[Identity]
+    meta: dict[str, Any]
+
+    @property
+    def max_identity_cosine(self) -> float:
+        return float(self.meta["max_identity_cosine"])
+
+    def centroids(self) -> np.ndarray:
+        if any(i.centroid is None for i in self.identities):
+            raise ValueError("this pool has no centroid embeddings")
+        c = np.asarray([i.centroid for i in self.identities], dtype=np.float64)
+        return c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
+
+    def restrict(self, max_identity_cosine: float, *, order: str = "min_degree", seed: int = 0) -> IdentityPool:
+        """The identities that stay distinct under a stricter bound (greedy on the pool's centroids)."""
+        if max_identity_cosine >= self.max_identity_cosine:
+            return self
+        keep = greedy_accept(self.centroids(), max_identity_cosine, order=order, seed=seed)
+        meta = {**self.meta, "max_identity_cosine": max_identity_cosine, "restricted_from": self.max_identity_cosine}
+        meta["identities"] = len(keep)
+        return IdentityPool([self.identities[i] for i in sorted(keep)], meta)
+
+    def sha(self) -> str:
+        from kespeechchat.config import stable_hash
+
+        return stable_hash([i.conditioning() for i in self.identities])
+
+
+# --- acceptance ---------------------------------------------------------------------------------
+
+
+def greedy_accept(
+    centroids: np.ndarray,
+    max_cosine: float,
+    *,
+    eligible: np.ndarray | None = None,
+    order: str = "min_degree",
+    seed: int = 0,
+) -> list[int]:
+    """Indices of a set whose pairwise centroid cosines are all ≤ ``max_cosine``.
+
+    ``order="random"``: candidates in a seeded random order, each kept if it is far enough from
+    those kept so far. ``order="min_degree"``: repeatedly keep the remaining candidate with the
+    fewest too-close remaining neighbours (ties in seeded random order), then drop its neighbours.
+    """
+    c = np.asarray(centroids, dtype=np.float64)
+    n = c.shape[0]
+    ok = np.ones(n, dtype=bool) if eligible is None else np.asarray(eligible, dtype=bool).copy()
+    rank = np.random.default_rng(seed).permutation(n)
+    if order == "random":
+        kept: list[int] = []
+        for i in sorted(np.flatnonzero(ok), key=lambda i: rank[i]):
+            if not kept or float(np.max(c[kept] @ c[i])) <= max_cosine:
+                kept.append(int(i))
+        return kept
+    if order != "min_degree":
+        raise ValueError(f"unknown order {order!r}; expected 'min_degree' or 'random'")
+    idx = np.flatnonzero(ok)
+    close = (c[idx] @ c[idx].T) > max_cosine
+    np.fill_diagonal(close, False)
+    alive = np.ones(idx.size, dtype=bool)
+    degree = close.sum(axis=1).astype(np.int64)
+    kept = []
+    while alive.any():
+        cand = np.flatnonzero(alive)
+        best = cand[np.lexsort((rank[idx[cand]], degree[cand]))[0]]
+        kept.append(int(idx[best]))
+        gone = np.flatnonzero(close[best] & alive)
+        alive[best] = False
+        alive[gone] = False
+        if gone.size:
+            degree -= close[:, gone].sum(axis=1)
+    return kept
+
+
+def gender_from_f0(f0_hz: float) -> str:
+    from voice_library.recipes import MALE_F0_THRESHOLD_HZ
+
+    return "male" if f0_hz < MALE_F0_THRESHOLD_HZ else "female"
+
+
+def age_band_from(formant_ratio: float, f0_hz: float, gender: str) -> str:
+    """A heuristic label (nobody listened): short vocal tract + high pitch reads young, the reverse senior."""
+    young_f0, senior_f0 = (125.0, 105.0) if gender == "male" else (250.0, 200.0)
+    if formant_ratio >= 1.08 and f0_hz >= young_f0:
+        return "young"
+    if formant_ratio <= 0.93 and f0_hz <= senior_f0:
+        return "senior"
+    return "adult"
+
+
+def _pairs(v: Any) -> dict[str, float] | None:
+    if v is None:
+        return None
+    items = v.items() if isinstance(v, Mapping) else v
+    return {str(k): float(x) for k, x in items}
+
+
+def probe_errors(
+    asr: Any, audio: Mapping[int, Mapping[str, bytes]], texts: Mapping[str, str]
+) -> dict[int, dict[str, float]]:
+    """CER (zh) / WER (en) of each candidate's stored probe audio against the probe texts."""
+    from kespeechchat.audio import decode_audio
+    from kespeechchat.metrics import error_rate
+
+    batch, keys = [], []
+    for cid in sorted(audio):
+        for lang, blob in sorted(audio[cid].items()):
+            x, sr = decode_audio(blob)
+            batch.append((x, sr, lang))
+            keys.append((cid, lang))
+    hyps = asr.transcribe(batch) if batch else []
+    out: dict[int, dict[str, float]] = {}
+    for (cid, lang), hyp in zip(keys, hyps, strict=True):
+        out.setdefault(cid, {})[lang] = round(float(error_rate(texts[lang], hyp, lang)), 4)
+    return out
+
+
+class ErrorCache:
+    """Probe CER/WER per candidate, kept next to the search so repeated selections pay once."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.data: dict[int, dict[str, float]] = {}
+        if self.path.exists():
+            for r in pq.read_table(self.path).to_pylist():
+                self.data[int(r["candidate_id"])] = {"zh": r["error_zh"], "en": r["error_en"]}
+
+    def save(self) -> None:
+        from kespeechchat.store import write_parquet_atomic
+
+        rows = [{"candidate_id": k, "error_zh": v["zh"], "error_en": v["en"]} for k, v in sorted(self.data.items())]
+        schema = pa.schema([("candidate_id", pa.int64()), ("error_zh", pa.float64()), ("error_en", pa.float64())])
+        write_parquet_atomic(self.path, pa.Table.from_pylist(rows, schema=schema))
+
+
+def select_identities(
+    search_dir: str | Path,
+    max_identity_cosine: float,
+    *,
+    asr: Any,
+    references: Mapping[str, np.ndarray],
+    privacy_max_cosine: float,
+    max_error: float = MAX_PROBE_ERROR,
+    f0_range_hz: tuple[float, float] = F0_RANGE_HZ,
+    order: str = "min_degree",
+    seed: int = 0,
+    families: Sequence[str] | None = None,
+    log: Callable[[str], None] = print,
+) -> IdentityPool:
+    """Accept identities from a finished search (see the module docstring); ASR runs only on
+    candidates the greedy step wants, and failures are excluded and the step repeated."""
+    from voice_library.search import SEARCH_PROBES, centroids, load_candidate_audio, load_candidates
+
+    search_dir = Path(search_dir)
+    table = load_candidates(search_dir)
+    rows = table.drop(["emb_zh", "emb_en"]).to_pylist()
+    c = centroids(table)
+    f0 = np.asarray([r["f0_median_hz"] for r in rows], dtype=np.float64)
+    ok = np.isfinite(f0) & (f0 >= f0_range_hz[0]) & (f0 <= f0_range_hz[1])
+    if families is not None:
+        ok &= np.asarray([r["family"] in families for r in rows])
+    ref_names = sorted(references)
+    if ref_names:
+        r = np.asarray([references[n] for n in ref_names], dtype=np.float64)
+        r = r / np.linalg.norm(r, axis=1, keepdims=True)
+        ref_cos = c @ r.T
+    else:
+        ref_cos = np.zeros((len(rows), 0))
+    too_close = (ref_cos > privacy_max_cosine).any(axis=1) if ref_names else np.zeros(len(rows), dtype=bool)
+    counts = {
+        "candidates": len(rows),
+        "f0_out_of_range": int((~np.isfinite(f0) | (f0 < f0_range_hz[0]) | (f0 > f0_range_hz[1])).sum()),
+        "too_close_to_reference": int((too_close & ok).sum()),
+    }
+    ok &= ~too_close
+    cache = ErrorCache(search_dir / "probe_errors.parquet")
+    failed: set[int] = set()
+    while True:
+        kept = greedy_accept(c, max_identity_cosine, eligible=ok, order=order, seed=seed)
+        ids = [rows[i]["candidate_id"] for i in kept]
+        todo = [cid for cid in ids if cid not in cache.data]
+        if todo:
+            log(f"ASR gate: transcribing probes of {len(todo)} candidate(s) …")
+            cache.data.update(probe_errors(asr, load_candidate_audio(search_dir, todo), SEARCH_PROBES))
+            cache.save()
+        bad = [i for i in kept if max(cache.data[rows[i]["candidate_id"]].values()) > max_error]
+        if not bad:
+            break
+        for i in bad:
+            ok[i] = False
+            failed.add(i)
+    counts["unintelligible_rejected"] = len(failed)
+    counts["accepted"] = len(kept)
+    counts["accepted_random_order"] = len(
+        greedy_accept(c, max_identity_cosine, eligible=ok, order="random", seed=seed)
+    )
+    acc = c[kept]
+    sims = acc @ acc.T
+    np.fill_diagonal(sims, -1.0)
+    identities = []
+    for j, i in enumerate(kept):
+        r = rows[i]
+        err = cache.data[r["candidate_id"]]
+        g = gender_from_f0(r["f0_median_hz"])
+        ident = dict(
+            backend="kokoro",
+            family=r["family"],
+            base_weights=_pairs(r["base_weights"]) or {},
+            prosody_weights=_pairs(r["prosody_weights"]),
+            style_offsets=None if r["style_offsets"] is None else [float(x) for x in r["style_offsets"]],
+            pitch_ratio=float(r["pitch_ratio"]),
+            formant_ratio=float(r["formant_ratio"]),
+            f0_median_hz=float(r["f0_median_hz"]),
+            gender=g,
+            age_band=age_band_from(float(r["formant_ratio"]), float(r["f0_median_hz"]), g),
+            error_zh=float(err["zh"]),
+            error_en=float(err["en"]),
+            nearest_identity_cosine=round(float(sims[j].max()), 4) if len(kept) > 1 else float("nan"),
+            nearest_reference=ref_names[int(np.argmax(ref_cos[i]))] if ref_names else "",
+            nearest_reference_cosine=round(float(ref_cos[i].max()), 4) if ref_names else float("nan"),
+            candidate_id=int(r["candidate_id"]),
+            centroid=[float(x) for x in c[i].astype(np.float32)],
+        )
+        probe = Identity(identity_id="", **ident)
+        identities.append(Identity(**{**ident, "identity_id": identity_id_for(probe.conditioning())}))
+    search_meta = json.loads((search_dir / "search.json").read_text(encoding="utf-8"))
+    meta = {
+        "version": POOL_VERSION,
+        "backend": "kokoro",
+        "max_identity_cosine": max_identity_cosine,
+        "privacy_max_cosine": privacy_max_cosine,
+        "max_probe_error": max_error,
+        "f0_range_hz": list(f0_range_hz),
+        "order": order,
+        "seed": seed,
+        "identities": len(identities),
+        "counts": counts,
+        "references": ref_names,
+        "measured_with": {
+            "encoder": search_meta.get("encoder"),
+            "tts": search_meta.get("tts"),
+            "asr": getattr(asr, "name", type(asr).__name__),
+            "probes": search_meta.get("probes"),
+        },
+        "search": {k: search_meta.get(k) for k in ("seed", "n_blends", "world_per_blend", "families", "version")},
+    }
+    return IdentityPool(identities, meta)
+
+
+# --- storage ------------------------------------------------------------------------------------
+
+POOL_SCHEMA = pa.schema(
+    [
+        ("identity_id", pa.string()),
+        ("backend", pa.string()),
+        ("family", pa.string()),
+        ("base_weights", pa.map_(pa.string(), pa.float64())),
+        ("prosody_weights", pa.map_(pa.string(), pa.float64())),
+        ("style_offsets", pa.list_(pa.float64())),
+        ("pitch_ratio", pa.float64()),
+        ("formant_ratio", pa.float64()),
+        ("f0_median_hz", pa.float64()),
+        ("gender", pa.string()),
+        ("age_band", pa.string()),
+        ("speaker_embedding", pa.list_(pa.float64())),
+        ("error_zh", pa.float64()),
+        ("error_en", pa.float64()),
+        ("nearest_identity_cosine", pa.float64()),
+        ("nearest_reference", pa.string()),
+        ("nearest_reference_cosine", pa.float64()),
+        ("candidate_id", pa.int64()),
+        ("centroid", pa.list_(pa.float32())),
+    ]
+)
+
+
+def save_pool(pool: IdentityPool, path: str | Path) -> Path:
+    from kespeechchat.store import write_parquet_atomic
+
+    rows = []
+    for i in pool.identities:
+        d = {f: getattr(i, f) for f in POOL_SCHEMA.names}
+        for k in ("base_weights", "prosody_weights"):
+            d[k] = None if d[k] is None else list(d[k].items())
+        rows.append(d)
+    t = pa.Table.from_pylist(rows, schema=POOL_SCHEMA)
+    meta = {**pool.meta, "sha": pool.sha()}
+    t = t.replace_schema_metadata({POOL_META_KEY: json.dumps(meta, ensure_ascii=False).encode()})
+    path = Path(path)
+    write_parquet_atomic(path, t)
+    return path
+
+
+def load_pool(path: str | Path | None = None) -> IdentityPool:
+    """The identity pool at ``path`` (default: the measured Kokoro pool shipped with the package)."""
+    p = Path(path) if path is not None else DEFAULT_POOL_PATH
+    if not p.is_file():
+        raise FileNotFoundError(
+            f"identity pool {p} not found; build one with `kespeechchat voices search` and `voices pool`"
+        )
+    t = pq.read_table(p)
+    missing = set(POOL_SCHEMA.names) - set(t.column_names)
+    raw = (t.schema.metadata or {}).get(POOL_META_KEY)
+    if missing or raw is None:
+        raise ValueError(f"{p}: not an identity pool (missing columns {sorted(missing)} or metadata)")
+    meta = json.loads(raw)
+    ids = []
+    for k, r in enumerate(t.to_pylist()):
+        try:
+            r["base_weights"] = _pairs(r["base_weights"]) or {}
+            r["prosody_weights"] = _pairs(r["prosody_weights"])
+            ids.append(Identity(**r))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{p}: identity row {k}: {e}") from e
+    if not ids:
+        raise ValueError(f"{p}: the identity pool is empty")
+    return IdentityPool(ids, meta)
+
+
+def pool_from_identities(identities: Iterable[Identity], meta: Mapping[str, Any]) -> IdentityPool:
+    ids = list(identities)
+    if not ids:
+        raise ValueError("an identity pool needs at least one identity")
+    for i in ids:
+        if not math.isfinite(i.pitch_ratio) or i.pitch_ratio <= 0:
+            raise ValueError(f"identity {i.identity_id}: bad pitch_ratio {i.pitch_ratio}")
+    return IdentityPool(ids, dict(meta))
