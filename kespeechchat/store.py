@@ -28,6 +28,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 TMP_PREFIX = ".tmp-"
+# Columns too big to copy from stage to stage: a stage file that did not change them leaves them
+# out and names, in its schema metadata, the stage whose file holds them; reads join them back.
+HEAVY_COLUMNS = ("audio_flac",)
+HEAVY_META_KEY = b"kespeechchat.heavy_from"
 
 
 def shard_name(shard: int) -> str:
@@ -139,16 +143,51 @@ class RunStore:
                 n += 1
         return n
 
-    def read_table(self, stage: str, shard: int) -> pa.Table:
+    def read_table(self, stage: str, shard: int, *, rehydrate: bool = True) -> pa.Table:
+        """A stage's shard; heavy columns stored by an earlier stage are joined back by dialogue_id.
+
+        The returned schema metadata says where each heavy column lives (``heavy_sources``)."""
         path = self.data_path(stage, shard)
         if not path.exists():
             raise FileNotFoundError(f"{path}: missing; run stage {stage!r} first")
-        return pq.read_table(path)
+        table = pq.read_table(path)
+        sources = heavy_sources(table)
+        for col in HEAVY_COLUMNS:
+            if col in table.column_names:
+                sources[col] = stage
+        if rehydrate:
+            for col, src in sources.items():
+                if col in table.column_names:
+                    continue
+                src_path = self.data_path(src, shard)
+                if not src_path.exists():
+                    raise FileNotFoundError(f"{src_path}: holds column {col!r} of {path} but is missing")
+                src_table = pq.read_table(src_path, columns=["dialogue_id", col])
+                by_id = dict(zip(src_table.column("dialogue_id").to_pylist(), src_table.column(col).to_pylist()))
+                ids = table.column("dialogue_id").to_pylist()
+                missing = [i for i in ids if i not in by_id]
+                if missing:
+                    raise RuntimeError(f"{src_path}: lacks {col!r} for dialogues {missing[:3]} of {path}")
+                table = table.append_column(pa.field(col, src_table.schema.field(col).type), pa.array([by_id[i] for i in ids], src_table.schema.field(col).type))
+        return with_heavy_sources(table, sources)
 
     def write_unit(
-        self, stage: str, shard: int, kept: pa.Table, rejected: pa.Table, stats: dict[str, Any]
+        self,
+        stage: str,
+        shard: int,
+        kept: pa.Table,
+        rejected: pa.Table,
+        stats: dict[str, Any],
+        input_table: pa.Table | None = None,
     ) -> str:
-        """Write data, rejects and stats of one unit atomically; returns the output fingerprint."""
+        """Write data, rejects and stats of one unit atomically; returns the output fingerprint.
+
+        A heavy column this stage left as it found it is not written again: the file points to
+        the stage that holds it. Rejected rows never carry heavy columns (they point too)."""
+        sources = heavy_sources(input_table) if input_table is not None else {}
+        kept = _drop_unchanged_heavy(kept, input_table, sources, stage)
+        rej_sources = {**sources, **{c: stage for c in HEAVY_COLUMNS if c in kept.column_names}}
+        rejected = with_heavy_sources(rejected.drop_columns([c for c in HEAVY_COLUMNS if c in rejected.column_names]), rej_sources)
         dp, rp = self.data_path(stage, shard), self.rejected_path(stage, shard)
         write_parquet_atomic(dp, kept)
         write_parquet_atomic(rp, rejected)
@@ -171,3 +210,35 @@ class RunStore:
                     p.unlink()
                     n += 1
         return n
+
+
+def heavy_sources(table: pa.Table | None) -> dict[str, str]:
+    meta = (table.schema.metadata or {}) if table is not None else {}
+    raw = meta.get(HEAVY_META_KEY)
+    return dict(json.loads(raw)) if raw else {}
+
+
+def with_heavy_sources(table: pa.Table, sources: dict[str, str]) -> pa.Table:
+    meta = dict(table.schema.metadata or {})
+    meta.pop(HEAVY_META_KEY, None)
+    if sources:
+        meta[HEAVY_META_KEY] = json.dumps(sources, sort_keys=True).encode()
+    return table.replace_schema_metadata(meta or None)
+
+
+def _drop_unchanged_heavy(kept: pa.Table, input_table: pa.Table | None, sources: dict[str, str], stage: str) -> pa.Table:
+    """Leave out heavy columns equal to the input's; keep (and own) those the stage changed."""
+    out_sources = dict(sources)
+    for col in HEAVY_COLUMNS:
+        if col not in kept.column_names:
+            continue
+        src = sources.get(col)
+        if input_table is not None and src and col in input_table.column_names:
+            before = dict(zip(input_table.column("dialogue_id").to_pylist(), input_table.column(col).to_pylist()))
+            after = zip(kept.column("dialogue_id").to_pylist(), kept.column(col).to_pylist())
+            if all(before.get(i) == v for i, v in after):
+                kept = kept.drop_columns([col])
+                continue
+        out_sources[col] = stage
+    out_sources = {c: s for c, s in out_sources.items() if c not in kept.column_names}
+    return with_heavy_sources(kept, out_sources)

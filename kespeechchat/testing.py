@@ -38,3 +38,55 @@ def small_config(
         else:
             data[key] = value
     return RunConfig.model_validate(data)
+
+
+def demo_sources(shared_data: Path, zh: int = 2, en: int = 2) -> list[dict[str, Any]]:
+    """Short real dialogues from the shared Alpaca files (deterministic sample)."""
+    text = Path(shared_data) / "text"
+    return [
+        {"path": str(text / "zh_llamafactory_alpaca_zh_demo.json"), "limit": zh, "max_chars": 50, "languages": ["zh"]},
+        {"path": str(text / "en_llamafactory_alpaca_en_demo.json"), "limit": en, "max_chars": 110, "languages": ["en"]},
+    ]
+
+
+def write_config(cfg: RunConfig, path: Path) -> Path:
+    import yaml
+
+    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), allow_unicode=True), encoding="utf-8")
+    return Path(path)
+
+
+def cli_run_command(config: Path, *extra: str) -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "kespeechchat.cli", "run", "--config", str(config), "--quiet", *extra]
+
+
+def final_rows(run_dir: Path) -> list[tuple[str, str]]:
+    """(utterance_id, sha256 of the audio bytes) of a run's dataset, sorted: equal iff the datasets are."""
+    import hashlib
+
+    import pyarrow.parquet as pq
+
+    rows = []
+    for f in sorted((Path(run_dir) / "dataset" / "data").glob("*.parquet")):
+        for r in pq.read_table(f, columns=["utterance_id", "audio"]).to_pylist():
+            rows.append((r["utterance_id"], hashlib.sha256(r["audio"]["bytes"]).hexdigest()))
+    return sorted(rows)
+
+
+def assert_no_partial_files(run_dir: Path) -> None:
+    """Every final Parquet/JSON file of a run parses (temporary files are allowed, finals never torn)."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from kespeechchat.store import TMP_PREFIX
+
+    for p in Path(run_dir).rglob("*"):
+        if not p.is_file() or any(part.startswith(TMP_PREFIX) for part in p.parts):
+            continue
+        if p.suffix == ".parquet":
+            pq.read_metadata(p)
+        elif p.suffix == ".json":
+            json.loads(p.read_text(encoding="utf-8"))

@@ -69,7 +69,7 @@ def execute_unit(stage: Stage, store: RunStore, input_stage: str, shard: int, in
         "duration_s": round(duration_s, 3),
         "metrics": out.metrics,
     }
-    out_fp = store.write_unit(stage.name, shard, out.kept, out.rejected, stats)
+    out_fp = store.write_unit(stage.name, shard, out.kept, out.rejected, stats, input_table=table)
     marker = {
         "stage": stage.name,
         "shard": shard,
