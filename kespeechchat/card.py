@@ -25,7 +25,7 @@ IMAGES_DIR = "images"
 TASKS = ["automatic-speech-recognition", "text-to-speech", "audio-to-audio"]
 STAT_COLUMNS = [
     "dialogue_id", "turn_index", "num_turns", "role", "language", "duration_s", "error_rate",
-    "speaker_similarity", "voice_id", "speaker_id", "gender", "source_file", "source_format",
+    "speaker_similarity", "dnsmos_ovrl", "voice_id", "speaker_id", "gender", "source_file", "source_format",
 ]  # fmt: skip
 ROLE_COLORS = {"user": "#1f77b4", "assistant": "#ff7f0e"}
 LANG_COLORS = {"zh": "#d62728", "en": "#2ca02c"}
@@ -117,6 +117,8 @@ def collect_stats(dataset_dir: Path) -> dict[str, Any]:
         dl = [v for v in dialogues.values() if v[2] == lg]
         er = np.asarray(rows["error_rate"], dtype=float)[m]
         sim = np.asarray(rows["speaker_similarity"], dtype=float)[m]
+        mos = np.asarray([np.nan if v is None else v for v in rows["dnsmos_ovrl"]], dtype=float)[m]
+        mos = mos[np.isfinite(mos)]
         by_lang[lg] = {
             "dialogues": len(dl),
             "utterances": int(m.sum()),
@@ -127,6 +129,7 @@ def collect_stats(dataset_dir: Path) -> dict[str, Any]:
             "mean_error_rate": float(er.mean()) if er.size else 0.0,
             "p95_error_rate": float(np.percentile(er, 95)) if er.size else 0.0,
             "mean_speaker_similarity": float(sim.mean()) if sim.size else 0.0,
+            "mean_dnsmos_ovrl": float(mos.mean()) if mos.size else None,
             "mean_duration_s": float(dur[m].mean()) if m.any() else 0.0,
         }
     by_source: Counter[str] = Counter(v[3] for v in dialogues.values())
@@ -388,7 +391,39 @@ def _models(cfg: RunConfig) -> list[tuple[str, str, str]]:
         name = Path(cfg.speaker.model_dir).name if cfg.speaker.model_dir else "default"
         rows.append(("speaker encoder (verification)", f"{cfg.speaker.backend} ({name})", "see the model's card"))
     rows.append(("text normalisation", "WeTextProcessing (zh/en TN grammars)", "Apache-2.0"))
+    quality = getattr(getattr(cfg, "quality", None), "backend", "none")
+    if quality == "dnsmos":
+        rows.append(("quality score (verification)", "DNSMOS P.835 ONNX models from the speechmos package", "see the package's licence"))
     return rows
+
+
+def _short_turn_bound(sel: Any) -> str:
+    """The looser speaker bound of short turns, when the config has one (short clips embed noisily)."""
+    short = getattr(sel, "min_speaker_similarity_short", None)
+    below = getattr(sel, "speaker_short_s", None)
+    if short is None or below is None or short >= sel.min_speaker_similarity:
+        return ""
+    return f" (≥ {short} for turns under {below:g} s)"
+
+
+def _flow_lines(cfg: RunConfig) -> list[str]:
+    """The stages as they ran, from the stage classes' own descriptions, with what this config switched off."""
+    from pipelines.stages import SHARD_STAGES
+
+    retries = getattr(getattr(cfg, "retry", None), "retries", None)
+    notes = {
+        "rewrite": None if cfg.rewrite.mode == "llm" else "not used here: `rewrite.mode: passthrough` keeps the source text",
+        "filter": None if cfg.filter.llm_judge else "rules only here (`filter.llm_judge: false`)",
+        "spoken": None if cfg.spoken.mode == "llm" else "normalisation only here (`spoken.mode: rules`)",
+        "repair": None if retries is None else (f"here up to {retries} re-syntheses per turn" if retries else "off here"),
+    }
+    out = ["1. **ingest**: source text dialogues (Alpaca, ShareGPT, OpenAI messages) normalised, language identified, "
+           "content-hash ids, deterministic sample."]  # fmt: skip
+    for i, st in enumerate(SHARD_STAGES, start=2):
+        note = notes.get(st.name)
+        out.append(f"{i}. **{st.name}**: {st.description.rstrip('.')}" + (f" ({note})" if note else "") + ".")
+    out.append(f"{len(SHARD_STAGES) + 2}. **package**: the accepted dialogues, one row per utterance, in these Parquet shards.")
+    return out
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
@@ -404,6 +439,7 @@ def render_body(
     run_summary: dict[str, Any],
     package_summary: dict[str, Any] | None,
     repo_id: str | None,
+    voices_note: str | None = None,
 ) -> str:
     from pipelines.package import UTTERANCE_FIELDS
 
@@ -421,13 +457,15 @@ def render_body(
     ]
     rows = []
     for lg, d in stats["by_language"].items():
+        mos = "-" if d["mean_dnsmos_ovrl"] is None else f"{d['mean_dnsmos_ovrl']:.2f}"
         rows.append([lg, d["dialogues"], d["utterances"], _h(d["hours"]), f"{d['mean_turns']:.2f}", d["speakers"],
-                     f"{d['error_kind']} {d['mean_error_rate']:.3f}", f"{d['mean_speaker_similarity']:.3f}"])  # fmt: skip
+                     f"{d['error_kind']} {d['mean_error_rate']:.3f}", f"{d['mean_speaker_similarity']:.3f}", mos])  # fmt: skip
     rows.append(["**all**", stats["dialogues"], stats["utterances"], _h(stats["hours"]), f"{stats['mean_turns']:.2f}",
-                 stats["speakers"], "", ""])  # fmt: skip
+                 stats["speakers"], "", "", ""])  # fmt: skip
     lines += _table(
-        ["language", "dialogues", "utterances", "hours", "mean turns", "speakers", "mean error rate", "mean speaker sim."], rows
-    )
+        ["language", "dialogues", "utterances", "hours", "mean turns", "speakers", "mean error rate",
+         "mean speaker sim.", "mean DNSMOS OVRL"], rows,
+    )  # fmt: skip
     lines += ["", "Hours (and utterances) per language and role:", ""]
     lines += _table(
         ["language", "user", "assistant"],
@@ -457,7 +495,7 @@ def render_body(
             if stats["user_speaker_gender"]
             else ""
         ),
-        "",
+        *([f"The voice library of the run: {voices_note}", ""] if voices_note else [""]),
         "## Plots",
         "",
     ]
@@ -489,23 +527,7 @@ def render_body(
         "",
         "## How it was made",
         "",
-        "1. **ingest**: source text dialogues (Alpaca, ShareGPT, OpenAI messages) normalised, language identified, "
-        "content-hash ids, sampled.",
-        "2. **rewrite**: content rules (code, formulas, tables, URLs, length), then "
-        + (
-            "an LLM rewrites each dialogue into what two people would say aloud."
-            if cfg.rewrite.mode == "llm"
-            else "the source text is kept as it is (`rewrite.mode: passthrough`)."
-        ),
-        "3. **filter**: rules on the rewritten text" + (" and an LLM judge" if cfg.filter.llm_judge else "") + ".",
-        f"4. **spoken** ({cfg.spoken.mode}): " + ("an LLM spoken-style pass, then " if cfg.spoken.mode == "llm" else "")
-        + "text normalisation (numbers, units, dates, symbols written out).",
-        "5. **assign**: user turns get a voice from the virtual speaker library (balanced use); assistant turns get "
-        "fixed agent voices per language.",
-        "6. **synthesize**: TTS of every turn, stored as FLAC.",
-        "7. **verify**: ASR transcript and CER (zh) / WER (en) against the spoken text; speaker similarity against "
-        "the voice's reference recording; silence, clipping and speaking-rate checks (scores only).",
-        "8. **select**: thresholds decide; a dialogue is kept only if every turn passes.",
+        *_flow_lines(cfg),
         "",
     ]
     lines += _table(["role", "model", "licence"], [list(r) for r in _models(cfg)])
@@ -513,14 +535,15 @@ def render_body(
     lines += ["", "Prompt files (`configs/prompts`, version = hash of the file): "
               + ("; ".join(f"{task}: " + (", ".join(f"{lg} `{v}`" for lg, v in vers.items()) if isinstance(vers, dict) else str(vers))
                            for task, vers in prompts.items()) if prompts else
-                 ("not used." if prompts == {} else "not recorded."))]  # fmt: skip
+                 ("not used" if prompts == {} else "not recorded")) + "."]  # fmt: skip
     lines += [
         "",
         f"Acceptance thresholds: CER (zh) ≤ {sel.max_cer_zh}, WER (en) ≤ {sel.max_wer_en}, speaker similarity ≥ "
-        f"{sel.min_speaker_similarity}, silence ratio ≤ {sel.max_silence_ratio}, clipping ratio ≤ {sel.max_clipping_ratio}, "
+        f"{sel.min_speaker_similarity}{_short_turn_bound(sel)}, silence ratio ≤ {sel.max_silence_ratio}, clipping ratio ≤ {sel.max_clipping_ratio}, "
         "speaking rate (characters/s) "
         + ", ".join(f"{lg} {sel.min_chars_per_s.get(lg, 0):g}–{sel.max_chars_per_s.get(lg, float('inf')):g}"
                     for lg in sorted(set(sel.min_chars_per_s) | set(sel.max_chars_per_s)))  # fmt: skip
+        + (f", DNSMOS OVRL ≥ {sel.min_dnsmos_ovrl}" if sel.min_dnsmos_ovrl is not None else "")
         + ".",
         "",
         "Where every source dialogue went (rows per stage; in = out + rejected):",
@@ -574,6 +597,21 @@ def render_body(
     return "\n".join(lines)
 
 
+def _voices_note(run_dir: Path) -> str | None:
+    """What the run's voice library says about the distinctness of its identities (if it records it)."""
+    from pipelines.voices import library_path
+
+    p = library_path(run_dir)
+    try:
+        from voice_library.recipes import distinctness_statement, library_meta
+    except ImportError:  # a voice library without recorded distinctness
+        return None
+    if not p.exists():
+        return None
+    meta = library_meta(p)
+    return distinctness_statement(meta) if meta else None
+
+
 def write_card(
     dataset_dir: str | Path,
     cfg: RunConfig,
@@ -591,7 +629,7 @@ def write_card(
     stats = collect_stats(dataset_dir)
     yaml_text = front_matter_yaml(cfg, dataset_dir, stats)
     plots = make_plots(stats, cfg, dataset_dir / IMAGES_DIR)
-    body = render_body(cfg, stats, plots, run_summary(run_dir), package_summary, repo_id)
+    body = render_body(cfg, stats, plots, run_summary(run_dir), package_summary, repo_id, _voices_note(run_dir))
     path = dataset_dir / "README.md"
     write_bytes_atomic(path, f"---\n{yaml_text.strip()}\n---\n\n{body}".encode())
     _readable(path)

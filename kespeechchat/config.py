@@ -41,6 +41,19 @@ class InputConfig(_Model):
     sources: list[SourceConfig] = Field(description="Input files, read in order.")
     shard_size: int = Field(64, ge=1, description="Dialogues per shard. Shards are fixed at ingest and never re-split.")
     seed: int = Field(0, description="Seed of the deterministic per-source sample.")
+    dedup: Literal["off", "exact", "near"] = Field(
+        "near",
+        description="Duplicate dialogues dropped at ingest with reason `duplicate`, the first in input order kept: "
+        "'exact' = equal text after normalisation (case, punctuation, spacing, full-width forms); 'near' = that, "
+        "or user side and assistant side each at least `near_duplicate_threshold` similar; 'off' = only "
+        "byte-identical dialogues.",
+    )
+    near_duplicate_threshold: float = Field(
+        0.7, gt=0, le=1, description="Jaccard similarity (MinHash estimate) of token shingles at which two sides match."
+    )
+    near_duplicate_ngram: int = Field(
+        3, ge=1, description="Shingle size in tokens (a token is one Han character or one Latin word/number)."
+    )
 
 
 class LLMConfig(_Model):
@@ -62,6 +75,12 @@ class LLMConfig(_Model):
         description="How JSON output is requested: 'json_schema' (OpenAI/vLLM form) or 'json_object_schema' "
         "(llama.cpp form). 'auto' picks by backend.",
     )
+    text_pattern: bool = Field(
+        True,
+        description="Constrain every turn text with a JSON-schema `pattern` that leaves out markup characters "
+        "(markdown, code, URLs, brackets). llama.cpp grammars and vLLM (xgrammar, guidance) enforce it while "
+        "decoding; set false for a server that rejects or ignores `pattern` (replies are still checked after).",
+    )
     concurrency: int = Field(4, ge=1, description="Concurrent requests per endpoint.")
     timeout_s: float = Field(120.0, gt=0, description="Timeout of one request.")
     max_retries: int = Field(4, ge=0, description="Retries on 429/5xx/timeouts/connection errors (with backoff).")
@@ -70,6 +89,20 @@ class LLMConfig(_Model):
     n_ctx: int = Field(4096, ge=512, description="Context size of the managed llama.cpp server.")
     n_threads: int | None = Field(None, ge=1, description="Threads of the managed llama.cpp server (default: all cores).")
     server_start_timeout_s: float = Field(120.0, gt=0, description="How long to wait for the managed server to answer.")
+    engine_model_source: str | None = Field(
+        None,
+        description="In-cluster alternative (kespeechchat.llm.ray_vllm): the model directory, on storage every GPU "
+        "node sees, of the vLLM engine that Ray Data runs inside its actors (nothing is downloaded).",
+    )
+    engine_replicas: int = Field(1, ge=1, description="In-cluster vLLM engines (actors), each on its own GPU group.")
+    engine_batch_size: int = Field(64, ge=1, description="Rows per batch sent to one in-cluster engine.")
+    engine_accelerator_type: str | None = Field(
+        None, description="GPU type the in-cluster engines must run on (e.g. 'H100'); None: any GPU."
+    )
+    engine_kwargs: dict[str, Any] = Field(
+        default_factory=lambda: {"max_model_len": 8192, "enable_prefix_caching": True, "tensor_parallel_size": 1},
+        description="Keyword arguments of the in-cluster vLLM engine (tensor_parallel_size, max_model_len, ...).",
+    )
 
 
 class RewriteConfig(_Model):
@@ -98,10 +131,24 @@ class SpokenConfig(_Model):
 
 class VoicesConfig(_Model):
     library: str | None = Field(
-        None, description="Parquet file of voice recipes; default: build a small library from `size` and `seed`."
+        None,
+        description="Parquet file of voice recipes (`kespeechchat voices build`); default: build a library "
+        "from `pool`, `size` and `seed` into the run.",
     )
     size: int = Field(24, ge=1, description="Number of user voices when the library is built for the run.")
     seed: int = Field(0, description="Seed of the library build and of voice assignment.")
+    pool: str | None = Field(
+        None,
+        description="Identity pool (Parquet) the library is built from; default: the measured Kokoro pool shipped "
+        "with the package. CosyVoice needs a pool of sampled speaker embeddings (`voices sample-embeddings`).",
+    )
+    max_identity_cosine: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Use only identities whose centroid cosines are all at most this (must not exceed the pool's "
+        "own bound); default: the pool's bound. Lower means fewer, more clearly distinct speakers.",
+    )
 
 
 class TTSConfig(_Model):
@@ -142,6 +189,7 @@ class SpeakerConfig(_Model):
     backend: Literal["resemblyzer", "pyannote"] = Field("resemblyzer", description="Speaker-embedding backend.")
     model_dir: str | None = Field(None, description="Local model directory (pyannote/WeSpeaker); unused by resemblyzer.")
     device: str | None = Field(None, description="'cpu' or 'cuda[:N]'; default: cpu for resemblyzer, cuda for pyannote.")
+    num_threads: int = Field(1, ge=1, description="torch CPU threads of the encoder per worker (resemblyzer).")
 
 
 class QualityConfig(_Model):
@@ -178,30 +226,57 @@ class RetryConfig(_Model):
 
 
 class SelectConfig(_Model):
-    max_cer_zh: float = Field(0.10, ge=0, description="Highest CER of an accepted zh utterance.")
-    max_wer_en: float = Field(0.10, ge=0, description="Highest WER of an accepted en utterance.")
+    """Thresholds of the select stage (and of which turns repair re-synthesises).
+
+    Defaults measured with the embedded models on 16 Kokoro voices x 6 zh + 6 en sentences
+    (``bench/speaker_bound.py``): see each field.
+    """
+
+    max_cer_zh: float = Field(0.10, ge=0, description="Highest CER of an accepted zh utterance (as in the reference work).")
+    max_wer_en: float = Field(0.10, ge=0, description="Highest WER of an accepted en utterance (as in the reference work).")
     min_speaker_similarity: float = Field(
-        0.65, ge=-1, le=1, description="Lowest cosine between an utterance and its voice's reference."
+        0.80,
+        ge=-1,
+        le=1,
+        description="Lowest cosine between an utterance of at least `speaker_short_s` seconds and its voice's "
+        "reference probe. resemblyzer, Kokoro voices, clips >= 2 s: same voice min 0.873 (n=66), other "
+        "identities median 0.65; at 0.80 no genuine clip and 79 % of wrong-identity pairs are rejected "
+        "(0.85 would leave a 0.02 margin). Another encoder (pyannote) needs its own bound.",
     )
-    max_silence_ratio: float = Field(0.6, ge=0, le=1, description="Highest share of near-silent frames.")
+    min_speaker_similarity_short: float = Field(
+        0.65,
+        ge=-1,
+        le=1,
+        description="The bound for turns shorter than `speaker_short_s` (never stricter than min_speaker_similarity): "
+        "embeddings of ~1 s clips are noisy, same voice min 0.69 (n=30).",
+    )
+    speaker_short_s: float = Field(2.0, ge=0, description="Turns shorter than this (seconds) use min_speaker_similarity_short.")
+    max_silence_ratio: float = Field(
+        0.6, ge=0, le=1, description="Highest share of near-silent 20 ms frames (clean Kokoro output: max 0.45, n=96)."
+    )
     max_clipping_ratio: float = Field(0.01, ge=0, le=1, description="Highest share of clipped samples.")
     min_chars_per_s: dict[str, float] = Field(
-        default_factory=lambda: {"zh": 1.5, "en": 6.0}, description="Slowest plausible speaking rate (characters/s)."
+        default_factory=lambda: {"zh": 3.0, "en": 8.0},
+        description="Slowest plausible rate in spoken characters per second of speech (kespeechchat.metrics."
+        "spoken_chars; silence excluded); slower is a loop or stall. Clean Kokoro at speed 1: zh 4.3-6.0, "
+        "en 10.6-20.4 (the library's speeds and retries vary this by -15/+17 %); a loop halves it.",
     )
     max_chars_per_s: dict[str, float] = Field(
-        default_factory=lambda: {"zh": 9.0, "en": 30.0}, description="Fastest plausible speaking rate (characters/s)."
+        default_factory=lambda: {"zh": 8.5, "en": 28.0},
+        description="Fastest plausible rate (same unit); faster means dropped or truncated text.",
     )
     rate_min_chars: int = Field(
         6,
         ge=0,
-        description="Check the speaking rate only for turns of at least this many spoken characters "
-        "(kespeechchat.metrics.spoken_chars): the rate of a two-word turn says little.",
+        description="Check the speaking rate only for turns of at least this many spoken characters: the rate "
+        "of a two-word turn says little.",
     )
     min_dnsmos_ovrl: float | None = Field(
-        None,
+        2.0,
         ge=1,
         le=5,
-        description="Lowest DNSMOS OVRL (1-5) of an accepted utterance; None: no quality gate. Needs quality.backend.",
+        description="Lowest DNSMOS OVRL (1-5) of an accepted utterance; None: no quality gate. Clean Kokoro: min "
+        "2.26, median 3.2 (n=96); real speech with noise at 0 dB SNR: 1.1-1.95. Unmeasured (NaN) is not gated.",
     )
 
 

@@ -138,6 +138,8 @@ def verify_export(folder: str | Path) -> dict[str, Any]:
             raise ValueError(f"{readme}: data_files pattern {pattern!r} (split {split}) matches no shard")
         matched.update(hits)
         rows_by_split[split] = sum(pq.ParquetFile(folder / h).metadata.num_rows for h in hits)
+    if not sum(rows_by_split.values()):
+        raise ValueError(f"{folder}: the dataset has no rows: nothing to publish (`datasets` cannot load an empty split)")
     orphans = sorted(set(shards) - matched)
     if orphans:
         raise ValueError(f"{folder}: shards not in any split of the card: {orphans}")
@@ -183,10 +185,14 @@ def preflight(endpoint: str, token: str, timeout_s: float) -> dict[str, Any]:
     import urllib.error
     import urllib.request
 
+    class NoRedirect(urllib.request.HTTPRedirectHandler):  # the token goes to this endpoint only
+        def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
     url = f"{endpoint.rstrip('/')}/api/whoami-v2"
     req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}", "User-Agent": "kespeechchat"})
     try:
-        with urllib.request.urlopen(req, timeout=timeout_s) as r:
+        with urllib.request.build_opener(NoRedirect).open(req, timeout=timeout_s) as r:
             info = json.loads(r.read().decode("utf-8") or "{}")
     except urllib.error.HTTPError as e:
         if e.code == 401:

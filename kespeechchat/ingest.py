@@ -11,16 +11,23 @@ Choices made here (and tested):
   an answer) is dropped and counted as ``trailing_user_dropped``; if nothing is left, the record
   is rejected as ``no_turns``. Two turns of the same role in a row are ``bad_turn_order`` (never
   merged: merging would invent a turn nobody wrote).
-- Texts are NFC-normalised, CRLF becomes LF, and leading/trailing whitespace is stripped; an
-  empty text is ``empty_turn``.
+- Texts are NFC-normalised, CRLF becomes LF, and leading/trailing whitespace is stripped, as are
+  the button labels scraped chat logs carry at the end of a turn ("Share Prompt", "지금 번역하기")
+  and Alpaca's "<noinput>" markers; an empty text is ``empty_turn``.
 - ``dialogue_id`` is a content hash of the normalised turns, so the same dialogue gets the same
   id in every run and duplicates (within a file or across sources) are found by id.
+- With a :class:`~kespeechchat.dedup.Deduper`, duplicates are also found after text
+  normalisation, and near-duplicates by MinHash; all of them are rejected as ``duplicate`` with the
+  record they repeat in the detail. This happens before sampling, so ``limit`` counts distinct
+  dialogues. As with ids, a record is compared with the earlier records of its own file and with
+  the rows kept from earlier sources.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import unicodedata
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -34,6 +41,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from kespeechchat.config import SourceConfig
+    from kespeechchat.dedup import Deduper, Signature
 
 FORMATS = ("alpaca", "sharegpt", "openai")
 EXTENSIONS = (".json", ".jsonl", ".parquet")
@@ -74,6 +82,10 @@ SHAREGPT_ROLES = {
     "system": "system",
 }
 OPENAI_ROLES = {"user": "user", "assistant": "assistant", "system": "system"}
+# Button labels that scraped chat logs (ShareGPT) carry at the end of a turn: "Share Prompt", and
+# a browser translator's "지금 번역하기" ("translate now"), which made English turns look Korean.
+_SCRAPE_TAIL = re.compile(r"(?:\s*(?:지금 번역하기|번역결과|Share Prompt|Copy to Clipboard))+$")
+_NO_INPUT = re.compile(r"^[`'\"]*<?\s*no[\s_-]?input\s*>?[`'\"]*$", re.IGNORECASE)
 
 
 class RecordError(ValueError):
@@ -314,7 +326,7 @@ def _text(value: Any, where: str) -> str:
         value.encode("utf-8")
     except UnicodeEncodeError as e:
         raise RecordError("invalid_utf8", f"{where} has a lone surrogate at position {e.start}") from None
-    text = clean_text(value)
+    text = _SCRAPE_TAIL.sub("", clean_text(value))
     if not text:
         raise RecordError("empty_turn", f"{where} is empty")
     return text
@@ -342,6 +354,8 @@ def _parse_alpaca(raw: dict[str, Any]) -> tuple[list[str], list[str], bool]:
     if extra is not None and not isinstance(extra, str):
         raise RecordError("wrong_type", f"input is {_type_name(extra)}, expected str")
     extra = clean_text(extra or "")
+    if _NO_INPUT.match(extra):
+        extra = ""  # Alpaca's marker for "no input" ("<noinput>", "`<noinput>`", "< noinput >")
     turns.append(("user", f"{instruction}\n{extra}" if extra else instruction))
     if raw.get("output") is None:
         raise RecordError("missing_field", "output is missing")
@@ -502,6 +516,7 @@ class _Candidate:
     row: dict[str, Any]
     raw_excerpt: str
     chars: int
+    signature: Signature | None = None
 
 
 @dataclass
@@ -529,15 +544,19 @@ def _sample_key(seed: int, did: str) -> str:
 
 
 def ingest_source(
-    source: SourceConfig, seed: int, seen_ids: dict[str, str]
+    source: SourceConfig, seed: int, seen_ids: dict[str, str], dedup: Deduper | None = None
 ) -> tuple[list[dict[str, Any]], list[IngestReject], dict[str, Any]]:
-    """One source file -> (rows, rejects, stats); ``seen_ids`` maps kept ids to where they came from."""
+    """One source file -> (rows, rejects, stats); ``seen_ids`` maps kept ids to where they came from.
+
+    ``dedup`` holds the rows kept from earlier sources; the rows kept here are added to it.
+    """
     path = Path(source.path)
     name = path.name
     st = _SourceStats(source_file=name, path=str(path))
     rejects: list[IngestReject] = []
     candidates: list[_Candidate] = []
     first_in_file: dict[str, int] = {}
+    local = dedup.empty_like() if dedup is not None else None
 
     for item in read_records(path):
         st.records += 1
@@ -562,6 +581,14 @@ def ingest_source(
                 IngestReject(name, index, "duplicate", f"same turns as {earlier} ({did})", excerpt(raw))
             )
             continue
+        sig = None
+        if dedup is not None and local is not None:
+            sig = dedup.signature(p.roles, p.texts)
+            match = dedup.find(sig) or local.find(sig)
+            if match is not None:
+                rejects.append(IngestReject(name, index, "duplicate", match.describe(), excerpt(raw)))
+                continue
+            local.add(f"{name}#{index}", sig)
         first_in_file[did] = index
         st.formats[p.format] += 1
         st.system_dropped += int(p.system_dropped)
@@ -575,7 +602,7 @@ def ingest_source(
             "roles": p.roles,
             "source_texts": p.texts,
         }
-        candidates.append(_Candidate(index, row, excerpt(raw), sum(len(t) for t in p.texts)))
+        candidates.append(_Candidate(index, row, excerpt(raw), sum(len(t) for t in p.texts), sig))
 
     kept = candidates
     if source.limit is not None:
@@ -604,9 +631,11 @@ def ingest_source(
         kept = [c for c in candidates if id(c) in chosen]
 
     rows = [c.row for c in kept]
-    for r in rows:
-        seen_ids[r["dialogue_id"]] = f"{name}#{r['source_index']}"
-        st.languages[r["language"]] += 1
+    for c in kept:
+        seen_ids[c.row["dialogue_id"]] = f"{name}#{c.index}"
+        st.languages[c.row["language"]] += 1
+        if dedup is not None and c.signature is not None:
+            dedup.add(f"{name}#{c.index}", c.signature)
     rejects.sort(key=lambda r: -1 if r.record_index is None else r.record_index)
     for r in rejects:
         st.rejected[r.reason] += 1
@@ -615,12 +644,13 @@ def ingest_source(
 
 
 def ingest_sources(
-    sources: list[SourceConfig], seed: int
+    sources: list[SourceConfig], seed: int, dedup: Deduper | None = None
 ) -> tuple[list[dict[str, Any]], list[IngestReject], dict[str, Any]]:
     """All sources in order -> (dialogue rows, rejects, stats).
 
-    Duplicates are found by ``dialogue_id`` against the rows kept from earlier sources and the
-    earlier valid records of the same file. ``stats["sources"]`` has one entry per source:
+    Duplicates are found by ``dialogue_id`` (and, given a ``dedup`` index, after normalisation
+    and by similarity) against the rows kept from earlier sources and the earlier valid records
+    of the same file. ``stats["sources"]`` has one entry per source:
     records (items read; a whole-file reject counts as one), kept, rejected by reason, and over
     the valid records before sampling: system_dropped, trailing_user_dropped, formats; plus the
     languages of the kept rows. ``stats["totals"]`` sums them.
@@ -630,7 +660,7 @@ def ingest_sources(
     rejects: list[IngestReject] = []
     per_source: list[dict[str, Any]] = []
     for src in sources:
-        r, j, s = ingest_source(src, seed, seen)
+        r, j, s = ingest_source(src, seed, seen, dedup)
         rows.extend(r)
         rejects.extend(j)
         per_source.append(s)

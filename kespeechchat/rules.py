@@ -57,6 +57,8 @@ _CODE_LINE = re.compile(
       | [\w.\[\]]+\s*(?:=|\+=|-=|==)\s*[\w"'\[({].*;\s*$
       | </?[a-z][\w-]*(?:\s+[\w-]+="[^"]*")*\s*/?>\s*$
       | \w+\(.*\)\s*;\s*$
+      | [A-Za-z_][\w.]*(?:\[[^\]\n]*\])?\s*(?:=|\+=|-=)\s*(?:[\[{"']|\d|[A-Za-z_][\w.]*\().*$
+      | [A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+\(.*\)\s*$
     )""",
     re.VERBOSE,
 )
@@ -74,6 +76,8 @@ _DISPLAY_MATH = re.compile(r"\$\$.+?\$\$|\\\[.+?\\\]|\\\(.+?\\\)", re.DOTALL)
 # the inside must look like maths (a command, ^, _, braces or =) or be a single variable.
 _INLINE_MATH = re.compile(r"(?<![\w$\\])\$(?=\S)([^$\n]{1,200}?)(?<=\S)\$(?![\d$])")
 _MATHY = re.compile(r"[\\^_{}=]|^[A-Za-z]$")
+# A chemical equation: a formula with a digit ("H2O", "CO2") next to a reaction arrow.
+_CHEM = re.compile(r"(?<![\w])(?=[A-Za-z\d]*\d)(?:[A-Z][a-z]?\d*){2,}[+-]?\s*(?:->|→|⟶|⇌|⇋|<=>)\s*\S")
 
 # --- tables ------------------------------------------------------------------------------------
 _TABLE_RULE = re.compile(r"^\s*\|?\s*:?-{3,}:?\s*(?:\|\s*:?-{3,}:?\s*)+\|?\s*$", re.MULTILINE)
@@ -96,7 +100,8 @@ _PLACEHOLDER = re.compile(
     r"|<[A-Z][A-Z0-9_]*(?:[ _][A-Z0-9_]+)*>"  # <PLACEHOLDER>, <YOUR NAME>
     r"|\[(?:INSERT|YOUR|ENTER|ADD|NAME OF|PLACEHOLDER)\b[^\]\n]{0,60}\]"  # [INSERT …], [Your Name]
     r"|[\[【](?:插入|填写|在此|此处填|请填写|你的名字)[^\]】\n]{0,40}[\]】]"  # [插入…] 【填写…】
-    r"|\{[a-z]+(?:_[a-z0-9]+)+\}",  # {customer_name}
+    r"|\{[a-z]+(?:_[a-z0-9]+)+\}"  # {customer_name}
+    r"|[^\s_＿][ \t]*[_＿]{3,}|[_＿]{3,}[ \t]*[^\s_＿]",  # a fill-in blank "very ____." (not a "___" rule line)
     re.IGNORECASE,
 )
 _PLACEHOLDER_CASE = re.compile(r"<[A-Z][A-Z0-9_]*(?:[ _][A-Z0-9_]+)*>")  # needs upper case, unlike the rest
@@ -140,6 +145,9 @@ def has_latex(text: str) -> str | None:
     for m in _INLINE_MATH.finditer(text):
         if _MATHY.search(m.group(1)):
             return f"inline math {_quote(text, m.start(), m.end())}"
+    m = _CHEM.search(text)
+    if m:
+        return f"chemical equation {_quote(text, m.start(), m.end() + 20)}"
     return None
 
 

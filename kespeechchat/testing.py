@@ -15,7 +15,7 @@ def small_config(
     name: str = "t",
     shard_size: int = 2,
     llm: bool = False,
-    executor: str = "local",
+    executor: str | dict[str, Any] = "local",
     **overrides: Any,
 ) -> RunConfig:
     """A fast config: text stages without the LLM unless ``llm``; real TTS, ASR and speaker models."""
@@ -27,7 +27,8 @@ def small_config(
         "filter": {"llm_judge": llm},
         "spoken": {"mode": "llm" if llm else "rules"},
         "voices": {"size": 6, "seed": 0},
-        "executor": {"kind": executor, "num_cpus": 2, "object_store_mb": 128},
+        "executor": {"kind": "local", "num_cpus": 2, "object_store_mb": 128}
+        | ({"kind": executor} if isinstance(executor, str) else executor),
         # Kokoro voices are synthetic; this keeps the unit tests about plumbing, not thresholds.
         "select": {"min_speaker_similarity": 0.5, "max_cer_zh": 0.2, "max_wer_en": 0.2},
     }

@@ -9,6 +9,8 @@ test case:
   after a number or "per": "1 month" -> "one minute onth", "per day" -> "- per dalton y".
 - en money: "$3.50" was "three point five dollars" -> "three dollars and fifty cents"; "$5/month"
   was "dollar five slash month" -> "five dollars a month".
+- en: "9 - 6" was "nine to six" and "9 - 2 x 3" kept its "-": a spaced minus between numbers is
+  "minus" (unspaced "3-5 days" stays a range, year ranges stay "to").
 - en: "1,000" was "thousand"; "1990s" was "one thousand nine hundred and ninety seconds"; "#1" was
   "number one degree Fahrenheit"; "5 m" was "five minutes"; "3x faster" broke "faster"; phone
   numbers and year ranges were read as cardinals.
@@ -251,6 +253,8 @@ _LOCAL_PHONE = re.compile(r"(?<![\w-])(\d{3})-(\d{4})(?![\w-])")
 _YEAR_RANGE = re.compile(r"(?<![\w.,-])(1[5-9]\d\d|20\d\d)\s?[-–]\s?(1[5-9]\d\d|20\d\d)(?![\w.,-])")
 _AMPM = re.compile(r"(?<=\d)\s?([ap])\.m\.?(?=\W|$)", re.IGNORECASE)
 _DIVIDED = re.compile(r"(?<=\d)\s+/\s+(?=\d)")
+# "9 - 6" with spaces is arithmetic (the grammar said "nine to six"); "3-5 days" stays a range
+_MINUS_SPACED = re.compile(r"(?<=\d) [-−] (?=\d)")
 _STAR_TIMES = re.compile(r"(?<=\d)\s*\*\s*(?=\d)")
 _POWER = re.compile(r"\^(\d+)")
 _POWER_WORDS = {"2": " squared", "3": " cubed"}
@@ -344,6 +348,7 @@ def _pre_en(line: str) -> str:
     line = _MINUS_TEMP.sub("minus ", line)
     line = _TIMES_WORD.sub(r"\1 times", line)
     line = _DIVIDED.sub(" divided by ", line)
+    line = _MINUS_SPACED.sub(" minus ", line)
     line = _STAR_TIMES.sub(" times ", line)
     line = _POWER.sub(lambda m: _POWER_WORDS.get(m.group(1), f" to the power of {m.group(1)}"), line)
     line = _ORDINAL_DASH.sub(r"\1 ", line)

@@ -47,7 +47,10 @@ class LocalExecutor:
                 stage.setup()
                 self._ready.add(u.stage_index)
             pipe.progress.unit_started(stage.name, u.shard)
-            marker = execute_unit(stage, pipe.store, pipe.input_stage_name(u.stage_index), u.shard, u.input_fingerprint)
+            marker = execute_unit(
+                stage, pipe.store, pipe.input_stage_name(u.stage_index), u.shard, u.input_fingerprint,
+                {"executor": "local", "pid": os.getpid()},
+            )
             pipe.progress.unit_done(stage.name, u.shard, marker)
             if not any(p.stage_index == u.stage_index for p in pending):
                 stage.teardown()
@@ -81,7 +84,9 @@ def init_ray(cfg: RunConfig, address: str | None = None) -> Any:
     if address:
         ray.init(address=address, log_to_driver=False, logging_level="WARNING", runtime_env=runtime_env)
     else:
+        # address="local": always a new cluster of our own, never one some `ray start` left running.
         ray.init(
+            address="local",
             num_cpus=cfg.executor.num_cpus or os.cpu_count(),
             object_store_memory=cfg.executor.object_store_mb * 1024 * 1024,
             include_dashboard=False,
@@ -108,9 +113,13 @@ class _Worker:
         self.input_stage = "ingest" if stage_index == 0 else stages[stage_index - 1].name
 
     def run(self, shard: int, input_fp: str) -> dict[str, Any]:
+        import ray
+
         from pipelines.runner import execute_unit
 
-        return execute_unit(self.stage, self.store, self.input_stage, shard, input_fp)
+        ctx = ray.get_runtime_context()
+        worker = {"executor": "ray", "pid": os.getpid(), "node_id": ctx.get_node_id(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
+        return execute_unit(self.stage, self.store, self.input_stage, shard, input_fp, worker)
 
     def pid(self) -> int:
         return os.getpid()

@@ -41,6 +41,7 @@ LAYOUT = "utterance"
 CARD_ONLY_FIELDS = frozenset({"pretty_name", "license", "source_licenses"})
 DATA_FILE_RE = re.compile(r"^(?P<split>[A-Za-z][A-Za-z0-9_]*)-(?P<index>\d{5})-of-(?P<count>\d{5})\.parquet$")
 MEDIA_COLUMN = "audio"
+SPLIT_ORDER = {"train": 0, "validation": 1, "test": 2}  # how the Hub lists splits; others follow by name
 
 
 def _value(dtype: str) -> dict[str, Any]:
@@ -68,6 +69,7 @@ UTTERANCE_FIELDS: list[tuple[str, pa.DataType, dict[str, Any] | None, str]] = [
     ("error_rate", pa.float32(), _value("float32"), "CER (zh) or WER (en) of `asr_text` against `text`"),
     ("error_kind", pa.string(), _value("string"), "`cer` or `wer`"),
     ("speaker_similarity", pa.float32(), _value("float32"), "cosine between the utterance and its voice's reference (speaker encoder)"),
+    ("dnsmos_ovrl", pa.float32(), _value("float32"), "DNSMOS P.835 OVRL (1-5), an artefact detector rather than a naturalness score; empty when not measured"),
     ("tts_attempts", pa.int32(), _value("int32"), "TTS attempts the turn needed"),
     ("source_file", pa.string(), _value("string"), "source text file the dialogue came from"),
     ("source_format", pa.string(), _value("string"), "record format of the source (alpaca, sharegpt, openai)"),
@@ -155,12 +157,21 @@ def flatten(row: dict[str, Any], voices: dict[str, tuple[str, str]] | None = Non
                 "error_rate": row["error_rates"][i],
                 "error_kind": "cer" if lang == "zh" else "wer",
                 "speaker_similarity": row["speaker_similarities"][i],
+                "dnsmos_ovrl": _finite_or_none(row.get("dnsmos_ovrl"), i),
                 "tts_attempts": row["tts_attempts"][i],
                 "source_file": row["source_file"],
                 "source_format": row["source_format"],
             }
         )
     return out
+
+
+def _finite_or_none(values: list[float] | None, i: int) -> float | None:
+    """A per-turn score that may be absent (column missing, None or NaN when not measured)."""
+    if values is None or i >= len(values) or values[i] is None:
+        return None
+    v = float(values[i])
+    return v if np.isfinite(v) else None
 
 
 def row_nbytes(u: dict[str, Any]) -> int:
@@ -394,7 +405,9 @@ def run_package(cfg: RunConfig, store: RunStore, progress: Progress) -> Path:
         f"[package] {summary['dialogues']} dialogues ({split_txt}) -> {summary['utterances']} utterances in "
         f"{n_files} file(s), {summary['audio_s']:.1f} s of audio -> {final_dir}"
     )
-    if summary["empty_splits"]:
+    if not summary["utterances"]:
+        progress.note("[package] no dialogue was accepted: the dataset is empty (see `kespeechchat rejects`)")
+    elif summary["empty_splits"]:
         progress.note(f"[package] no dialogue fell into split(s) {', '.join(summary['empty_splits'])}: left out")
     return final_dir
 
@@ -501,7 +514,7 @@ def dataset_files(dataset_dir: str | Path) -> dict[str, list[Path]]:
             raise ValueError(f"{p}: not a dataset shard name (<split>-XXXXX-of-YYYYY.parquet)")
         by_split[mt["split"]].append((int(mt["index"]), int(mt["count"]), p))
     out: dict[str, list[Path]] = {}
-    for split, items in by_split.items():
+    for split, items in sorted(by_split.items(), key=lambda kv: (SPLIT_ORDER.get(kv[0], len(SPLIT_ORDER)), kv[0])):
         counts = {c for _, c, _ in items}
         idx = sorted(i for i, _, _ in items)
         if len(counts) != 1 or idx != list(range(next(iter(counts)))):
@@ -523,6 +536,8 @@ def read_utterances(
 ) -> pa.Table:
     """Rows of the packaged dataset with a `split` column; reads only the row groups it needs."""
     files = dataset_files(dataset_dir)
+    if columns is not None:  # `split` comes from the file name, not from the file
+        columns = [c for c in columns if c != "split"]
     if split is not None and split not in files:
         raise ValueError(f"{dataset_dir}: no split {split!r}; splits: {', '.join(files)}")
     tables = []

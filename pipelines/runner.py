@@ -45,7 +45,9 @@ def make_stages(cfg: RunConfig, runtime: Runtime) -> list[Stage]:
     return [cls(cfg, runtime) for cls in SHARD_STAGES]
 
 
-def execute_unit(stage: Stage, store: RunStore, input_stage: str, shard: int, input_fp: str) -> dict[str, Any]:
+def execute_unit(
+    stage: Stage, store: RunStore, input_stage: str, shard: int, input_fp: str, worker: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Run one stage on one shard and commit it: data, rejects, stats, then the marker (last)."""
     t0 = time.perf_counter()
     table = store.read_table(input_stage, shard)
@@ -83,6 +85,7 @@ def execute_unit(stage: Stage, store: RunStore, input_stage: str, shard: int, in
         "duration_s": round(duration_s, 3),
         "metrics": out.metrics,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "worker": worker or {"pid": os.getpid()},
     }
     store.write_marker(stage.name, shard, marker)
     return marker

@@ -1,8 +1,14 @@
-"""The voice library of a run: built from the config (or read from a file) once, stored in the run."""
+"""The voice library of a run: built from the config (or read from a file) once, stored in the run.
+
+``voices/library.parquet`` holds the user voices and the agent voices, and its metadata says how
+many distinct identities it has and at which cosine bound they were measured distinct; the
+dataset card counts identities from it, never recipes.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from kespeechchat.config import RunConfig
 from kespeechchat.store import file_sha256
@@ -12,21 +18,64 @@ def library_path(run_dir: Path) -> Path:
     return Path(run_dir) / "voices" / "library.parquet"
 
 
+def _run_voices(cfg: RunConfig) -> tuple[list, dict[str, Any]]:
+    from voice_library.pool import load_pool
+    from voice_library.recipes import (
+        agent_voices,
+        build_library,
+        library_meta,
+        library_meta_for,
+        load_library,
+    )
+
+    v = cfg.voices
+    backend = cfg.tts.backend
+    if v.library:
+        voices = load_library(v.library)
+        wrong = sorted({x.backend for x in voices} - {backend})
+        if wrong:
+            raise ValueError(f"{v.library}: voices for backend(s) {wrong}, but tts.backend is {backend!r}")
+        users = [x for x in voices if x.role == "user"]
+        agents = [x for x in voices if x.role == "agent"]
+        meta = library_meta(v.library)
+        if not users:
+            raise ValueError(f"{v.library}: the library has no user voices")
+        if not agents:
+            pool = load_pool(v.pool) if (v.pool or backend == "kokoro") else None
+            if pool is None:
+                raise ValueError(f"{v.library}: no agent voices in the library and no voices.pool to choose them from")
+            agents = agent_voices(backend, pool=pool, max_identity_cosine=v.max_identity_cosine)
+        return users + agents, {**meta, "source": str(v.library)}
+    if backend != "kokoro" and not v.pool:
+        raise ValueError(
+            f"tts.backend {backend!r} needs voices.pool (a pool of sampled speaker embeddings, "
+            "`kespeechchat voices sample-embeddings`) or voices.library"
+        )
+    pool = load_pool(v.pool)
+    if v.max_identity_cosine is not None:
+        if v.max_identity_cosine > pool.max_identity_cosine:
+            raise ValueError(
+                f"voices.max_identity_cosine {v.max_identity_cosine} is looser than the pool's bound "
+                f"{pool.max_identity_cosine}; identities beyond the pool were never measured"
+            )
+        pool = pool.restrict(v.max_identity_cosine)
+    users = build_library(v.size, v.seed, backend, pool=pool)
+    agents = agent_voices(backend, pool=pool)
+    voices = users + agents
+    return voices, library_meta_for(voices, pool, seed=v.seed, source="built for the run")
+
+
 def prepare_run_library(cfg: RunConfig, run_dir: Path) -> Path:
     """Write ``voices/library.parquet`` (user + agent voices) unless an identical one is there."""
-    from voice_library.recipes import agent_voices, build_library, load_library, save_library
+    from voice_library.recipes import load_library, save_library
 
     path = library_path(run_dir)
-    if cfg.voices.library:
-        users = [v for v in load_library(cfg.voices.library) if v.role == "user"]
-    else:
-        users = build_library(cfg.voices.size, cfg.voices.seed, backend=cfg.tts.backend)
-    voices = users + agent_voices(backend=cfg.tts.backend)
+    voices, meta = _run_voices(cfg)
     if path.exists():
         old = load_library(path)
         if [v.to_dict() for v in old] == [v.to_dict() for v in voices]:
             return path
-    save_library(voices, path)
+    save_library(voices, path, meta)
     return path
 
 

@@ -215,3 +215,12 @@ def test_funasr_loads_a_local_paraformer_directory(tmp_path, recordings):
         assert int(np.argmin(distances)) == i, (t, alone)
     with pytest.raises(ValueError, match="en_model_dir"):
         asr.transcribe([(x, sr, lang) for _, x, sr, lang, _ in recordings if lang == "en"])
+
+
+def test_make_asr_passes_packing_and_device_settings(tmp_path):
+    asr = make_asr(ASRConfig(pack=False, window_s=20.0, device="cuda:1"))
+    assert (asr.pack, asr.window_s, asr.device, asr.compute_type) == (False, 20.0, "cuda:1", "float16")
+    assert make_asr(ASRConfig()).device == "cpu"
+    fun = make_asr(ASRConfig(backend="funasr", model_dir=str(tmp_path), batch_size=8, device="cpu"))
+    assert (fun.batch_size, fun.device) == (8, "cpu")
+    assert make_asr(ASRConfig(backend="funasr", model_dir=str(tmp_path))).device == "cuda"

@@ -196,6 +196,15 @@ def test_normalize_record_formats() -> None:
     assert normalize_record(OPENAI) == ("openai", ["user", "assistant"], ["Say hi.", "Hi!"])
     kto = {**OPENAI, "label": True}
     assert normalize_record(kto) == normalize_record(OPENAI)
+    # Alpaca's "no input" markers are not text anybody would say
+    for marker in ("<noinput>", "`<noinput>`", "< noinput >", "noinput", "No input"):
+        rec = {"instruction": "Name a color.", "input": marker, "output": "Blue."}
+        assert normalize_record(rec)[2] == ["Name a color.", "Blue."], marker
+    # button labels of scraped chat logs at the end of a turn are not part of what was said
+    rec = {"instruction": "Tell me about the program.\n \n 지금 번역하기", "output": "It is a course.\nShare Prompt"}
+    assert normalize_record(rec)[2] == ["Tell me about the program.", "It is a course."]
+    rec = {"instruction": "Translate:", "input": "no inputs allowed here", "output": "Ok."}
+    assert normalize_record(rec)[2][0] == "Translate:\nno inputs allowed here"
 
 
 def test_normalize_record_errors() -> None:

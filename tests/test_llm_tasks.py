@@ -26,6 +26,7 @@ from kespeechchat.llm.tasks import (
     parse_judge,
     parse_rewrite,
     parse_spoken,
+    polarity,
     prompt_versions,
     prompts_dir,
     rewrite_request,
@@ -244,6 +245,55 @@ def test_parse_checks_the_language():
     with pytest.raises(ValueError, match="Chinese"):
         parse_spoken(turns("What is tea?", "茶是一种用茶叶泡的饮料。"), roles, language="en")
     assert parse_spoken(turns("What does 你好 mean?", "It means hello."), roles, language="en")
+
+
+def test_parse_spoken_with_sources_keeps_user_turns_length_and_polarity():
+    roles = ["user", "assistant"]
+    src = ["Are you based on GPT-2?", "No, I am a language model trained by researchers from LMSYS."]
+    ok = turns("Are you GPT two?", "Well, no, I'm a language model that researchers at LMSYS trained.")
+    assert parse_spoken(ok, roles, language="en", source_texts=src) == [
+        "Are you based on GPT-2?",  # the user turn comes from the input, not the reply
+        "Well, no, I'm a language model that researchers at LMSYS trained.",
+    ]
+    with pytest.raises(ValueError, match="said 'no' and now says 'yes'"):
+        parse_spoken(
+            turns(src[0], "Yes, I am a language model trained by researchers from LMSYS."),
+            roles,
+            language="en",
+            source_texts=src,
+        )
+    with pytest.raises(ValueError, match="keeps the length"):
+        parse_spoken(turns(src[0], "No."), roles, language="en", source_texts=src)
+    zh_src = ["你是GPT吗？", "不，我是由研究人员训练的语言模型，不是GPT。"]
+    with pytest.raises(ValueError, match="said 'no'"):
+        parse_spoken(
+            turns(zh_src[0], "是的，我是由研究人员训练的语言模型。"),
+            roles,
+            language="zh",
+            source_texts=zh_src,
+        )
+    assert parse_spoken(turns("短", "好"), roles, language="zh", source_texts=["你好吗", "很好"]) == [
+        "你好吗",
+        "好",
+    ]
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("No, I am a model.", "no"),
+        ("Well, no, not really.", "no"),
+        ("Sure. Here it is.", "yes"),
+        ("No one knows for sure.", None),
+        ("是的，我是。", "yes"),
+        ("不，我不是。", "no"),
+        ("当然可以，下面是方法。", "yes"),
+        ("不同的人有不同看法。", None),
+        ("It depends on the weather.", None),
+    ],
+)
+def test_polarity(text, expected):
+    assert polarity(text) == expected
 
 
 def test_markdown_left_leaves_plain_speech_alone():

@@ -74,3 +74,17 @@ def test_real_transcripts_against_themselves(shared_data):
     for r in rows:
         assert error_rate(r["transcript"], r["transcript"], r["language"]) == 0.0
         assert error_rate(r["transcript"], r["transcript"].lower(), r["language"]) == 0.0
+
+
+def test_spoken_chars_counts_what_is_said():
+    from kespeechchat.metrics import spoken_chars
+
+    assert spoken_chars("今天天气很好。", "zh") == 6
+    assert spoken_chars("我用Python写代码！", "zh") == 5 + 2  # a Latin word counts as two characters
+    assert spoken_chars("  ，。？！ ", "zh") == 0
+    assert spoken_chars("Hello, world!", "en") == 10
+    assert spoken_chars("It's 3 o'clock.", "en") == 10
+    assert spoken_chars("Say 你好 please.", "en") == 3 + 6 + 6
+    assert spoken_chars("Ｈｅｌｌｏ", "en") == 5  # full-width letters are letters
+    with pytest.raises(ValueError, match="fr"):
+        spoken_chars("bonjour", "fr")

@@ -233,18 +233,26 @@ def test_package_skips_when_unchanged_and_rewrites_only_the_card(tiny, tmp_path)
     assert (new_shard.stat().st_ino, new_shard.stat().st_mtime_ns) != before
 
 
-def test_nothing_accepted_gives_an_empty_loadable_dataset(tiny, tmp_path):
-    datasets = pytest.importorskip("datasets")
+def test_nothing_accepted_gives_an_empty_dataset_that_export_refuses(tiny, tmp_path):
+    from kespeechchat.hub import export_folder
+
     shutil.copytree(tiny.run_dir, tmp_path / tiny.name)
     data = tiny.model_dump(mode="json")
     data["runs_dir"] = str(tmp_path)
-    data["select"]["min_speaker_similarity"] = 1.0  # no synthetic utterance is identical to its reference
+    for key in ("min_speaker_similarity", "min_speaker_similarity_short"):  # no utterance equals its reference
+        if key in data["select"]:
+            data["select"][key] = 1.0
     cfg = RunConfig.model_validate(data)
     result = Pipeline(cfg, quiet=True).run(rerun="select", executor=LocalExecutor())
     assert result.summary["dataset"]["utterances"] == 0
     assert result.summary["rejected_by_reason"].get("select:speaker_mismatch", 0) > 0
-    ds = datasets.load_dataset(str(result.dataset_dir), split="train")
-    assert len(ds) == 0 and isinstance(ds.features["audio"], datasets.Audio)
+    (path,) = dataset_files(result.dataset_dir)["train"]
+    pf = pq.ParquetFile(path)
+    assert pf.metadata.num_rows == 0 and b"huggingface" in pf.schema_arrow.metadata
+    assert "| **all** | 0 | 0 |" in (result.dataset_dir / "README.md").read_text(encoding="utf-8")
+    # `datasets` cannot load a split without rows, so there is nothing to publish
+    with pytest.raises(ValueError, match="no rows: nothing to publish"):
+        export_folder(cfg.run_dir, "org/empty")
 
 
 def test_incomplete_shard_sets_are_refused(tiny, tmp_path):

@@ -46,6 +46,12 @@ def test_clean_dialogues_pass() -> None:
         ("Dear {{customer_name}}, thank you.", "template_placeholder"),
         ("Best regards, [Your Name]", "template_placeholder"),
         ("Please contact <PLACEHOLDER> for help.", "template_placeholder"),
+        ("Fill in the blank: he was very _____ to hear it.", "template_placeholder"),
+        ("他听到这个消息时很＿＿＿。", "template_placeholder"),
+        # Python without semicolons: assignments of literals and method-call statements
+        ("Here is the program:\n# define the list\nmy_list = [1, 3, 5]\nmy_list.reverse()\nprint(my_list)", "code_block"),
+        ("二氧化碳溶于水：\n\nCO2 + H2O -> H2CO3\n\n这是一个可逆反应。", "latex"),
+        ("Carbonic acid splits: H2CO3 ⇌ HCO3- + H+.", "latex"),
         ("Great job! 🎉🎉🎉", "emoji_run"),
         ("So fun 😀 😂 🥳 today", "emoji_run"),
     ],
@@ -66,6 +72,12 @@ def test_content_rules_fire(answer: str, reason: str) -> None:
         "Use <b>bold</b> text sparingly.",  # html tag, not a placeholder
         "I love it 😀 and you 😂.",  # two emoji, not a run
         "1. Mix the flour.\n2. Add the eggs.\n3. Bake for twenty minutes.",  # a list, not code
+        "If x = 5 then the total is 10.\nThat is all there is to it.\nEasy, right?",  # one equation in prose
+        "Go from step 1 -> step 2 -> step 3 and you are done.",  # arrows without formulas
+        "The USA -> UK route takes seven hours.",  # capitals but no chemical formula
+        "Water is H2O and carbon dioxide is CO2.",  # formulas without a reaction
+        "Name it my_file or my__file, either works.",  # underscores, not a blank
+        "First part.\n\n___\n\nSecond part.",  # a markdown rule line, not a blank
     ],
 )
 def test_content_rules_do_not_fire(answer: str) -> None:

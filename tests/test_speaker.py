@@ -115,3 +115,11 @@ def test_pyannote_without_package_or_weights_fails_clearly(tmp_path):
     else:
         with pytest.raises(FileNotFoundError, match="pytorch_model.bin"):
             enc.setup()
+
+
+def test_make_speaker_passes_device_and_threads(tmp_path):
+    enc = make_speaker(SpeakerConfig(num_threads=2))
+    assert (enc.device, enc.num_threads) == ("cpu", 2)
+    py = make_speaker(SpeakerConfig(backend="pyannote", model_dir=str(tmp_path), device="cuda:1"))
+    assert py.device == "cuda:1"
+    assert make_speaker(SpeakerConfig(backend="pyannote", model_dir=str(tmp_path))).device == "cuda"

@@ -121,6 +121,9 @@ EN_CASES = [
     ("It is 3x faster.", "It is three times faster."),
     # symbols and abbreviations
     ("2 + 2 = 4", "Two plus two equals four"),
+    ("So 9 - 2 x 3 is 3.", "So nine minus two times three is three."),
+    ("Then 9 - 6 equals 3.", "Then nine minus six equals three."),
+    ("It takes 3-5 days.", "It takes three to five days."),
     ("Q&A", "Q and A"),
     ("He is my #1 fan.", "He is my number one fan."),
     ("See No. 5 on the list.", "See number five on the list."),

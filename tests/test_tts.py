@@ -136,3 +136,82 @@ def test_cosyvoice_without_its_source_names_the_install(tmp_path):
     (tmp_path / "cosyvoice2.yaml").write_text("sample_rate: 24000\n")
     with pytest.raises(ImportError, match=r"kespeechchat\[gpu\]"):
         CosyVoiceTTS(str(tmp_path), source_dir=str(tmp_path / "no-checkout")).setup()
+
+
+# --- seeds, retries and output checks ---------------------------------------------------------
+
+
+def test_turn_and_attempt_seeds_are_stable_and_distinct():
+    from kespeechchat.backends.tts import attempt_seed, turn_seed
+
+    a = turn_seed(0, "d-1", 0)
+    assert a == turn_seed(0, "d-1", 0) and 0 <= a < 2**31
+    assert len({turn_seed(0, "d-1", 0), turn_seed(0, "d-1", 1), turn_seed(0, "d-2", 0), turn_seed(1, "d-1", 0)}) == 4
+    assert attempt_seed(a, 1) == a
+    assert len({attempt_seed(a, k) for k in (1, 2, 3)}) == 3
+    with pytest.raises(ValueError):
+        attempt_seed(a, 0)
+
+
+def test_retry_perturbation_is_seeded_and_bounded():
+    from kespeechchat.backends.tts import retry_perturbation
+
+    assert retry_perturbation(5, 1, 0.06) == (1.0, 1.0)
+    assert retry_perturbation(5, 3, 0.0) == (1.0, 1.0)
+    draws = [retry_perturbation(s, k, 0.06) for s in range(50) for k in (2, 3)]
+    assert draws[0] == retry_perturbation(0, 2, 0.06)
+    speeds = np.array([d[0] for d in draws])
+    assert np.all(np.abs(speeds - 1) >= 0.03 - 1e-9) and np.all(np.abs(speeds - 1) <= 0.06 + 1e-9)
+    assert (speeds > 1).any() and (speeds < 1).any()
+    assert all(0.5 <= d[1] <= 1.5 for d in draws)
+
+
+def test_kokoro_retry_renders_differently_and_reproducibly(tts, voices):
+    from kespeechchat.backends.tts import retry_perturbation
+
+    v = voices["en_female"]
+    first = tts.synthesize(EN, "en", v, seed=7)
+    assert np.array_equal(first, tts.synthesize(EN, "en", v, seed=99, attempt=1))  # attempt 1 ignores the seed
+    second = tts.synthesize(EN, "en", v, seed=7, attempt=2)
+    assert np.array_equal(second, tts.synthesize(EN, "en", v, seed=7, attempt=2))
+    speed, _ = retry_perturbation(7, 2, tts.speed_jitter)
+    # a faster rendering is shorter, by about the speed factor (durations are rounded per phoneme)
+    assert (second.size < first.size) == (speed > 1)
+    assert second.size / first.size == pytest.approx(1 / speed, rel=0.05)
+
+
+def test_output_problem():
+    from kespeechchat.backends.tts import output_problem
+
+    assert output_problem(np.zeros(100, np.float32)) is None  # silence is verify's business
+    assert output_problem(np.zeros(0, np.float32))[0] == "tts_empty"
+    x = np.ones(10, np.float32)
+    x[3] = np.nan
+    x[4] = np.inf
+    reason, detail = output_problem(x)
+    assert reason == "tts_nonfinite" and detail.startswith("2 of 10")
+
+
+def test_style_honours_prosody_weights_and_offsets(tts):
+    import types
+
+    from voice_library.kokoro_style import style_from_parts
+
+    base = {"jf_alpha": 1.4, "jf_nezumi": -0.4}
+    plain = types.SimpleNamespace(voice_id="v-a", base_weights=base)
+    split = types.SimpleNamespace(
+        voice_id="v-b", base_weights=base, prosody_weights={"jm_kumo": 1.0}, style_offsets=[0.5, -0.5]
+    )
+    a, b = tts.style(plain), tts.style(split)
+    np.testing.assert_array_equal(a, style_from_parts(tts._voices, base))
+    np.testing.assert_array_equal(b, style_from_parts(tts._voices, base, {"jm_kumo": 1.0}, [0.5, -0.5]))
+    assert not np.array_equal(a, b)
+    with pytest.raises(ValueError, match="unknown Kokoro base voices"):
+        tts.style(types.SimpleNamespace(voice_id="v-c", base_weights={"af_nobody": 1.0}))
+
+
+def test_make_tts_passes_config_through():
+    backend = make_tts(TTSConfig(sentence_pause_s=0.4), speed_jitter=0.1)
+    assert backend.sentence_pause_s == 0.4 and backend.speed_jitter == 0.1
+    cv = make_tts(TTSConfig(backend="cosyvoice", model_dir="/m", source_dir="/src", fp16=True))
+    assert cv.source_dir == "/src" and cv.fp16 and not cv.load_trt

@@ -1,4 +1,4 @@
-"""Voice recipes: deterministic identities × variants, Parquet roundtrip, WORLD transforms on real speech."""
+"""Voice recipes: identities × prosodic variants from the measured pool, balance, storage, WORLD transforms."""
 
 from __future__ import annotations
 
@@ -9,19 +9,27 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
+from voice_library.pool import load_pool
 from voice_library.recipes import (
-    FORMANT_RANGE,
-    MAX_NEGATIVE_WEIGHT,
-    PITCH_RANGE,
+    SCHEMA,
     SPEED_RANGE,
+    VARIANT_PITCH_JITTER,
     VoiceRecipe,
+    agent_identities,
     agent_voices,
     build_library,
+    distinctness_statement,
+    library_meta,
+    library_meta_for,
     load_library,
-    predict_median_f0_hz,
     save_library,
 )
-from voice_library.world import median_f0_hz, transform
+from voice_library.world import analyse, median_f0_hz, synthesize_from, transform
+
+
+@pytest.fixture(scope="module")
+def pool():
+    return load_pool()
 
 
 def test_library_is_deterministic_from_its_seed():
@@ -29,104 +37,114 @@ def test_library_is_deterministic_from_its_seed():
     assert a == b
     other = build_library(60, seed=4)
     assert not {v.voice_id for v in a} & {v.voice_id for v in other}
-    assert build_library(30, seed=3, identities=30) == build_library(90, seed=3, identities=30)[:30]
+    assert build_library(30, seed=3) == build_library(90, seed=3)[:30]  # a smaller library is a prefix
 
 
-def test_recipes_stay_in_the_measured_family():
-    voices = build_library(300, seed=1)
-    assert len({v.voice_id for v in voices}) == 300
+def test_voices_are_variants_of_pool_identities(pool):
+    voices = build_library(600, seed=1)
+    by_id = {i.identity_id: i for i in pool.identities}
+    groups: dict[str, list[VoiceRecipe]] = defaultdict(list)
     for v in voices:
+        groups[v.identity_id].append(v)
+        ident = by_id[v.identity_id]  # every voice belongs to a measured identity
         assert v.role == "user" and v.backend == "kokoro" and v.voice_id.startswith("v-")
-        assert abs(sum(v.base_weights.values()) - 1.0) < 1e-6
-        assert -sum(w for w in v.base_weights.values() if w < 0) <= MAX_NEGATIVE_WEIGHT + 1e-6
-        assert any(w < 0 for w in v.base_weights.values())  # every identity extrapolates
-        assert PITCH_RANGE[0] <= v.pitch_ratio <= PITCH_RANGE[1]
-        assert FORMANT_RANGE[0] <= v.formant_ratio <= FORMANT_RANGE[1]
+        assert v.base_weights == ident.base_weights and v.formant_ratio == ident.formant_ratio
+        assert v.prosody_weights == ident.prosody_weights and v.style_offsets == ident.style_offsets
+        assert v.gender == ident.gender and v.age_band == ident.age_band
         assert SPEED_RANGE[0] <= v.speed <= SPEED_RANGE[1]
-        f0 = predict_median_f0_hz(v.base_weights, v.pitch_ratio)
-        assert (v.gender == "male") == (f0 < 165.0)
+        assert abs(v.pitch_ratio / ident.pitch_ratio - 1) <= VARIANT_PITCH_JITTER + 0.002
+    assert len({v.voice_id for v in voices}) == 600
+    canonical = [min(g, key=lambda v: (v.speed != 1.0)) for g in groups.values()]
+    assert all(c.speed == 1.0 and c.pitch_ratio == round(by_id[c.identity_id].pitch_ratio, 3) for c in canonical)
+    assert any(v.speed != 1.0 for v in voices)  # variants do vary
 
 
-def test_identities_have_prosodic_variants_only():
-    voices = build_library(250, seed=5)  # 100 identities, 2-3 variants each
-    by_identity: dict[str, list[VoiceRecipe]] = defaultdict(list)
-    for v in voices:
-        by_identity[v.identity_id].append(v)
-    assert len(by_identity) == 100
-    for group in by_identity.values():
-        assert (
-            len({(tuple(v.base_weights.items()), v.formant_ratio, v.gender, v.age_band) for v in group}) == 1
-        )
-        canonical = group[0]
-        assert canonical.speed == 1.0
-        for variant in group[1:]:
-            assert abs(variant.pitch_ratio / canonical.pitch_ratio - 1.0) <= 0.041
-    genders = Counter(group[0].gender for group in by_identity.values())
-    assert 40 <= genders["male"] <= 60  # rebalanced: only one of five base voices is male
+def test_balance_of_gender_language_and_identity_use(pool):
+    voices = build_library(1000, seed=0)
+    assert Counter(v.gender for v in voices) == {"female": 500, "male": 500}
+    for g in ("female", "male"):
+        mine = [v for v in voices if v.gender == g]
+        langs = Counter(v.language for v in mine)
+        assert abs(langs["zh"] - langs["en"]) <= 2
+        uses = Counter(v.identity_id for v in mine)
+        assert max(uses.values()) - min(uses.values()) <= 1  # identities used evenly
+        assert all(len({v.language for v in mine if v.identity_id == i}) == 2 for i, n in uses.items() if n >= 2)
 
 
-def test_full_size_library_builds_with_distinct_ids():
+def test_full_size_library(pool):
     voices = build_library(42_002, seed=0)
     assert len({v.voice_id for v in voices}) == 42_002
-    assert len({v.identity_id for v in voices}) == 100
-    assert Counter(v.identity_id for v in voices).most_common(1)[0][1] == 421  # used evenly
+    n_users = len(pool.identities) - 4  # four identities speak as agents
+    assert len({v.identity_id for v in voices}) == n_users
+    agent_ids = {v.identity_id for v in agent_voices()}
+    assert not agent_ids & {v.identity_id for v in voices}
 
 
-def test_save_load_roundtrip(tmp_path):
+def test_stricter_bound_uses_fewer_identities(pool):
+    tau = round(pool.max_identity_cosine - 0.05, 2)
+    strict = build_library(2000, seed=0, max_identity_cosine=tau)
+    kept = {i.identity_id for i in pool.restrict(tau).identities}
+    assert {v.identity_id for v in strict} <= kept
+    with pytest.raises(ValueError, match="looser than the pool"):
+        build_library(10, seed=0, max_identity_cosine=min(1.0, pool.max_identity_cosine + 0.05))
+    with pytest.raises(ValueError, match="size"):
+        build_library(0, seed=0)
+
+
+def test_agents_are_the_clearest_identity_of_each_language_and_gender(pool):
+    agents = agent_voices()
+    assert {(v.language, v.gender) for v in agents} == {("zh", "female"), ("zh", "male"), ("en", "female"), ("en", "male")}
+    assert all(v.role == "agent" and v.speed == 1.0 for v in agents)
+    assert len({v.identity_id for v in agents}) == 4
+    chosen = agent_identities(pool)
+    for (lang, g), ident in chosen.items():
+        err = ident.error_zh if lang == "zh" else ident.error_en
+        others = [i for i in pool.identities if i.gender == g and i.identity_id not in {c.identity_id for c in chosen.values()}]
+        assert all(err <= (o.error_zh if lang == "zh" else o.error_en) for o in others)
+
+
+def test_save_load_roundtrip_with_metadata(tmp_path, pool):
     voices = build_library(40, seed=9) + agent_voices()
-    path = save_library(voices, tmp_path / "voices.parquet")
+    path = save_library(voices, tmp_path / "voices.parquet", library_meta_for(voices, pool, seed=9))
     assert load_library(path) == voices
     assert not list(tmp_path.glob(".tmp-*"))
-    meta = pq.read_schema(path).metadata[b"kespeechchat.voice_library"]
-    assert b'"identities": 44' in meta and b'"voices": 44' in meta
+    meta = library_meta(path)
+    assert meta["voices"] == 44 and meta["identities"] == len({v.identity_id for v in voices})
+    assert meta["distinct"]["max_identity_cosine"] == pool.max_identity_cosine
+    text = distinctness_statement(meta)
+    assert f"≤ {pool.max_identity_cosine}" in text and "distinct identities" in text
     one = voices[0]
     assert VoiceRecipe.from_dict(one.to_dict()) == one
+    # an older library without the split/offset columns still loads
+    t = pq.read_table(path).drop(["prosody_weights", "style_offsets"])
+    pq.write_table(t, tmp_path / "old.parquet")
+    assert [v.voice_id for v in load_library(tmp_path / "old.parquet")] == [v.voice_id for v in voices]
 
 
-def test_invalid_recipes_are_rejected():
+def test_invalid_recipes_and_files_are_rejected(tmp_path):
     good = build_library(1, seed=0)[0].to_dict()
     with pytest.raises(ValueError, match="gender"):
         VoiceRecipe.from_dict({**good, "gender": "unknown"})
     with pytest.raises(ValueError, match="sum"):
         VoiceRecipe.from_dict({**good, "base_weights": {"jf_alpha": 0.5}})
+    with pytest.raises(ValueError, match="prosody weights sum"):
+        VoiceRecipe.from_dict({**good, "prosody_weights": {"jf_alpha": 0.5}})
     with pytest.raises(ValueError, match="unknown voice recipe fields"):
         VoiceRecipe.from_dict({**good, "timbre": 1})
+    with pytest.raises(ValueError, match="speed"):
+        VoiceRecipe.from_dict({**good, "speed": -1.0})
+    with pytest.raises(FileNotFoundError):
+        load_library(tmp_path / "none.parquet")
+    import pyarrow as pa
 
-
-def test_agent_voices_cover_languages_and_genders():
-    agents = agent_voices()
-    assert {(v.language, v.gender) for v in agents} == {
-        ("zh", "female"),
-        ("zh", "male"),
-        ("en", "female"),
-        ("en", "male"),
-    }
-    assert all(v.role == "agent" for v in agents) and len({v.voice_id for v in agents}) == 4
-    assert not {v.voice_id for v in agents} & {v.voice_id for v in build_library(100, seed=0)}
-
-
-def test_cosyvoice_recipes_blend_reference_embeddings():
-    rng = np.random.default_rng(0)
-    names = ["spk_f1", "spk_f2", "spk_f3", "spk_m1", "spk_m2"]
-    emb = {n: rng.normal(size=192) for n in names}
-    f0 = {"spk_f1": 230.0, "spk_f2": 260.0, "spk_f3": 205.0, "spk_m1": 115.0, "spk_m2": 130.0}
-    voices = build_library(20, seed=2, backend="cosyvoice", base_embeddings=emb, base_f0_hz=f0)
-    assert voices == build_library(20, seed=2, backend="cosyvoice", base_embeddings=emb, base_f0_hz=f0)
-    for v in voices:
-        assert (
-            v.backend == "cosyvoice" and v.speaker_embedding is not None and len(v.speaker_embedding) == 192
-        )
-        expected = sum(w * emb[n] for n, w in v.base_weights.items())
-        cos = (
-            np.dot(expected, v.speaker_embedding)
-            / np.linalg.norm(expected)
-            / np.linalg.norm(v.speaker_embedding)
-        )
-        assert cos > 0.9999
-    agents = agent_voices("cosyvoice", base_embeddings=emb, base_f0_hz=f0)
-    assert {v.gender for v in agents} == {"female", "male"}
-    with pytest.raises(ValueError, match="base_embeddings"):
-        build_library(5, seed=0, backend="cosyvoice")
+    pq.write_table(pa.table({"voice_id": ["x"]}), tmp_path / "bad.parquet")
+    with pytest.raises(ValueError, match="not a voice library"):
+        load_library(tmp_path / "bad.parquet")
+    rows = pq.read_table(save_library(build_library(3, seed=0), tmp_path / "l.parquet")).to_pylist()
+    rows[2]["gender"] = "robot"
+    pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), tmp_path / "bad2.parquet")
+    with pytest.raises(ValueError, match="voice row 2"):
+        load_library(tmp_path / "bad2.parquet")
 
 
 @pytest.fixture(scope="module")
@@ -162,3 +180,10 @@ def test_world_formant_warp_moves_the_spectrum_not_the_pitch(real_speech):
     assert 0.95 <= median_f0_hz(up, sr) / median_f0_hz(x, sr) <= 1.05
     with pytest.raises(ValueError, match="positive"):
         transform(x, sr, 0.0, 1.0)
+
+
+def test_one_analysis_serves_many_transforms(real_speech):
+    x, sr = real_speech
+    a = analyse(x, sr)
+    for pitch, formant in ((1.1, 0.95), (0.85, 1.1)):
+        np.testing.assert_array_equal(synthesize_from(a, sr, x.size, pitch, formant), transform(x, sr, pitch, formant))

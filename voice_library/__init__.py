@@ -1,11 +1,24 @@
-"""The virtual speaker library: voice recipes (identities × prosodic variants) and their WORLD transforms."""
+"""The virtual speaker library: measured identities × prosodic variants, audit, privacy, assignment."""
 
+from voice_library.pool import IdentityPool, load_pool
 from voice_library.recipes import (
     VoiceRecipe,
     agent_voices,
     build_library,
+    distinctness_statement,
+    library_meta,
     load_library,
     save_library,
 )
 
-__all__ = ["VoiceRecipe", "agent_voices", "build_library", "load_library", "save_library"]
+__all__ = [
+    "IdentityPool",
+    "VoiceRecipe",
+    "agent_voices",
+    "build_library",
+    "distinctness_statement",
+    "library_meta",
+    "load_library",
+    "load_pool",
+    "save_library",
+]

@@ -101,29 +101,3 @@ def style_from_parts(
         style = style + offset.astype(np.float32).reshape((1,) * (style.ndim - 1) + (-1,))
     return style
 
-
-def recipe_tts(model_dir: str | None = None, num_threads: int = 1) -> Any:
-    """A Kokoro TTS whose style tensor honours every recipe field (split halves, length offsets).
-
-    ``KokoroTTS.style`` mixes whole base voices only; this subclass builds the style with
-    ``style_tensor`` so library tools synthesise exactly what a recipe describes.
-    """
-    from kespeechchat.backends.tts import KokoroTTS
-
-    class RecipeKokoroTTS(KokoroTTS):
-        def style(self, voice: Any) -> np.ndarray:
-            self.setup()
-            pw = getattr(voice, "prosody_weights", None)
-            so = getattr(voice, "style_offsets", None)
-            key = (
-                tuple(sorted((str(k), float(v)) for k, v in voice.base_weights.items())),
-                None if not pw else tuple(sorted((str(k), float(v)) for k, v in pw.items())),
-                None if not so else tuple(float(x) for x in so),
-            )
-            cached = self._styles.get(key)
-            if cached is None:
-                cached = style_tensor(voice, self._voices)
-                self._styles[key] = cached
-            return cached
-
-    return RecipeKokoroTTS(model_dir=model_dir, num_threads=num_threads)

@@ -69,8 +69,9 @@ class ResemblyzerEncoder:
 
     name = "resemblyzer"
 
-    def __init__(self, device: str = "cpu"):
+    def __init__(self, device: str = "cpu", num_threads: int | None = 1):
         self.device = device
+        self.num_threads = num_threads
         self._encoder: Any = None
         self._preprocess: Any = None
         self._lock = threading.Lock()
@@ -88,6 +89,12 @@ class ResemblyzerEncoder:
                     f"the resemblyzer speaker encoder needs resemblyzer, torch and setuptools<81 "
                     f"({e.name} missing); install the extra: pip install 'kespeechchat[embedded]'"
                 ) from e
+            if self.num_threads and self.device == "cpu":
+                import torch
+
+                # torch's OpenMP pool spinning next to CTranslate2's (Whisper) made each embedding
+                # take seconds instead of ~0.15 s on a busy 2-core machine; one thread is enough
+                torch.set_num_threads(int(self.num_threads))
             self._encoder = VoiceEncoder(self.device, verbose=False)
             self._preprocess = preprocess_wav
 
@@ -166,7 +173,7 @@ class PyannoteEncoder:
 def make_speaker(cfg: SpeakerConfig) -> SpeakerEncoder:
     """The speaker encoder named in the config."""
     if cfg.backend == "resemblyzer":
-        return ResemblyzerEncoder(device=cfg.device or "cpu")
+        return ResemblyzerEncoder(device=cfg.device or "cpu", num_threads=cfg.num_threads)
     if cfg.backend == "pyannote":
         if not cfg.model_dir:
             raise ValueError("speaker.backend 'pyannote' needs speaker.model_dir (a local checkpoint)")

@@ -358,9 +358,65 @@ def parse_rewrite(value: dict, roles: Sequence[str], *, language: str | None = N
     return _parse_turns(value, roles, language)
 
 
-def parse_spoken(value: dict, roles: Sequence[str], *, language: str | None = None) -> list[str]:
-    """One text per turn (user turns as the model copied them); same checks as ``parse_rewrite``."""
-    return _parse_turns(value, roles, language)
+# A spoken-style answer says the same thing in about as many words; outside these bounds (of the
+# input's length) it dropped or invented content. Symbols read out ("25℃" -> "二十五摄氏度") make
+# short answers grow, so the bounds apply only from SPOKEN_MIN_CHARS input characters on.
+SPOKEN_LENGTH_RATIO = (0.4, 2.5)
+SPOKEN_MIN_CHARS = 20
+# An answer that opens with yes must not come back opening with no (the embedded model turned
+# "No, I am a language model…" into "Yes, I am…"). Fillers the pass may add come off first.
+_FILLER = re.compile(r"^(?:(?:well|so|oh|um|actually|okay|ok|hmm|嗯|啊|哦|其实|那么)[\s,，.。!！]*)+", re.IGNORECASE)
+_YES = re.compile(
+    r"^(?:yes|yeah|yep|sure|certainly|of course|absolutely|indeed|correct)\b"
+    r"|^(?:是的|对的|没错|当然(?:可以|是|了)?|是|对)[，,。！!]",
+    re.IGNORECASE,
+)
+_NO = re.compile(r"^(?:no|nope)\b(?!\s+(?:one|longer|matter|doubt)\b)|^(?:不是的?|不对|没有|不行|不)[，,。！!]", re.IGNORECASE)
+
+
+def polarity(text: str) -> str | None:
+    """"yes" or "no" when an answer opens with one ("No, …", "是的，…"), else None."""
+    head = _FILLER.sub("", text.strip())
+    if _YES.match(head):
+        return "yes"
+    if _NO.match(head):
+        return "no"
+    return None
+
+
+def parse_spoken(
+    value: dict,
+    roles: Sequence[str],
+    *,
+    language: str | None = None,
+    source_texts: Sequence[str] | None = None,
+) -> list[str]:
+    """One text per turn; same checks as ``parse_rewrite``.
+
+    With ``source_texts`` (the turns that were sent), user turns are taken from them, not from the
+    reply (the pass must not touch what the user says, and a small model sometimes does), and an
+    assistant turn whose length left ``SPOKEN_LENGTH_RATIO`` of its source, or whose opening
+    yes/no turned around, is a ValueError.
+    """
+    texts = _parse_turns(value, roles, language)
+    if source_texts is None:
+        return texts
+    if len(source_texts) != len(roles):
+        raise ValueError(f"{len(source_texts)} source texts for {len(roles)} roles")
+    out = []
+    lo, hi = SPOKEN_LENGTH_RATIO
+    for i, (role, text, src) in enumerate(zip(roles, texts, source_texts, strict=True)):
+        if role == "user":
+            out.append(clean_text(src))
+            continue
+        n_src, n_out = len(src.strip()), len(text)
+        if n_src >= SPOKEN_MIN_CHARS and not lo * n_src <= n_out <= hi * n_src:
+            raise ValueError(f"turn {i}: {n_out} chars from {n_src}; a spoken-style pass keeps the length")
+        before, after = polarity(src), polarity(text)
+        if before and after and before != after:
+            raise ValueError(f"turn {i}: the answer said {before!r} and now says {after!r}")
+        out.append(text)
+    return out
 
 
 def parse_judge(value: dict) -> tuple[bool, str]:

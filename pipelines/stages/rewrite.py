@@ -23,21 +23,19 @@ class RewriteStage(LLMStage):
     description = "LLM rewrite of each dialogue into spoken requests and answers (content rules first)."
     inputs = ("dialogue_id", "language", "roles", "source_texts")
     outputs = ("rewritten_texts",)
-    resources = Resources(cpus=0.25, memory_mb=300)
+    resources = Resources(cpus=0.1, memory_mb=300)  # waits on HTTP or is cheap: leave the cores to TTS/ASR
+    prompt_name = "rewrite"
 
     def needs_llm(self) -> bool:
         return self.cfg.rewrite.mode == "llm"
 
     def config_section(self) -> dict[str, Any]:
-        from kespeechchat.llm.tasks import load_prompt
-
         section: dict[str, Any] = {
             "rewrite": self.cfg.rewrite.model_dump(),
             "prefilter": self._prefilter_cfg().model_dump(),
         }
         if self.needs_llm():
             section["llm"] = self.llm_config_section()
-            section["prompts"] = {lang: load_prompt("rewrite", lang).version for lang in ("zh", "en")}
         return section
 
     def _prefilter_cfg(self):
@@ -60,19 +58,28 @@ class RewriteStage(LLMStage):
                 todo.append(row)
         metrics: dict[str, float] = {}
         if not self.needs_llm():
-            for row in todo:
-                kept.append({**row, "rewritten_texts": list(row["source_texts"])})
-        else:
-            requests = []
-            for row in todo:
-                req = rewrite_request(row["roles"], row["source_texts"], row["language"], self.cfg.rewrite)
-                roles, lang = row["roles"], row["language"]
-                req["validate"] = lambda v, roles=roles, lang=lang: parse_rewrite(v, roles, language=lang)
-                requests.append(req)
-            results, metrics = self.ask_all(requests)
-            for row, res in zip(todo, results):
-                if res.error:
-                    rejected.append(reject(row, res.error, res.detail))
-                else:
-                    kept.append({**row, "rewritten_texts": parse_rewrite(res.value, row["roles"], language=row["language"])})
+            kept = [{**row, "rewritten_texts": list(row["source_texts"])} for row in todo]
+            return self.build_output(table, kept, rejected, metrics)
+
+        def validator(row: dict[str, Any]):
+            return lambda v: parse_rewrite(v, row["roles"], language=row["language"])
+
+        requests = []
+        for row in todo:
+            req = rewrite_request(
+                row["roles"],
+                row["source_texts"],
+                row["language"],
+                self.cfg.rewrite,
+                text_pattern=self.text_pattern,
+            )
+            req["validate"] = validator(row)
+            requests.append(req)
+        results, metrics = self.ask_all(requests)
+        for row, res in zip(todo, results, strict=True):
+            if res.error:
+                rejected.append(reject(row, res.error, res.detail))
+            else:
+                texts = parse_rewrite(res.value, row["roles"], language=row["language"])
+                kept.append({**row, "rewritten_texts": texts})
         return self.build_output(table, kept, rejected, metrics)

@@ -15,6 +15,7 @@ Reasons, in the order they are checked (broken audio first, then content, then v
 ``speaking_rate_fast`` over the maximum: dropped or truncated text
 ``asr_mismatch``       CER (zh) / WER (en) above the bound
 ``speaker_mismatch``   cosine to the voice's reference under ``min_speaker_similarity``
+                       (``min_speaker_similarity_short`` for turns under ``speaker_short_s``)
 ``low_quality``        DNSMOS OVRL under ``min_dnsmos_ovrl``
 =====================  ==============================================================
 
@@ -47,6 +48,13 @@ def _nan(x: Any) -> float:
     return float("nan") if x is None else float(x)
 
 
+def speaker_bound(cfg: SelectConfig, duration_s: float) -> float:
+    """The speaker-similarity bound of a turn: short turns embed noisily and get the looser one."""
+    if duration_s < cfg.speaker_short_s:
+        return min(cfg.min_speaker_similarity, cfg.min_speaker_similarity_short)
+    return cfg.min_speaker_similarity
+
+
 def turn_failure(cfg: SelectConfig, language: str, text: str, scores: dict[str, Any]) -> str | None:
     """The reason one turn fails, or None. ``scores`` holds one turn's value of each score column."""
     from kespeechchat.metrics import spoken_chars
@@ -67,7 +75,7 @@ def turn_failure(cfg: SelectConfig, language: str, text: str, scores: dict[str, 
     limit = cfg.max_cer_zh if language == "zh" else cfg.max_wer_en
     if not _nan(scores.get("error_rates")) <= limit:  # NaN fails: an error rate is always measured
         return "asr_mismatch"
-    if _nan(scores.get("speaker_similarities")) < cfg.min_speaker_similarity:
+    if _nan(scores.get("speaker_similarities")) < speaker_bound(cfg, duration):
         return "speaker_mismatch"
     if cfg.min_dnsmos_ovrl is not None and _nan(scores.get("dnsmos_ovrl")) < cfg.min_dnsmos_ovrl:
         return "low_quality"
@@ -128,7 +136,7 @@ class SelectStage(Stage):
         "chars_per_s",
     )
     outputs = ()
-    resources = Resources(cpus=0.25, memory_mb=300)
+    resources = Resources(cpus=0.1, memory_mb=300)  # waits on HTTP or is cheap: leave the cores to TTS/ASR
 
     def config_section(self) -> dict[str, Any]:
         return {"select": self.cfg.select.model_dump()}

@@ -84,7 +84,7 @@ def verify_config_section(cfg: RunConfig) -> dict[str, Any]:
     """What changes the scores (worker threads do not)."""
     return {
         "asr": cfg.asr.model_dump(exclude={"num_threads"}),
-        "speaker": cfg.speaker.model_dump(),
+        "speaker": cfg.speaker.model_dump(exclude={"num_threads"}),
         "quality": cfg.quality.model_dump(exclude={"num_threads"}),
         "metrics": "v2",
     }

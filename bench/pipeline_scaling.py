@@ -1,0 +1,113 @@
+"""Peak memory of the driver and the Ray workers at 1x and 10x input, and the speed-up of two
+synthesize workers over one on the same shards (a CPU-bound stage), measured in one run.
+
+    .venv/bin/python bench/pipeline_scaling.py [--small 4] [--factor 10]
+
+Text stages run without the LLM here (passthrough/rules) so the figure is about orchestration and
+the speech stages; the LLM's own throughput is bench/llm_throughput.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from _common import SHARED_DATA, machine, report
+
+from kespeechchat.testing import cli_run_command, small_config, write_config
+
+
+def _sources(n: int) -> list[dict]:
+    text = SHARED_DATA / "text"
+    half = max(1, n // 2)
+    return [
+        {"path": str(text / "zh_llamafactory_alpaca_zh_demo.json"), "limit": half, "max_chars": 50, "languages": ["zh"]},
+        {"path": str(text / "en_llamafactory_alpaca_en_demo.json"), "limit": n - half, "max_chars": 110, "languages": ["en"]},
+    ]
+
+
+class PeakRSS(threading.Thread):
+    """Polls a process tree; keeps the peak RSS of the driver and of the largest worker."""
+
+    def __init__(self, pid: int, interval_s: float = 0.2):
+        super().__init__(daemon=True)
+        self.pid, self.interval_s = pid, interval_s
+        self.driver_mb = 0.0
+        self.worker_mb = 0.0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        import psutil
+
+        try:
+            root = psutil.Process(self.pid)
+        except psutil.NoSuchProcess:
+            return
+        while not self.stop.is_set():
+            try:
+                self.driver_mb = max(self.driver_mb, root.memory_info().rss / 2**20)
+                for c in root.children(recursive=True):
+                    try:
+                        if "ray::" in " ".join(c.cmdline()[:1]) and "IDLE" not in c.cmdline()[0]:
+                            self.worker_mb = max(self.worker_mb, c.memory_info().rss / 2**20)
+                    except (psutil.NoSuchProcess, psutil.AccessDenied, IndexError):
+                        pass
+            except psutil.NoSuchProcess:
+                return
+            time.sleep(self.interval_s)
+
+
+def run_measured(cmd: list[str]) -> tuple[float, PeakRSS]:
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd)
+    mon = PeakRSS(proc.pid)
+    mon.start()
+    rc = proc.wait()
+    mon.stop.set()
+    mon.join()
+    if rc != 0:
+        sys.exit(f"command failed ({rc}): {' '.join(cmd)}")
+    return time.perf_counter() - t0, mon
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--small", type=int, default=4, help="dialogues of the 1x run")
+    ap.add_argument("--factor", type=int, default=10)
+    ap.add_argument("--shard-size", type=int, default=4)
+    args = ap.parse_args()
+    print(f"machine: {machine()}")
+    tmp = Path(tempfile.mkdtemp(prefix="ksc-bench-"))
+    results = {}
+    for label, n in (("1x", args.small), (f"{args.factor}x", args.small * args.factor)):
+        cfg = small_config(tmp / "runs", _sources(n), name=f"scale-{label}", shard_size=args.shard_size, executor="ray")
+        path = write_config(cfg, tmp / f"{label}.yaml")
+        wall, mon = run_measured(cli_run_command(path))
+        results[label] = (wall, mon, path)
+        print(f"{label}: {n} dialogues, {wall:.1f}s wall, driver peak {mon.driver_mb:.0f} MB, largest worker {mon.worker_mb:.0f} MB")
+    small, big = results["1x"], results[f"{args.factor}x"]
+    report("driver peak RSS growth at 10x input", big[1].driver_mb, "MB", baseline=small[1].driver_mb,
+           ratio=big[1].driver_mb / small[1].driver_mb, goal="<= 1.2x")
+    report("worker peak RSS growth at 10x input", big[1].worker_mb, "MB", baseline=small[1].worker_mb,
+           ratio=big[1].worker_mb / max(small[1].worker_mb, 1e-9), goal="<= 1.2x")
+
+    # Same shards, synthesize alone, one worker then two.
+    timings = {}
+    for workers in (1, 2):
+        cmd = cli_run_command(big[2], "--rerun", "synthesize", "--only", "synthesize",
+                              "--set", f"executor.stage_workers={{synthesize: {workers}}}")
+        wall, _ = run_measured(cmd)
+        timings[workers] = wall
+        print(f"synthesize with {workers} worker(s): {wall:.1f}s")
+    report("synthesize speed-up, 2 Ray workers vs 1", timings[1] / timings[2], "x", baseline=timings[1],
+           baseline_unit="s with 1 worker", ratio=timings[1] / timings[2], goal=">= 1.6x",
+           note="wall of the whole command, Ray start and model load included")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""Run every benchmark script and print one table (`make bench`).
+
+Each script prints `BENCH {json}` lines (see _common.report); this collects them, prints a
+Markdown table with the machine it ran on, and writes it to bench/results/latest.md.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from _common import REPO, machine
+
+HERE = Path(__file__).resolve().parent
+SKIP = {"run_all.py", "_common.py"}
+
+
+def main() -> int:
+    only = set(sys.argv[1:])
+    scripts = sorted(p for p in HERE.glob("*.py") if p.name not in SKIP and (not only or p.stem in only))
+    rows, failed = [], []
+    t0 = time.perf_counter()
+    for script in scripts:
+        print(f"== {script.name}", flush=True)
+        proc = subprocess.run([sys.executable, str(script)], cwd=REPO, capture_output=True, text=True)
+        sys.stdout.write(proc.stdout[-3000:])
+        if proc.returncode != 0:
+            failed.append(script.name)
+            sys.stdout.write(proc.stderr[-3000:])
+        for line in proc.stdout.splitlines():
+            if line.startswith("BENCH "):
+                rows.append({"script": script.name, **json.loads(line[6:])})
+    lines = [
+        f"Machine: {machine()}; {time.strftime('%Y-%m-%d %H:%M')}; total {time.perf_counter() - t0:.0f}s",
+        "",
+        "| script | figure | value | baseline | ratio | goal |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        base = "" if r["baseline"] is None else f"{r['baseline']} {r['baseline_unit']}"
+        ratio = "" if r["ratio"] is None else f"{r['ratio']}"
+        lines.append(f"| {r['script']} | {r['figure']} | {r['value']} {r['unit']} | {base} | {ratio} | {r['goal']} |")
+    if failed:
+        lines += ["", "failed: " + ", ".join(failed)]
+    table = "\n".join(lines)
+    print("\n" + table)
+    out = HERE / "results" / "latest.md"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(table + "\n", encoding="utf-8")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""Where to put select.min_speaker_similarity: same-voice vs other-voice cosine on the run's voices.
+
+For library voices (``voice_library.recipes.build_library``) and the agent voices it synthesises a
+few zh and en sentences per voice with the embedded TTS, embeds them with the run's speaker
+encoder and compares each utterance with
+
+* its own voice's reference probe (what verify does)          -> "same"
+* the reference probes of voices of *other identities*        -> "other"
+* the nearest other identity's probe                          -> "nearest other"
+
+and prints the distributions, the equal-error threshold and, for candidate bounds, how many
+genuine utterances would be rejected and how many wrong-voice utterances let through. The same
+run also measures the speaking rate (spoken chars per second of speech), silence ratio and DNSMOS
+of clean TTS output, which the rate and silence bounds are set from.
+
+    .venv/bin/python bench/speaker_bound.py --voices 12 --out /tmp/speaker_bound.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+SENTENCES = {
+    "zh": [
+        "好的，谢谢你。",
+        "你看到我的狗了吗？",
+        "我明天早上八点要去机场接我的朋友。",
+        "这家餐厅的菜很好吃，不过价格有点贵，我们下次可以试试别的地方。",
+        "学习一门新的语言需要时间和耐心，每天坚持练习半个小时会有很大的帮助。",
+        "请把窗户关上，外面风太大了。",
+    ],
+    "en": [
+        "Sure, thanks.",
+        "Have you seen my dog anywhere?",
+        "I need to pick up my friend from the airport at eight tomorrow morning.",
+        "The food at this restaurant is great, but it is a little expensive, so let's try somewhere else next time.",
+        "Learning a new language takes time and patience, and practising for half an hour every day helps a lot.",
+        "Please close the window, it is very windy outside.",
+    ],
+}
+
+
+def percentile(v: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(v), q)) if v else float("nan")
+
+
+def eer(same: list[float], other: list[float]) -> tuple[float, float]:
+    """(threshold, equal error rate): where false rejects of same equal false accepts of other."""
+    best = (float("nan"), 1.0)
+    best_gap = 2.0
+    for t in np.linspace(0.0, 1.0, 1001):
+        frr = float(np.mean(np.asarray(same) < t))
+        far = float(np.mean(np.asarray(other) >= t))
+        if abs(frr - far) < best_gap:
+            best_gap, best = abs(frr - far), (float(t), (frr + far) / 2)
+    return best
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--voices", type=int, default=12, help="library voices (plus the 4 agent voices)")
+    ap.add_argument("--per-language", type=int, default=3, help="sentences per voice and language")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=None, help="write all measurements as JSON here")
+    args = ap.parse_args()
+
+    from kespeechchat.audio import audio_sanity
+    from kespeechchat.backends.asr import FasterWhisperASR
+    from kespeechchat.backends.speaker import ResemblyzerEncoder, cosine
+    from kespeechchat.backends.tts import KokoroTTS
+    from kespeechchat.metrics import error_rate, spoken_chars
+    from kespeechchat.quality import DNSMOSScorer
+    from voice_library.recipes import agent_voices, build_library
+    from voice_library.refs import PROBE_TEXTS
+
+    voices = build_library(args.voices, args.seed) + agent_voices()
+    tts, enc, mos, asr = KokoroTTS(), ResemblyzerEncoder(), DNSMOSScorer(), FasterWhisperASR()
+    for m in (tts, enc, mos, asr):
+        m.setup()
+    sr = tts.sample_rate_hz
+    t0 = time.perf_counter()
+    refs: dict[tuple[str, str], np.ndarray] = {}
+    utts: list[dict] = []
+    audio: list[np.ndarray] = []
+    for k, v in enumerate(voices):
+        for lang in ("zh", "en"):
+            refs[(v.voice_id, lang)] = enc.embed(tts.synthesize(PROBE_TEXTS[lang], lang, v), sr)
+            n = len(SENTENCES[lang])
+            for j in range(args.per_language):
+                text = SENTENCES[lang][(k + j * 2) % n]
+                x = tts.synthesize(text, lang, v)
+                s = audio_sanity(x, sr)
+                speech_s = s.duration_s * (1 - s.silence_ratio)
+                utts.append(
+                    {
+                        "voice_id": v.voice_id,
+                        "identity_id": v.identity_id,
+                        "gender": v.gender,
+                        "language": lang,
+                        "text": text,
+                        "duration_s": s.duration_s,
+                        "silence_ratio": s.silence_ratio,
+                        "chars_per_s": spoken_chars(text, lang) / speech_s,
+                        "dnsmos_ovrl": mos.score(x, sr).ovrl,
+                        "emb": enc.embed(x, sr),
+                    }
+                )
+                audio.append(x)
+        print(f"voice {k + 1}/{len(voices)} done ({time.perf_counter() - t0:.0f}s)", file=sys.stderr)
+    hyps = asr.transcribe([(x, sr, u["language"]) for x, u in zip(audio, utts, strict=True)])
+    ident = {v.voice_id: v.identity_id for v in voices}
+    same, other, nearest = [], [], []
+    for u, hyp in zip(utts, hyps, strict=True):
+        u["error_rate"] = error_rate(u["text"], hyp, u["language"])
+        u["same"] = cosine(u["emb"], refs[(u["voice_id"], u["language"])])
+        o = [
+            cosine(u["emb"], e)
+            for (vid, lang), e in refs.items()
+            if lang == u["language"] and ident[vid] != u["identity_id"]
+        ]
+        u["nearest_other"] = max(o)
+        same.append(u["same"])
+        other += o
+        nearest.append(u["nearest_other"])
+    t_eer, rate_eer = eer(same, other)
+    print(f"\n{len(voices)} voices, {len(utts)} utterances; resemblyzer cosine to the voice reference probe")
+    for name, v in (("same voice", same), ("other identities", other), ("nearest other identity", nearest)):
+        print(
+            f"  {name:24s} n={len(v):5d} mean {np.mean(v):.3f}  p1 {percentile(v, 1):.3f}  p5 {percentile(v, 5):.3f}  "
+            f"median {np.median(v):.3f}  p95 {percentile(v, 95):.3f}  max {max(v):.3f}"
+        )
+    short = [u["same"] for u in utts if u["duration_s"] < 2.0]
+    if short:
+        print(f"  same voice, clips < 2 s    n={len(short):5d} mean {np.mean(short):.3f}  min {min(short):.3f}")
+    print(f"  equal error rate {rate_eer:.3f} at cosine {t_eer:.3f}")
+    print("\n  bound   genuine rejected   wrong voice accepted (any other)   (nearest other)")
+    for b in (0.5, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85):
+        frr = np.mean(np.asarray(same) < b)
+        far = np.mean(np.asarray(other) >= b)
+        far_n = np.mean(np.asarray(nearest) >= b)
+        print(f"  {b:.2f}    {frr:8.3f}            {far:8.3f}                          {far_n:8.3f}")
+    print("\nclean TTS output, per language")
+    for lang in ("zh", "en"):
+        us = [u for u in utts if u["language"] == lang]
+        cps = [u["chars_per_s"] for u in us if spoken_chars(u["text"], lang) >= 6]
+        sil = [u["silence_ratio"] for u in us]
+        mo = [u["dnsmos_ovrl"] for u in us]
+        er = [u["error_rate"] for u in us]
+        print(
+            f"  {lang}: chars/s (>=6 chars) min {min(cps):.2f} p5 {percentile(cps, 5):.2f} median {np.median(cps):.2f} "
+            f"p95 {percentile(cps, 95):.2f} max {max(cps):.2f} | silence max {max(sil):.2f} p95 {percentile(sil, 95):.2f} "
+            f"| DNSMOS min {np.nanmin(mo):.2f} p5 {percentile(mo, 5):.2f} median {np.nanmedian(mo):.2f} "
+            f"| error rate mean {np.mean(er):.3f} max {max(er):.3f}"
+        )
+    if args.out:
+        for u in utts:
+            u.pop("emb")
+        args.out.write_text(json.dumps({"utterances": utts, "eer": [t_eer, rate_eer], "other": other}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
