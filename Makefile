@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE := 1
 export OMP_WAIT_POLICY := PASSIVE
 export NO_PROXY := 127.0.0.1,localhost
 
-.PHONY: install models demo test test-fast bench lint clean
+.PHONY: install models demo test test-extended test-fast bench lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -40,10 +40,14 @@ demo: models
 	$(VENV)/bin/kespeechchat run --config configs/demo.yaml
 
 test: models
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra -m "not extended"
+
+# Fault and cluster tests (repeated SIGKILLs, Ray worker kill, disk full on a tmpfs, two-node Ray).
+test-extended: models
+	$(PY) -m pytest -q -ra -m extended
 
 test-fast: models
-	$(PY) -m pytest -q -ra -m "not slow"
+	$(PY) -m pytest -q -ra -m "not slow and not extended"
 
 bench: models
 	$(PY) bench/run_all.py

@@ -71,6 +71,7 @@ def main() -> int:
     ap.add_argument("--voices", type=int, default=12, help="library voices (plus the 4 agent voices)")
     ap.add_argument("--per-language", type=int, default=3, help="sentences per voice and language")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--short-s", type=float, default=2.0, help="clips shorter than this are reported apart")
     ap.add_argument("--out", type=Path, default=None, help="write all measurements as JSON here")
     args = ap.parse_args()
 
@@ -119,36 +120,79 @@ def main() -> int:
         print(f"voice {k + 1}/{len(voices)} done ({time.perf_counter() - t0:.0f}s)", file=sys.stderr)
     hyps = asr.transcribe([(x, sr, u["language"]) for x, u in zip(audio, utts, strict=True)])
     ident = {v.voice_id: v.identity_id for v in voices}
-    same, other, nearest = [], [], []
+    gender = {v.voice_id: v.gender for v in voices}
     for u, hyp in zip(utts, hyps, strict=True):
         u["error_rate"] = error_rate(u["text"], hyp, u["language"])
         u["same"] = cosine(u["emb"], refs[(u["voice_id"], u["language"])])
-        o = [
-            cosine(u["emb"], e)
+        u["others"] = [
+            (cosine(u["emb"], e), gender[vid] != u["gender"])
             for (vid, lang), e in refs.items()
             if lang == u["language"] and ident[vid] != u["identity_id"]
         ]
-        u["nearest_other"] = max(o)
-        same.append(u["same"])
-        other += o
-        nearest.append(u["nearest_other"])
-    t_eer, rate_eer = eer(same, other)
-    print(f"\n{len(voices)} voices, {len(utts)} utterances; resemblyzer cosine to the voice reference probe")
-    for name, v in (("same voice", same), ("other identities", other), ("nearest other identity", nearest)):
-        print(
-            f"  {name:24s} n={len(v):5d} mean {np.mean(v):.3f}  p1 {percentile(v, 1):.3f}  p5 {percentile(v, 5):.3f}  "
-            f"median {np.median(v):.3f}  p95 {percentile(v, 95):.3f}  max {max(v):.3f}"
-        )
-    short = [u["same"] for u in utts if u["duration_s"] < 2.0]
-    if short:
-        print(f"  same voice, clips < 2 s    n={len(short):5d} mean {np.mean(short):.3f}  min {min(short):.3f}")
-    print(f"  equal error rate {rate_eer:.3f} at cosine {t_eer:.3f}")
-    print("\n  bound   genuine rejected   wrong voice accepted (any other)   (nearest other)")
-    for b in (0.5, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85):
-        frr = np.mean(np.asarray(same) < b)
-        far = np.mean(np.asarray(other) >= b)
-        far_n = np.mean(np.asarray(nearest) >= b)
-        print(f"  {b:.2f}    {frr:8.3f}            {far:8.3f}                          {far_n:8.3f}")
+        u["nearest_other"] = max(c for c, _ in u["others"])
+    all_same = [u["same"] for u in utts]
+    all_other = [c for u in utts for c, _ in u["others"]]
+    t_eer, rate_eer = eer(all_same, all_other)
+    print(f"\n{len(voices)} voices, {len(utts)} utterances; {enc.name} cosine to the voice's reference probe")
+    for lo, hi in ((0.0, 99.0), (0.0, args.short_s), (args.short_s, 99.0)):
+        us = [u for u in utts if lo <= u["duration_s"] < hi]
+        if not us:
+            continue
+        same = [u["same"] for u in us]
+        other = [c for u in us for c, _ in u["others"]]
+        cross = [c for u in us for c, x in u["others"] if x]
+        nearest = [u["nearest_other"] for u in us]
+        print(f"\n  clips of {lo:g}-{hi:g} s")
+        for name, v in (
+            ("same voice", same),
+            ("other identities", other),
+            ("other gender", cross),
+            ("nearest other identity", nearest),
+        ):
+            if v:
+                print(
+                    f"    {name:24s} n={len(v):5d} mean {np.mean(v):.3f}  min {min(v):.3f}  p1 {percentile(v, 1):.3f}  "
+                    f"p5 {percentile(v, 5):.3f}  median {np.median(v):.3f}  p95 {percentile(v, 95):.3f}  max {max(v):.3f}"
+                )
+        print("    bound   genuine rejected   wrong voice accepted: any other / other gender / nearest other")
+        for b in (0.5, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9):
+            frr = np.mean(np.asarray(same) < b)
+            far = np.mean(np.asarray(other) >= b)
+            far_x = np.mean(np.asarray(cross) >= b) if cross else float("nan")
+            far_n = np.mean(np.asarray(nearest) >= b)
+            print(f"    {b:.2f}    {frr:8.3f}            {far:8.3f} / {far_x:8.3f} / {far_n:8.3f}")
+    print(f"\n  equal error rate (all clips) {rate_eer:.3f} at cosine {t_eer:.3f}")
+    from _common import report
+
+    from kespeechchat.config import SelectConfig
+
+    sel = SelectConfig()
+    genuine_rejected = np.mean(
+        [
+            u["same"]
+            < (
+                sel.min_speaker_similarity
+                if u["duration_s"] >= sel.speaker_short_s
+                else sel.min_speaker_similarity_short
+            )
+            for u in utts
+        ]
+    )
+    wrong_accepted = np.mean(
+        [
+            c
+            >= (
+                sel.min_speaker_similarity
+                if u["duration_s"] >= sel.speaker_short_s
+                else sel.min_speaker_similarity_short
+            )
+            for u in utts
+            for c, _ in u["others"]
+        ]
+    )
+    report("speaker EER (resemblyzer, library voices)", rate_eer, "", note=f"at cosine {t_eer:.3f}")
+    report("genuine turns rejected at the default speaker bounds", float(genuine_rejected), "share")
+    report("wrong-identity turns accepted at the default speaker bounds", float(wrong_accepted), "share")
     print("\nclean TTS output, per language")
     for lang in ("zh", "en"):
         us = [u for u in utts if u["language"] == lang]
@@ -165,7 +209,9 @@ def main() -> int:
     if args.out:
         for u in utts:
             u.pop("emb")
-        args.out.write_text(json.dumps({"utterances": utts, "eer": [t_eer, rate_eer], "other": other}, indent=1))
+        args.out.write_text(
+            json.dumps({"utterances": utts, "eer": [t_eer, rate_eer], "other": other}, indent=1)
+        )
     return 0
 
 

@@ -77,7 +77,12 @@ def build_table(cfg, n: int):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dialogues", type=int, default=6, help="two-turn dialogues, alternating zh and en")
-    ap.add_argument("--repeats", type=int, default=2, help="alternating (direct, stage) measurements; medians are reported")
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=2,
+        help="alternating (direct, stage) measurements; medians are reported",
+    )
     ap.add_argument("--work-dir", type=Path, default=None)
     args = ap.parse_args()
 
@@ -108,7 +113,11 @@ def main() -> int:
         out = []
         for r in rows:
             for i, (text, vid) in enumerate(zip(r["spoken_texts"], r["voice_ids"], strict=True)):
-                out.append(tts.synthesize(text, r["language"], voices[vid], seed=turn_seed(cfg.seed, r["dialogue_id"], i)))
+                out.append(
+                    tts.synthesize(
+                        text, r["language"], voices[vid], seed=turn_seed(cfg.seed, r["dialogue_id"], i)
+                    )
+                )
         return out
 
     t_direct, t_stage = [], []
@@ -171,17 +180,54 @@ def main() -> int:
 
     med = statistics.median
     n_clips = len(decoded)
-    print(f"{args.dialogues} dialogues, {n_clips} turns, {audio_s:.1f} s of audio; medians of {args.repeats} alternating runs")
-    print(f"{'':34s} {'direct s':>9s} {'stage s':>9s} {'direct s/audio s':>17s} {'stage s/audio s':>16s} {'overhead':>9s}")
-    for name, d, s in (("synthesize (Kokoro)", t_direct, t_stage), ("verify (Whisper+resemblyzer+DNSMOS)", v_direct, v_stage)):
-        print(f"{name:34s} {med(d):9.2f} {med(s):9.2f} {med(d) / audio_s:17.3f} {med(s) / audio_s:16.3f} {med(s) / med(d) - 1:+9.1%}")
-    print(f"  all runs: synth direct {[round(x, 1) for x in t_direct]} stage {[round(x, 1) for x in t_stage]}; "
-          f"verify direct {[round(x, 1) for x in v_direct]} stage {[round(x, 1) for x in v_stage]}")
+    print(
+        f"{args.dialogues} dialogues, {n_clips} turns, {audio_s:.1f} s of audio; medians of {args.repeats} alternating runs"
+    )
+    print(
+        f"{'':34s} {'direct s':>9s} {'stage s':>9s} {'direct s/audio s':>17s} {'stage s/audio s':>16s} {'overhead':>9s}"
+    )
+    for name, d, s in (
+        ("synthesize (Kokoro)", t_direct, t_stage),
+        ("verify (Whisper+resemblyzer+DNSMOS)", v_direct, v_stage),
+    ):
+        print(
+            f"{name:34s} {med(d):9.2f} {med(s):9.2f} {med(d) / audio_s:17.3f} {med(s) / audio_s:16.3f} {med(s) / med(d) - 1:+9.1%}"
+        )
+    print(
+        f"  all runs: synth direct {[round(x, 1) for x in t_direct]} stage {[round(x, 1) for x in t_stage]}; "
+        f"verify direct {[round(x, 1) for x in v_direct]} stage {[round(x, 1) for x in v_stage]}"
+    )
     print(f"  verify stage parts (last run): {vout.metrics}")
     print(f"  stage transcripts identical to the direct batch: {same_hyps}/{n_clips}")
     print(
         f"ASR, {n_clips} clips: packed batch {med(a_packed):.2f} s, one clip at a time {med(a_single):.2f} s "
         f"-> {med(a_single) / med(a_packed):.2f}x throughput ({audio_s / med(a_packed):.1f} vs {audio_s / med(a_single):.1f} audio s/s)"
+    )
+    from _common import report
+
+    report(
+        "synthesize stage vs direct TTS loop",
+        med(t_stage) / audio_s,
+        "s/audio s",
+        baseline=med(t_direct) / audio_s,
+        ratio=med(t_stage) / med(t_direct),
+        goal="<= 1.10",
+    )
+    report(
+        "verify stage vs direct model calls",
+        med(v_stage) / audio_s,
+        "s/audio s",
+        baseline=med(v_direct) / audio_s,
+        ratio=med(v_stage) / med(v_direct),
+        goal="<= 1.10",
+    )
+    report(
+        "ASR packed batch vs one clip at a time",
+        med(a_packed),
+        "s",
+        baseline=med(a_single),
+        ratio=med(a_single) / med(a_packed),
+        goal="> 1 (throughput gain)",
     )
     return 0
 

@@ -61,7 +61,9 @@ def pass_rates(rows: list[dict[str, Any]], select_cfg) -> dict[str, Any]:
     }
 
 
-def histogram(path: Path, title: str, xlabel: str, series: dict[str, list[float]], bound: float | None, bins) -> None:
+def histogram(
+    path: Path, title: str, xlabel: str, series: dict[str, list[float]], bound: float | None, bins
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -84,8 +86,12 @@ def histogram(path: Path, title: str, xlabel: str, series: dict[str, list[float]
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("run", type=Path, help="run directory (runs/<name>)")
-    ap.add_argument("--out", type=Path, default=None, help="where the PNGs and report.json go (default RUN/speech_report)")
+    ap.add_argument(
+        "run", type=Path, nargs="?", default=Path("runs/demo"), help="run directory (default runs/demo)"
+    )
+    ap.add_argument(
+        "--out", type=Path, default=None, help="where the PNGs and report.json go (default RUN/speech_report)"
+    )
     args = ap.parse_args()
 
     import numpy as np
@@ -97,6 +103,9 @@ def main() -> int:
     run = args.run
     cfg_path = run / "config.yaml"
     if not cfg_path.is_file():
+        if args.run == ap.get_default("run"):
+            print(f"{run}: no run yet (make demo first); nothing to report")
+            return 0
         raise SystemExit(f"{run}: not a run directory (no config.yaml)")
     cfg = RunConfig.model_validate(yaml.safe_load(cfg_path.read_text(encoding="utf-8")))
     sel = cfg.select
@@ -110,7 +119,9 @@ def main() -> int:
     kept = read_rows(run, "select")
     summary = run_summary(run)
     stage_rows = {s["stage"]: s for s in summary["stages"]}
-    speech_rejects = {k: v for k, v in summary["rejected_by_reason"].items() if k.split(":")[0] in SPEECH_STAGES}
+    speech_rejects = {
+        k: v for k, v in summary["rejected_by_reason"].items() if k.split(":")[0] in SPEECH_STAGES
+    }
     into_speech = stage_rows.get("synthesize", {}).get("rows_in", len(first))
 
     fa = pass_rates(first, sel)
@@ -131,12 +142,60 @@ def main() -> int:
     }
 
     plots = [
-        ("cer_zh.png", "CER of zh turns (Whisper vs spoken text)", "CER", "error_rates", "zh", sel.max_cer_zh, np.linspace(0, 0.5, 26)),
-        ("wer_en.png", "WER of en turns (Whisper vs spoken text)", "WER", "error_rates", "en", sel.max_wer_en, np.linspace(0, 0.5, 26)),
-        ("speaker_similarity.png", "Cosine to the voice's reference", "cosine", "speaker_similarities", None, sel.min_speaker_similarity, np.linspace(0, 1, 41)),
-        ("dnsmos_ovrl.png", "DNSMOS OVRL (artefact detector)", "DNSMOS OVRL", "dnsmos_ovrl", None, sel.min_dnsmos_ovrl, np.linspace(1, 5, 41)),
-        ("chars_per_s_zh.png", "Speaking rate, zh", "spoken characters per second of speech", "chars_per_s", "zh", None, 30),
-        ("chars_per_s_en.png", "Speaking rate, en", "spoken characters per second of speech", "chars_per_s", "en", None, 30),
+        (
+            "cer_zh.png",
+            "CER of zh turns (Whisper vs spoken text)",
+            "CER",
+            "error_rates",
+            "zh",
+            sel.max_cer_zh,
+            np.linspace(0, 0.5, 26),
+        ),
+        (
+            "wer_en.png",
+            "WER of en turns (Whisper vs spoken text)",
+            "WER",
+            "error_rates",
+            "en",
+            sel.max_wer_en,
+            np.linspace(0, 0.5, 26),
+        ),
+        (
+            "speaker_similarity.png",
+            "Cosine to the voice's reference",
+            "cosine",
+            "speaker_similarities",
+            None,
+            sel.min_speaker_similarity,
+            np.linspace(0, 1, 41),
+        ),
+        (
+            "dnsmos_ovrl.png",
+            "DNSMOS OVRL (artefact detector)",
+            "DNSMOS OVRL",
+            "dnsmos_ovrl",
+            None,
+            sel.min_dnsmos_ovrl,
+            np.linspace(1, 5, 41),
+        ),
+        (
+            "chars_per_s_zh.png",
+            "Speaking rate, zh",
+            "spoken characters per second of speech",
+            "chars_per_s",
+            "zh",
+            None,
+            30,
+        ),
+        (
+            "chars_per_s_en.png",
+            "Speaking rate, en",
+            "spoken characters per second of speech",
+            "chars_per_s",
+            "en",
+            None,
+            30,
+        ),
     ]
     for name, title, xlabel, col, lang, bound, bins in plots:
         a, b = turns(first, col, lang), turns(final, col, lang)
@@ -158,14 +217,37 @@ def main() -> int:
         return f"{a}/{b} ({a / b:.0%})" if b else "0/0"
 
     print(f"run {run}: {into_speech} dialogues into synthesize, retries={cfg.retry.retries}")
-    print(f"  pass at first attempt: dialogues {pct(fa['dialogues_passing'], fa['dialogues'])}, turns {pct(fa['turns_passing'], fa['turns'])}")
-    print(f"  pass after retries:    dialogues {pct(fin['dialogues_passing'], fin['dialogues'])}, turns {pct(fin['turns_passing'], fin['turns'])}")
-    print(f"  kept by select: {len(kept)} dialogues ({report['kept_first_attempt']} at first attempt); turns by attempts {report['kept_turns_by_attempts']}")
+    print(
+        f"  pass at first attempt: dialogues {pct(fa['dialogues_passing'], fa['dialogues'])}, turns {pct(fa['turns_passing'], fa['turns'])}"
+    )
+    print(
+        f"  pass after retries:    dialogues {pct(fin['dialogues_passing'], fin['dialogues'])}, turns {pct(fin['turns_passing'], fin['turns'])}"
+    )
+    print(
+        f"  kept by select: {len(kept)} dialogues ({report['kept_first_attempt']} at first attempt); turns by attempts {report['kept_turns_by_attempts']}"
+    )
     print(f"  failing turns at first attempt by reason: {fa['failing_turns_by_reason']}")
     print(f"  rejected dialogues by reason: {speech_rejects}")
     for k, v in report.get("distributions", {}).items():
-        print(f"  {k}: median {v['first_attempt_median']:.3f} (p90 {v['first_attempt_p90']:.3f}) first attempt, median {v['final_median']:.3f} final")
+        print(
+            f"  {k}: median {v['first_attempt_median']:.3f} (p90 {v['first_attempt_p90']:.3f}) first attempt, median {v['final_median']:.3f} final"
+        )
     print(f"  plots and report.json in {out}")
+    from _common import report as bench
+
+    if fa["dialogues"]:
+        bench(
+            "dialogues passing at first attempt",
+            fa["dialogues_passing"] / fa["dialogues"],
+            "share",
+            note=str(run),
+        )
+        bench(
+            "dialogues passing after retries",
+            fin["dialogues_passing"] / fin["dialogues"],
+            "share",
+            note=str(run),
+        )
     return 0
 
 

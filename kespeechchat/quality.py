@@ -114,8 +114,12 @@ class DNSMOSScorer:
             opts.inter_op_num_threads = 1
             impl = DNSMOS.__new__(DNSMOS)  # its __init__ makes sessions with all cores; ours are bounded
             impl.primary_model_path = str(primary)
-            impl.onnx_sess = ort.InferenceSession(str(primary), sess_options=opts, providers=["CPUExecutionProvider"])
-            impl.p808_onnx_sess = ort.InferenceSession(str(p808), sess_options=opts, providers=["CPUExecutionProvider"])
+            impl.onnx_sess = ort.InferenceSession(
+                str(primary), sess_options=opts, providers=["CPUExecutionProvider"]
+            )
+            impl.p808_onnx_sess = ort.InferenceSession(
+                str(p808), sess_options=opts, providers=["CPUExecutionProvider"]
+            )
             self._impl = impl
 
     def windows(self, a: np.ndarray) -> list[np.ndarray]:
@@ -154,7 +158,10 @@ class DNSMOSScorer:
             bak.append(float(b_))
             ovrl.append(float(o_))
         return DNSMOSScore(
-            ovrl=float(np.mean(ovrl)), sig=float(np.mean(sig)), bak=float(np.mean(bak)), p808=float(np.mean(p808))
+            ovrl=float(np.mean(ovrl)),
+            sig=float(np.mean(sig)),
+            bak=float(np.mean(bak)),
+            p808=float(np.mean(p808)),
         )
 
     def score_many(self, clips: list[tuple[np.ndarray, int]]) -> list[DNSMOSScore]:

@@ -67,7 +67,9 @@ def test_noise_and_distortion_lower_the_score(scorer, recordings, scores):
 def test_sample_rate_does_not_matter(scorer, recordings, scores):
     x, sr = recordings["zh_funasr_asr_example.wav"]
     assert sr == 16000
-    assert scorer.score(resample(x, sr, 24000), 24000).ovrl == pytest.approx(scores["zh_funasr_asr_example.wav"].ovrl, abs=0.1)
+    assert scorer.score(resample(x, sr, 24000), 24000).ovrl == pytest.approx(
+        scores["zh_funasr_asr_example.wav"].ovrl, abs=0.1
+    )
 
 
 def test_unjudgeable_clips_are_nan(scorer):

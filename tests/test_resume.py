@@ -73,6 +73,7 @@ def test_sigkill_mid_synthesize_then_resume(tmp_path, shared_data, expected, exe
     assert not list((runs / "killed").rglob(TMP_PREFIX + "*"))
 
 
+@pytest.mark.extended
 def test_ten_kills_at_random_points_then_identical_dataset(tmp_path, shared_data, expected):
     """One run killed again and again (after 1, 4, 7 … units, plus a random delay), resumed each time."""
     rng = random.Random(20261125)
@@ -103,6 +104,7 @@ def _actor_pids() -> list[int]:
     return [int(line.split()[0]) for line in out.splitlines() if "ray::_Worker" in line]
 
 
+@pytest.mark.extended
 def test_sigkill_of_a_ray_worker_fails_cleanly_then_resumes(tmp_path, shared_data, expected):
     runs = tmp_path / "runs"
     cfg = _config(tmp_path, runs, "worker", shared_data, "ray")

@@ -215,3 +215,75 @@ def test_make_tts_passes_config_through():
     assert backend.sentence_pause_s == 0.4 and backend.speed_jitter == 0.1
     cv = make_tts(TTSConfig(backend="cosyvoice", model_dir="/m", source_dir="/src", fp16=True))
     assert cv.source_dir == "/src" and cv.fp16 and not cv.load_trt
+
+
+_FAKE_COSYVOICE = '''
+"""Stands in for CosyVoice's source checkout: the same class, constructor and inference_sft API.
+
+Its "LM" samples with torch's global generator, like the real one, so seeding can be checked.
+"""
+import torch
+
+
+class _Frontend:
+    def __init__(self):
+        self.spk2info = {}
+        self.device = "cpu"
+
+
+class CosyVoice2:
+    def __init__(self, model_dir, load_jit=False, load_trt=False, fp16=False):
+        self.model_dir, self.fp16 = model_dir, fp16
+        self.sample_rate = 24000
+        self.frontend = _Frontend()
+        self.calls = []
+
+    def inference_sft(self, tts_text, spk_id, stream=False, speed=1.0, text_frontend=True):
+        self.calls.append((tts_text, spk_id, stream, speed))
+        emb = self.frontend.spk2info[spk_id]["embedding"]
+        assert tuple(emb.shape) == (1, 192)
+        if tts_text == "silent":
+            return
+        for sentence in tts_text.split("|"):
+            n = int(2400 * len(sentence) / speed)
+            yield {"tts_speech": 0.1 * torch.randn(1, n) + 0.0 * emb.mean()}
+'''
+
+
+def test_cosyvoice_through_its_python_api(tmp_path):
+    """CosyVoice needs GPU weights; a stand-in with its API checks our side of the protocol."""
+    import dataclasses
+    import sys
+
+    pkg = tmp_path / "checkout" / "cosyvoice" / "cli"
+    pkg.mkdir(parents=True)
+    (pkg.parent / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "cosyvoice.py").write_text(_FAKE_COSYVOICE)
+    model_dir = tmp_path / "CosyVoice2-0.5B"
+    model_dir.mkdir()
+    (model_dir / "cosyvoice2.yaml").write_text("sample_rate: 24000\n")
+    base = build_library(1, seed=0)[0]
+    voice = dataclasses.replace(base, backend="cosyvoice", speaker_embedding=[0.01] * 192, pitch_ratio=1.0, formant_ratio=1.0)
+    saved_path, saved_mods = list(sys.path), {k: v for k, v in sys.modules.items() if k.startswith("cosyvoice")}
+    try:
+        tts = make_tts(TTSConfig(backend="cosyvoice", model_dir=str(model_dir), source_dir=str(tmp_path / "checkout")))
+        a1 = tts.synthesize("one|two", "zh", voice, seed=5)
+        assert a1.dtype == np.float32 and a1.size == 2400 * 6 and tts.sample_rate_hz == 24000
+        assert np.array_equal(a1, tts.synthesize("one|two", "zh", voice, seed=5))  # same seed, same sample
+        a2 = tts.synthesize("one|two", "zh", voice, seed=5, attempt=2)
+        assert a2.size == a1.size and not np.array_equal(a1, a2)  # a retry samples anew
+        assert np.array_equal(a2, tts.synthesize("one|two", "zh", voice, seed=5, attempt=2))
+        model = tts._model
+        assert list(model.frontend.spk2info) == [voice.voice_id]  # registered once, by voice id
+        assert model.calls[0] == ("one|two", voice.voice_id, False, voice.speed)  # non-streaming
+        from kespeechchat.backends.tts import output_problem
+
+        assert output_problem(tts.synthesize("silent", "zh", voice))[0] == "tts_empty"
+        with pytest.raises(ValueError, match="192"):
+            tts.synthesize("x", "zh", dataclasses.replace(voice, voice_id="v-short", speaker_embedding=[0.1] * 10))
+    finally:
+        sys.path[:] = saved_path
+        for k in [k for k in sys.modules if k.startswith("cosyvoice")]:
+            del sys.modules[k]
+        sys.modules.update(saved_mods)

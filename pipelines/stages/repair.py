@@ -39,7 +39,8 @@ class RepairStage(Stage):
         "tts_attempts",
         *SCORE_COLUMNS,
     )
-    outputs = ()
+    # rewritten for the turns it redoes (unchanged elsewhere)
+    outputs = ("audio_flac", "durations_s", "tts_attempts", *SCORE_COLUMNS)
     resources = Resources(cpus=1.0, memory_mb=3500)
 
     def config_section(self) -> dict[str, Any]:
@@ -107,7 +108,9 @@ class RepairStage(Stage):
                 lang = row["language"]
                 recipe = self.voices.get(row["voice_ids"][i])
                 if recipe is None:
-                    raise KeyError(f"dialogue {row['dialogue_id']}: voice {row['voice_ids'][i]!r} is not in the run's library")
+                    raise KeyError(
+                        f"dialogue {row['dialogue_id']}: voice {row['voice_ids'][i]!r} is not in the run's library"
+                    )
                 if int(tts.sample_rate_hz) != int(row["sample_rate_hz"]):
                     raise RuntimeError(
                         f"dialogue {row['dialogue_id']}: audio is {row['sample_rate_hz']} Hz but the TTS makes "
@@ -118,7 +121,9 @@ class RepairStage(Stage):
                 tried += 1
                 t0 = time.perf_counter()
                 try:
-                    audio, attempt = synthesize_turn(tts, row["spoken_texts"][i], lang, recipe, seed, first, first)
+                    audio, attempt = synthesize_turn(
+                        tts, row["spoken_texts"][i], lang, recipe, seed, first, first
+                    )
                 except TurnSynthesisError:
                     row["tts_attempts"][i] = first  # the attempt was spent; the old audio and scores stay
                     rows_touched.add(r)
@@ -126,7 +131,9 @@ class RepairStage(Stage):
                 finally:
                     tts_s += time.perf_counter() - t0
                 made.append((r, i, audio, attempt))
-                clips.append(Clip(audio, int(tts.sample_rate_hz), row["spoken_texts"][i], lang, row["voice_ids"][i]))
+                clips.append(
+                    Clip(audio, int(tts.sample_rate_hz), row["spoken_texts"][i], lang, row["voice_ids"][i])
+                )
             scores = scorer.score(clips) if clips else []
             for (r, i, audio, attempt), sc in zip(made, scores, strict=True):
                 row = rows[r]

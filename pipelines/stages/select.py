@@ -151,7 +151,9 @@ class SelectStage(Stage):
             attempts = row.get("tts_attempts") or [1] * len(row["spoken_texts"])
             fails = row_failures(cfg, row)
             if fails:
-                detail = "; ".join(describe_turn(i, why, turn_values(row, i), attempts[i]) for i, why in fails)
+                detail = "; ".join(
+                    describe_turn(i, why, turn_values(row, i), attempts[i]) for i, why in fails
+                )
                 rejected.append(reject(row, fails[0][1], detail))
                 continue
             kept.append(row)

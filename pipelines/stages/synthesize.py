@@ -47,7 +47,9 @@ def synthesize_turn(
         problem = output_problem(audio)
         if problem is None:
             return audio, attempt
-    raise TurnSynthesisError(problem[0], f"{problem[1]} (after {max_attempts - first_attempt + 1} attempt(s))")
+    raise TurnSynthesisError(
+        problem[0], f"{problem[1]} (after {max_attempts - first_attempt + 1} attempt(s))"
+    )
 
 
 class SynthesizeStage(Stage):
@@ -103,7 +105,13 @@ class SynthesizeStage(Stage):
                     t0 = time.perf_counter()
                     try:
                         audio, attempt = synthesize_turn(
-                            self.tts, text, lang, recipe, turn_seed(self.cfg.seed, row["dialogue_id"], i), 1, max_attempts
+                            self.tts,
+                            text,
+                            lang,
+                            recipe,
+                            turn_seed(self.cfg.seed, row["dialogue_id"], i),
+                            1,
+                            max_attempts,
                         )
                     finally:
                         tts_s += time.perf_counter() - t0
@@ -118,7 +126,17 @@ class SynthesizeStage(Stage):
                 rejected.append(reject(row, "tts_error", f"turn {len(flacs)}: {type(e).__name__}: {e}"))
                 continue
             audio_s += sum(durs)
-            kept.append({**row, "audio_flac": flacs, "sample_rate_hz": sr, "durations_s": durs, "tts_attempts": attempts})
+            kept.append(
+                {
+                    **row,
+                    "audio_flac": flacs,
+                    "sample_rate_hz": sr,
+                    "durations_s": durs,
+                    "tts_attempts": attempts,
+                }
+            )
         if table.num_rows >= SYSTEMIC_MIN_ROWS and len(errors) == table.num_rows:
-            raise RuntimeError(f"synthesize failed on every dialogue of shard {shard}; first error: {errors[0]}")
+            raise RuntimeError(
+                f"synthesize failed on every dialogue of shard {shard}; first error: {errors[0]}"
+            )
         return self.build_output(table, kept, rejected, {"audio_s": audio_s, "tts_s": round(tts_s, 3)})

@@ -7,7 +7,9 @@ Score first, decide later: changing a threshold never re-runs these models. Per 
   non-silent audio, which catches loops (too slow) and dropped text (too fast);
 * ``asr_texts``, ``error_rates``: what the recogniser heard and its CER (zh) / WER (en) against
   the spoken text, after the same normalisation on both sides; all clips of a shard go to the
-  recogniser in one batch (Whisper packs them into shared 30 s windows);
+  recogniser in one batch (Whisper packs them into shared 30 s windows), and a clip whose batched
+  transcript scores worse than ``asr.recheck_above`` is decoded again alone, keeping the better
+  transcript (its neighbours in a window can make Whisper mishear it);
 * ``speaker_similarities``: cosine between the utterance and its voice's reference probe;
 * ``dnsmos_ovrl``: the DNSMOS overall score, an artefact detector.
 
@@ -100,7 +102,12 @@ class SpeechScorer:
         self.speaker: Any = None
         self.quality: Any = None
         self._refs: dict[str, np.ndarray] = {}
-        self.timings: dict[str, float] = {"asr_s": 0.0, "speaker_s": 0.0, "quality_s": 0.0}
+        self.timings: dict[str, float] = {
+            "asr_s": 0.0,
+            "speaker_s": 0.0,
+            "quality_s": 0.0,
+            "asr_rechecked": 0.0,
+        }
 
     def setup(self) -> None:
         from kespeechchat.backends.asr import make_asr
@@ -127,7 +134,9 @@ class SpeechScorer:
         if key not in self._refs:
             path = ref_path(self.run_dir, voice_id, language)
             if not path.exists():
-                raise FileNotFoundError(f"{path}: reference audio of voice {voice_id} missing (rerun synthesize)")
+                raise FileNotFoundError(
+                    f"{path}: reference audio of voice {voice_id} missing (rerun synthesize)"
+                )
             x, sr = load_audio(path)
             self._refs[key] = self.speaker.embed(x, sr)
         return self._refs[key]
@@ -158,11 +167,41 @@ class SpeechScorer:
             out[i] = h
         return out
 
+    def _error_rates(
+        self, clips: list[Clip], clips16: list[np.ndarray], hyps: list[str | Exception]
+    ) -> list[float | Exception]:
+        """Error rate of each transcript (in place: ``hyps``), re-decoding alone the clips that score
+        worse than ``asr.recheck_above`` when they were decoded in a batch."""
+        from kespeechchat.metrics import error_rate
+
+        out: list[float | Exception] = []
+        for c, h in zip(clips, hyps, strict=True):
+            try:
+                out.append(float(error_rate(c.text, h, c.language)) if isinstance(h, str) else h)
+            except Exception as e:  # e.g. a language without a metric
+                out.append(e)
+        bound = self.cfg.asr.recheck_above
+        if bound is None or len(clips) < 2:
+            return out
+        t0 = time.perf_counter()
+        for i, (c, er) in enumerate(zip(clips, out, strict=True)):
+            if isinstance(er, float) and er > bound and clips16[i].size >= ASR_RATE_HZ // 10:
+                try:
+                    alone = self.asr.transcribe([(clips16[i], ASR_RATE_HZ, c.language)])[0]
+                except Exception:
+                    continue  # the batched transcript stands
+                self.timings["asr_rechecked"] += 1
+                er2 = float(error_rate(c.text, alone, c.language))
+                if er2 < er:
+                    hyps[i], out[i] = alone, er2
+        self.timings["asr_s"] += time.perf_counter() - t0
+        return out
+
     def score(self, clips: list[Clip]) -> list[TurnScores | Exception]:
         """Scores of each clip, in order; an Exception in place of a clip that could not be scored."""
         from kespeechchat.audio import audio_sanity, resample
         from kespeechchat.backends.speaker import cosine
-        from kespeechchat.metrics import error_rate, spoken_chars
+        from kespeechchat.metrics import spoken_chars
 
         self.setup()
         sanity = [audio_sanity(c.audio, c.sample_rate_hz) for c in clips]
@@ -173,10 +212,14 @@ class SpeechScorer:
             for c in clips
         ]
         hyps = self.transcribe(clips16, [c.language for c in clips])
+        errors = self._error_rates(clips, clips16, hyps)
         out: list[TurnScores | Exception] = []
-        for c, s, x16, hyp in zip(clips, sanity, clips16, hyps, strict=True):
+        for c, s, x16, hyp, er in zip(clips, sanity, clips16, hyps, errors, strict=True):
             if isinstance(hyp, Exception):
                 out.append(hyp)
+                continue
+            if isinstance(er, Exception):
+                out.append(er)
                 continue
             try:
                 speech_s = s.duration_s * (1.0 - s.silence_ratio)
@@ -185,7 +228,9 @@ class SpeechScorer:
                 sim = NAN
                 if s.finite and speech_s >= MIN_SPEAKER_SPEECH_S:
                     t0 = time.perf_counter()
-                    sim = cosine(self.speaker.embed(x16, ASR_RATE_HZ), self.ref_embedding(c.voice_id, c.language))
+                    sim = cosine(
+                        self.speaker.embed(x16, ASR_RATE_HZ), self.ref_embedding(c.voice_id, c.language)
+                    )
                     self.timings["speaker_s"] += time.perf_counter() - t0
                 mos = NAN
                 if self.quality is not None:
@@ -195,7 +240,7 @@ class SpeechScorer:
                 out.append(
                     TurnScores(
                         asr_text=hyp,
-                        error_rate=float(error_rate(c.text, hyp, c.language)),
+                        error_rate=er,
                         speaker_similarity=float(sim),
                         silence_ratio=float(s.silence_ratio),
                         clipping_ratio=float(s.clipping_ratio),
@@ -216,7 +261,9 @@ def finite_mean(values: list[float]) -> float:
 class VerifyStage(Stage):
     name = "verify"
     version = "2"
-    description = "Audio sanity, ASR (CER/WER vs the spoken text), speaker similarity vs the voice reference, DNSMOS."
+    description = (
+        "Audio sanity, ASR (CER/WER vs the spoken text), speaker similarity vs the voice reference, DNSMOS."
+    )
     inputs = ("dialogue_id", "language", "spoken_texts", "voice_ids", "audio_flac", "sample_rate_hz")
     outputs = SCORE_COLUMNS
     resources = Resources(cpus=1.0, memory_mb=2500)
@@ -269,7 +316,11 @@ class VerifyStage(Stage):
                     cols[c].append(v)
             kept.append({**row, **cols})
         audio_s = float(sum(c.audio.size / c.sample_rate_hz for c in clips))
-        metrics = {"clips": float(len(clips)), "audio_s": audio_s, **{k: round(v, 3) for k, v in self.scorer.timings.items()}}
+        metrics = {
+            "clips": float(len(clips)),
+            "audio_s": audio_s,
+            **{k: round(v, 3) for k, v in self.scorer.timings.items()},
+        }
         for k in self.scorer.timings:
             self.scorer.timings[k] = 0.0
         return self.build_output(table, kept, rejected, metrics)
