@@ -25,9 +25,26 @@ def machine() -> str:
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}"
 
 
-def report(figure: str, value: float, unit: str, *, baseline: float | None = None, baseline_unit: str | None = None,
-           ratio: float | None = None, goal: str = "", note: str = "") -> None:
-    row = {"figure": figure, "value": round(value, 4), "unit": unit, "baseline": None if baseline is None else round(baseline, 4),
-           "baseline_unit": baseline_unit or unit, "ratio": None if ratio is None else round(ratio, 3), "goal": goal, "note": note,
-           "at": time.strftime("%Y-%m-%d %H:%M")}
+def report(
+    figure: str,
+    value: float,
+    unit: str,
+    *,
+    baseline: float | None = None,
+    baseline_unit: str | None = None,
+    ratio: float | None = None,
+    goal: str = "",
+    note: str = "",
+) -> None:
+    row = {
+        "figure": figure,
+        "value": round(value, 4),
+        "unit": unit,
+        "baseline": None if baseline is None else round(baseline, 4),
+        "baseline_unit": baseline_unit or unit,
+        "ratio": None if ratio is None else round(ratio, 3),
+        "goal": goal,
+        "note": note,
+        "at": time.strftime("%Y-%m-%d %H:%M"),
+    }
     print("BENCH " + json.dumps(row, ensure_ascii=False), flush=True)

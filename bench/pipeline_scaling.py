@@ -26,8 +26,18 @@ def _sources(n: int) -> list[dict]:
     text = SHARED_DATA / "text"
     half = max(1, n // 2)
     return [
-        {"path": str(text / "zh_llamafactory_alpaca_zh_demo.json"), "limit": half, "max_chars": 50, "languages": ["zh"]},
-        {"path": str(text / "en_llamafactory_alpaca_en_demo.json"), "limit": n - half, "max_chars": 110, "languages": ["en"]},
+        {
+            "path": str(text / "zh_llamafactory_alpaca_zh_demo.json"),
+            "limit": half,
+            "max_chars": 50,
+            "languages": ["zh"],
+        },
+        {
+            "path": str(text / "en_llamafactory_alpaca_en_demo.json"),
+            "limit": n - half,
+            "max_chars": 110,
+            "languages": ["en"],
+        },
     ]
 
 
@@ -85,28 +95,58 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="ksc-bench-"))
     results = {}
     for label, n in (("1x", args.small), (f"{args.factor}x", args.small * args.factor)):
-        cfg = small_config(tmp / "runs", _sources(n), name=f"scale-{label}", shard_size=args.shard_size, executor="ray")
+        cfg = small_config(
+            tmp / "runs", _sources(n), name=f"scale-{label}", shard_size=args.shard_size, executor="ray"
+        )
         path = write_config(cfg, tmp / f"{label}.yaml")
         wall, mon = run_measured(cli_run_command(path))
         results[label] = (wall, mon, path)
-        print(f"{label}: {n} dialogues, {wall:.1f}s wall, driver peak {mon.driver_mb:.0f} MB, largest worker {mon.worker_mb:.0f} MB")
+        print(
+            f"{label}: {n} dialogues, {wall:.1f}s wall, driver peak {mon.driver_mb:.0f} MB, largest worker {mon.worker_mb:.0f} MB"
+        )
     small, big = results["1x"], results[f"{args.factor}x"]
-    report("driver peak RSS growth at 10x input", big[1].driver_mb, "MB", baseline=small[1].driver_mb,
-           ratio=big[1].driver_mb / small[1].driver_mb, goal="<= 1.2x")
-    report("worker peak RSS growth at 10x input", big[1].worker_mb, "MB", baseline=small[1].worker_mb,
-           ratio=big[1].worker_mb / max(small[1].worker_mb, 1e-9), goal="<= 1.2x")
+    report(
+        "driver peak RSS growth at 10x input",
+        big[1].driver_mb,
+        "MB",
+        baseline=small[1].driver_mb,
+        ratio=big[1].driver_mb / small[1].driver_mb,
+        goal="<= 1.2x",
+    )
+    report(
+        "worker peak RSS growth at 10x input",
+        big[1].worker_mb,
+        "MB",
+        baseline=small[1].worker_mb,
+        ratio=big[1].worker_mb / max(small[1].worker_mb, 1e-9),
+        goal="<= 1.2x",
+    )
 
     # Same shards, synthesize alone, one worker then two.
     timings = {}
     for workers in (1, 2):
-        cmd = cli_run_command(big[2], "--rerun", "synthesize", "--only", "synthesize",
-                              "--set", f"executor.stage_workers={{synthesize: {workers}}}")
+        cmd = cli_run_command(
+            big[2],
+            "--rerun",
+            "synthesize",
+            "--only",
+            "synthesize",
+            "--set",
+            f"executor.stage_workers={{synthesize: {workers}}}",
+        )
         wall, _ = run_measured(cmd)
         timings[workers] = wall
         print(f"synthesize with {workers} worker(s): {wall:.1f}s")
-    report("synthesize speed-up, 2 Ray workers vs 1", timings[1] / timings[2], "x", baseline=timings[1],
-           baseline_unit="s with 1 worker", ratio=timings[1] / timings[2], goal=">= 1.6x",
-           note="wall of the whole command, Ray start and model load included")
+    report(
+        "synthesize speed-up, 2 Ray workers vs 1",
+        timings[1] / timings[2],
+        "x",
+        baseline=timings[1],
+        baseline_unit="s with 1 worker",
+        ratio=timings[1] / timings[2],
+        goal=">= 1.6x",
+        note="wall of the whole command, Ray start and model load included",
+    )
 
 
 if __name__ == "__main__":

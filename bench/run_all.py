@@ -42,7 +42,9 @@ def main() -> int:
     for r in rows:
         base = "" if r["baseline"] is None else f"{r['baseline']} {r['baseline_unit']}"
         ratio = "" if r["ratio"] is None else f"{r['ratio']}"
-        lines.append(f"| {r['script']} | {r['figure']} | {r['value']} {r['unit']} | {base} | {ratio} | {r['goal']} |")
+        lines.append(
+            f"| {r['script']} | {r['figure']} | {r['value']} {r['unit']} | {base} | {ratio} | {r['goal']} |"
+        )
     if failed:
         lines += ["", "failed: " + ", ".join(failed)]
     table = "\n".join(lines)

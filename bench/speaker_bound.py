@@ -134,7 +134,12 @@ def main() -> int:
     all_other = [c for u in utts for c, _ in u["others"]]
     t_eer, rate_eer = eer(all_same, all_other)
     print(f"\n{len(voices)} voices, {len(utts)} utterances; {enc.name} cosine to the voice's reference probe")
-    for lo, hi in ((0.0, 99.0), (0.0, args.short_s), (args.short_s, 99.0)):
+    for lo, hi in (
+        (0.0, 99.0),
+        (0.0, args.short_s),
+        (args.short_s, 99.0),
+        (args.short_s, args.short_s + 1.0),
+    ):
         us = [u for u in utts if lo <= u["duration_s"] < hi]
         if not us:
             continue

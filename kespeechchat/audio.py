@@ -129,3 +129,68 @@ def audio_sanity(x: np.ndarray, sr: int) -> AudioSanity:
         rms=rms,
         finite=finite,
     )
+
+
+REPEAT_HOP_S = 0.01
+REPEAT_MIN_LAG_S = 0.5
+REPEAT_SIMILARITY = 0.9
+
+
+def _log_spectrogram(x: np.ndarray, sr: int, hop_s: float = REPEAT_HOP_S, n_bands: int = 40) -> np.ndarray:
+    """Log band energies (frames × bands) of 25 ms windows every ``hop_s``, bands equally spaced
+    on the mel scale up to 8 kHz."""
+    a = _as_mono_float32(x).astype(np.float64)
+    hop = max(1, int(round(hop_s * sr)))
+    win = max(hop, int(round(0.025 * sr)))
+    n_fft = 1 << (win - 1).bit_length()
+    if a.size < win:
+        return np.zeros((0, n_bands))
+    n = 1 + (a.size - win) // hop
+    idx = np.arange(win)[None, :] + hop * np.arange(n)[:, None]
+    spec = np.abs(np.fft.rfft(a[idx] * np.hanning(win), n=n_fft, axis=1)) ** 2
+    freqs = np.fft.rfftfreq(n_fft, 1.0 / sr)
+    mel = 2595.0 * np.log10(1.0 + freqs / 700.0)
+    top = 2595.0 * np.log10(1.0 + min(8000.0, sr / 2) / 700.0)
+    edges = np.linspace(0.0, top, n_bands + 2)
+    bands = np.zeros((n_bands, freqs.size))
+    for b in range(n_bands):
+        lo, mid, hi = edges[b : b + 3]
+        bands[b] = np.clip(np.minimum((mel - lo) / (mid - lo), (hi - mel) / (hi - mid)), 0.0, None)
+    return np.log(spec @ bands.T + 1e-10)
+
+
+def repetition_ratio(x: np.ndarray, sr: int) -> float:
+    """Share of the speech frames that repeat earlier speech of the same clip: the longest run of
+    frames whose spectra match (cosine ≥ 0.9 after per-band normalisation, averaged over 0.1 s)
+    the frames one fixed lag (≥ 0.5 s) earlier, over all speech frames. A TTS loop that says its
+    text twice scores about 0.5, ordinary speech under 0.1; Whisper often transcribes such a
+    loop only once, so neither the error rate nor (for a fast voice) the speaking rate sees it."""
+    f = _log_spectrogram(x, sr)
+    if f.shape[0] < 2 * int(REPEAT_MIN_LAG_S / REPEAT_HOP_S):
+        return 0.0
+    energy = f.max(axis=1)
+    speech = energy > energy.max() - np.log(10.0**4)  # within 40 dB of the loudest frame
+    if speech.sum() < 10:
+        return 0.0
+    g = f - f[speech].mean(axis=0)
+    g /= np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-9)
+    sim = g @ g.T
+    n = f.shape[0]
+    smooth = np.ones(10) / 10.0
+    best = 0
+    for lag in range(int(REPEAT_MIN_LAG_S / REPEAT_HOP_S), n - 10):
+        d = np.diagonal(sim, offset=lag)
+        both = speech[lag:] & speech[: n - lag]
+        hit = (np.convolve(d, smooth, mode="same") >= REPEAT_SIMILARITY) & both
+        if hit.sum() <= best:
+            continue
+        # longest run of hits, tolerating silent frames inside it
+        run = cur = 0
+        for h, s in zip(hit, both, strict=True):
+            if h:
+                cur += 1
+                run = max(run, cur)
+            elif s:
+                cur = 0
+        best = max(best, run)
+    return float(best) / float(speech.sum())

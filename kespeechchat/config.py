@@ -27,19 +27,26 @@ class SourceConfig(_Model):
         "auto", description="Record format; 'auto' detects it per record from its keys."
     )
     limit: int | None = Field(
-        None, ge=1, description="Keep at most this many valid records from this source (deterministic sample)."
+        None,
+        ge=1,
+        description="Keep at most this many valid records from this source (deterministic sample).",
     )
     max_chars: int | None = Field(
-        None, ge=1, description="When sampling with `limit`, only consider records whose turns total at most this many characters."
+        None,
+        ge=1,
+        description="When sampling with `limit`, only consider records whose turns total at most this many characters.",
     )
     languages: list[Literal["zh", "en"]] | None = Field(
-        None, description="When sampling with `limit`, only consider records identified as one of these languages."
+        None,
+        description="When sampling with `limit`, only consider records identified as one of these languages.",
     )
 
 
 class InputConfig(_Model):
     sources: list[SourceConfig] = Field(description="Input files, read in order.")
-    shard_size: int = Field(64, ge=1, description="Dialogues per shard. Shards are fixed at ingest and never re-split.")
+    shard_size: int = Field(
+        64, ge=1, description="Dialogues per shard. Shards are fixed at ingest and never re-split."
+    )
     seed: int = Field(0, description="Seed of the deterministic per-source sample.")
     dedup: Literal["off", "exact", "near"] = Field(
         "near",
@@ -49,7 +56,10 @@ class InputConfig(_Model):
         "byte-identical dialogues.",
     )
     near_duplicate_threshold: float = Field(
-        0.7, gt=0, le=1, description="Jaccard similarity (MinHash estimate) of token shingles at which two sides match."
+        0.7,
+        gt=0,
+        le=1,
+        description="Jaccard similarity (MinHash estimate) of token shingles at which two sides match.",
     )
     near_duplicate_ngram: int = Field(
         3, ge=1, description="Shingle size in tokens (a token is one Han character or one Latin word/number)."
@@ -63,13 +73,17 @@ class LLMConfig(_Model):
         "'openai': use already running OpenAI-compatible endpoints (e.g. `vllm serve`).",
     )
     model_path: str | None = Field(
-        None, description="GGUF file for the managed llama.cpp server; default: the embedded Qwen2.5-Coder-1.5B-Instruct."
+        None,
+        description="GGUF file for the managed llama.cpp server; default: the embedded Qwen2.5-Coder-1.5B-Instruct.",
     )
     endpoints: list[str] = Field(
-        default_factory=list, description="Base URLs (…/v1) of OpenAI-compatible servers, used in round robin."
+        default_factory=list,
+        description="Base URLs (…/v1) of OpenAI-compatible servers, used in round robin.",
     )
     model: str = Field("default", description="Model name sent in requests ('auto' asks the first endpoint).")
-    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the API key (never stored).")
+    api_key_env: str = Field(
+        "OPENAI_API_KEY", description="Environment variable holding the API key (never stored)."
+    )
     structured_output: Literal["auto", "json_schema", "json_object_schema"] = Field(
         "auto",
         description="How JSON output is requested: 'json_schema' (OpenAI/vLLM form) or 'json_object_schema' "
@@ -83,48 +97,76 @@ class LLMConfig(_Model):
     )
     concurrency: int = Field(4, ge=1, description="Concurrent requests per endpoint.")
     timeout_s: float = Field(120.0, gt=0, description="Timeout of one request.")
-    max_retries: int = Field(4, ge=0, description="Retries on 429/5xx/timeouts/connection errors (with backoff).")
-    invalid_output_retries: int = Field(2, ge=0, description="Re-asks when the reply is not valid JSON for the schema.")
+    max_retries: int = Field(
+        4, ge=0, description="Retries on 429/5xx/timeouts/connection errors (with backoff)."
+    )
+    invalid_output_retries: int = Field(
+        2, ge=0, description="Re-asks when the reply is not valid JSON for the schema."
+    )
     temperature: float = Field(0.2, ge=0, description="Sampling temperature of the text stages.")
     n_ctx: int = Field(4096, ge=512, description="Context size of the managed llama.cpp server.")
-    n_threads: int | None = Field(None, ge=1, description="Threads of the managed llama.cpp server (default: all cores).")
-    server_start_timeout_s: float = Field(120.0, gt=0, description="How long to wait for the managed server to answer.")
+    n_threads: int | None = Field(
+        None, ge=1, description="Threads of the managed llama.cpp server (default: all cores)."
+    )
+    server_start_timeout_s: float = Field(
+        120.0, gt=0, description="How long to wait for the managed server to answer."
+    )
     engine_model_source: str | None = Field(
         None,
         description="In-cluster alternative (kespeechchat.llm.ray_vllm): the model directory, on storage every GPU "
         "node sees, of the vLLM engine that Ray Data runs inside its actors (nothing is downloaded).",
     )
-    engine_replicas: int = Field(1, ge=1, description="In-cluster vLLM engines (actors), each on its own GPU group.")
+    engine_replicas: int = Field(
+        1, ge=1, description="In-cluster vLLM engines (actors), each on its own GPU group."
+    )
     engine_batch_size: int = Field(64, ge=1, description="Rows per batch sent to one in-cluster engine.")
     engine_accelerator_type: str | None = Field(
         None, description="GPU type the in-cluster engines must run on (e.g. 'H100'); None: any GPU."
     )
     engine_kwargs: dict[str, Any] = Field(
-        default_factory=lambda: {"max_model_len": 8192, "enable_prefix_caching": True, "tensor_parallel_size": 1},
+        default_factory=lambda: {
+            "max_model_len": 8192,
+            "enable_prefix_caching": True,
+            "tensor_parallel_size": 1,
+        },
         description="Keyword arguments of the in-cluster vLLM engine (tensor_parallel_size, max_model_len, ...).",
     )
 
 
 class RewriteConfig(_Model):
     mode: Literal["llm", "passthrough"] = Field(
-        "llm", description="'llm' rewrites each dialogue for speech; 'passthrough' keeps the text (already spoken-style data)."
+        "llm",
+        description="'llm' rewrites each dialogue for speech; 'passthrough' keeps the text (already spoken-style data).",
     )
-    max_answer_chars_zh: int = Field(120, ge=10, description="Target upper length of a rewritten zh answer, in characters.")
-    max_answer_words_en: int = Field(70, ge=5, description="Target upper length of a rewritten en answer, in words.")
+    max_answer_chars_zh: int = Field(
+        120, ge=10, description="Target upper length of a rewritten zh answer, in characters."
+    )
+    max_answer_words_en: int = Field(
+        70, ge=5, description="Target upper length of a rewritten en answer, in words."
+    )
     max_tokens: int = Field(512, ge=16, description="Generation limit of one rewrite call.")
 
 
 class FilterConfig(_Model):
-    llm_judge: bool = Field(True, description="Ask the LLM whether the dialogue can be spoken naturally and safely.")
-    min_turn_chars: int = Field(2, ge=1, description="Reject a dialogue with a turn shorter than this (characters).")
-    max_turn_chars_zh: int = Field(300, ge=10, description="Reject a zh dialogue with a turn longer than this (characters).")
-    max_turn_chars_en: int = Field(900, ge=10, description="Reject an en dialogue with a turn longer than this (characters).")
+    llm_judge: bool = Field(
+        True, description="Ask the LLM whether the dialogue can be spoken naturally and safely."
+    )
+    min_turn_chars: int = Field(
+        2, ge=1, description="Reject a dialogue with a turn shorter than this (characters)."
+    )
+    max_turn_chars_zh: int = Field(
+        300, ge=10, description="Reject a zh dialogue with a turn longer than this (characters)."
+    )
+    max_turn_chars_en: int = Field(
+        900, ge=10, description="Reject an en dialogue with a turn longer than this (characters)."
+    )
     max_turns: int = Field(8, ge=2, description="Reject dialogues with more turns than this.")
 
 
 class SpokenConfig(_Model):
     mode: Literal["llm", "rules"] = Field(
-        "llm", description="'llm': an LLM spoken-style pass on answers, then text normalisation; 'rules': normalisation only."
+        "llm",
+        description="'llm': an LLM spoken-style pass on answers, then text normalisation; 'rules': normalisation only.",
     )
     max_tokens: int = Field(384, ge=16, description="Generation limit of one spoken-style call.")
 
@@ -153,24 +195,38 @@ class VoicesConfig(_Model):
 
 class TTSConfig(_Model):
     backend: Literal["kokoro", "cosyvoice"] = Field("kokoro", description="TTS backend.")
-    model_dir: str | None = Field(None, description="Local model directory (default: the embedded Kokoro model).")
+    model_dir: str | None = Field(
+        None, description="Local model directory (default: the embedded Kokoro model)."
+    )
     sample_rate_hz: int = Field(24000, description="Sample rate of the stored audio.")
     num_threads: int = Field(1, ge=1, description="Intra-op threads of the TTS model per worker.")
     sentence_pause_s: float = Field(
-        0.25, ge=0, le=2, description="Silence between the sentences of a long turn (Kokoro speaks sentence by sentence)."
+        0.25,
+        ge=0,
+        le=2,
+        description="Silence between the sentences of a long turn (Kokoro speaks sentence by sentence).",
     )
     source_dir: str | None = Field(
-        None, description="CosyVoice source checkout (default: $COSYVOICE_ROOT); the PyPI 'cosyvoice' is not it."
+        None,
+        description="CosyVoice source checkout (default: $COSYVOICE_ROOT); the PyPI 'cosyvoice' is not it.",
     )
     fp16: bool = Field(False, description="CosyVoice: half precision on GPU.")
-    load_jit: bool = Field(False, description="CosyVoice: load the TorchScript flow encoder from the model directory.")
-    load_trt: bool = Field(False, description="CosyVoice: load the TensorRT flow decoder plan from the model directory.")
+    load_jit: bool = Field(
+        False, description="CosyVoice: load the TorchScript flow encoder from the model directory."
+    )
+    load_trt: bool = Field(
+        False, description="CosyVoice: load the TensorRT flow decoder plan from the model directory."
+    )
 
 
 class ASRConfig(_Model):
     backend: Literal["faster_whisper", "funasr"] = Field("faster_whisper", description="ASR backend.")
-    model_dir: str | None = Field(None, description="Local model directory (default: the embedded Whisper base).")
-    en_model_dir: str | None = Field(None, description="Whisper directory for English with the funasr backend.")
+    model_dir: str | None = Field(
+        None, description="Local model directory (default: the embedded Whisper base)."
+    )
+    en_model_dir: str | None = Field(
+        None, description="Whisper directory for English with the funasr backend."
+    )
     beam_size: int = Field(1, ge=1, description="Beam size of the decoder.")
     num_threads: int = Field(1, ge=1, description="CPU threads of the ASR model per worker.")
     device: str | None = Field(
@@ -181,7 +237,9 @@ class ASRConfig(_Model):
         description="faster_whisper: pack short clips of one language into one <=30 s window and split the "
         "transcript by word timestamps (Whisper pads every input to 30 s). False: one clip per window.",
     )
-    window_s: float = Field(25.0, gt=0, le=30, description="Longest packed window, in seconds (faster_whisper).")
+    window_s: float = Field(
+        25.0, gt=0, le=30, description="Longest packed window, in seconds (faster_whisper)."
+    )
     batch_size: int = Field(32, ge=1, description="Clips per batch of the Paraformer model (funasr).")
     recheck_above: float | None = Field(
         0.1,
@@ -194,10 +252,18 @@ class ASRConfig(_Model):
 
 
 class SpeakerConfig(_Model):
-    backend: Literal["resemblyzer", "pyannote"] = Field("resemblyzer", description="Speaker-embedding backend.")
-    model_dir: str | None = Field(None, description="Local model directory (pyannote/WeSpeaker); unused by resemblyzer.")
-    device: str | None = Field(None, description="'cpu' or 'cuda[:N]'; default: cpu for resemblyzer, cuda for pyannote.")
-    num_threads: int = Field(1, ge=1, description="torch CPU threads of the encoder per worker (resemblyzer).")
+    backend: Literal["resemblyzer", "pyannote"] = Field(
+        "resemblyzer", description="Speaker-embedding backend."
+    )
+    model_dir: str | None = Field(
+        None, description="Local model directory (pyannote/WeSpeaker); unused by resemblyzer."
+    )
+    device: str | None = Field(
+        None, description="'cpu' or 'cuda[:N]'; default: cpu for resemblyzer, cuda for pyannote."
+    )
+    num_threads: int = Field(
+        1, ge=1, description="torch CPU threads of the encoder per worker (resemblyzer)."
+    )
 
 
 class QualityConfig(_Model):
@@ -207,7 +273,9 @@ class QualityConfig(_Model):
         "speechmos wheel, an artefact detector) or 'none' (no score; the gate in select is then skipped).",
     )
     num_threads: int = Field(1, ge=1, description="onnxruntime threads of the quality model per worker.")
-    personalized: bool = Field(False, description="Use the personalised DNSMOS model (penalises interfering talkers).")
+    personalized: bool = Field(
+        False, description="Use the personalised DNSMOS model (penalises interfering talkers)."
+    )
     hop_s: float = Field(
         9.0,
         gt=0,
@@ -236,41 +304,60 @@ class RetryConfig(_Model):
 class SelectConfig(_Model):
     """Thresholds of the select stage (and of which turns repair re-synthesises).
 
-    Defaults measured with the embedded models on 16 Kokoro voices x 6 zh + 6 en sentences
-    (``bench/speaker_bound.py``): see each field.
+    Defaults measured with the embedded models (``bench/speaker_bound.py``) on two Kokoro voice
+    families: the blend+WORLD library (16 voices, 96 utterances) and the searched identity pool
+    (12 voices, 72 utterances); see each field.
     """
 
-    max_cer_zh: float = Field(0.10, ge=0, description="Highest CER of an accepted zh utterance (as in the reference work).")
-    max_wer_en: float = Field(0.10, ge=0, description="Highest WER of an accepted en utterance (as in the reference work).")
+    max_cer_zh: float = Field(
+        0.10, ge=0, description="Highest CER of an accepted zh utterance (as in the reference work)."
+    )
+    max_wer_en: float = Field(
+        0.10, ge=0, description="Highest WER of an accepted en utterance (as in the reference work)."
+    )
     min_speaker_similarity: float = Field(
-        0.80,
+        0.75,
         ge=-1,
         le=1,
         description="Lowest cosine between an utterance of at least `speaker_short_s` seconds and its voice's "
-        "reference probe. resemblyzer, Kokoro voices, clips >= 2 s: same voice min 0.873 (n=66), other "
-        "identities median 0.65; at 0.80 no genuine clip and 79 % of wrong-identity pairs are rejected "
-        "(0.85 would leave a 0.02 margin). Another encoder (pyannote) needs its own bound.",
+        "reference probe. resemblyzer, clips >= 2 s: same voice min 0.873 / 0.784 (n=66 / 51), other "
+        "identities median 0.65 / 0.69; at 0.75 no genuine clip is rejected and 68-76 % of wrong-identity "
+        "(82-85 % of other-gender) turns are; at 0.80, 2 % of genuine turns of the pool would be lost. "
+        "Another encoder (pyannote) needs its own bound.",
     )
     min_speaker_similarity_short: float = Field(
         0.65,
         ge=-1,
         le=1,
         description="The bound for turns shorter than `speaker_short_s` (never stricter than min_speaker_similarity): "
-        "embeddings of ~1 s clips are noisy, same voice min 0.69 (n=30).",
+        "embeddings of ~1 s clips are noisy, same voice min 0.69 / 0.67 (n=30 / 21).",
     )
-    speaker_short_s: float = Field(2.0, ge=0, description="Turns shorter than this (seconds) use min_speaker_similarity_short.")
+    speaker_short_s: float = Field(
+        2.0, ge=0, description="Turns shorter than this (seconds) use min_speaker_similarity_short."
+    )
     max_silence_ratio: float = Field(
-        0.6, ge=0, le=1, description="Highest share of near-silent 20 ms frames (clean Kokoro output: max 0.45, n=96)."
+        0.6,
+        ge=0,
+        le=1,
+        description="Highest share of near-silent 20 ms frames (clean Kokoro output: max 0.45, n=168).",
     )
     max_clipping_ratio: float = Field(0.01, ge=0, le=1, description="Highest share of clipped samples.")
+    max_repeat_ratio: float = Field(
+        0.25,
+        ge=0,
+        le=1,
+        description="Highest share of the speech that repeats earlier speech of the same clip (kespeechchat.audio."
+        "repetition_ratio). Clean Kokoro: max 0.02 on ordinary text, up to 0.16 on text that itself repeats a phrase "
+        "(n=56); the same clips said twice: 0.33-0.50 (a loop that Whisper transcribes once).",
+    )
     min_chars_per_s: dict[str, float] = Field(
         default_factory=lambda: {"zh": 3.0, "en": 8.0},
         description="Slowest plausible rate in spoken characters per second of speech (kespeechchat.metrics."
-        "spoken_chars; silence excluded); slower is a loop or stall. Clean Kokoro at speed 1: zh 4.3-6.0, "
-        "en 10.6-20.4 (the library's speeds and retries vary this by -15/+17 %); a loop halves it.",
+        "spoken_chars; silence excluded); slower is a loop or stall. Clean Kokoro: zh 3.9-7.5, en 10.1-26.5 "
+        "(retries move it by up to 6 %); a loop halves it.",
     )
     max_chars_per_s: dict[str, float] = Field(
-        default_factory=lambda: {"zh": 8.5, "en": 28.0},
+        default_factory=lambda: {"zh": 8.5, "en": 32.0},
         description="Fastest plausible rate (same unit); faster means dropped or truncated text.",
     )
     rate_min_chars: int = Field(
@@ -283,8 +370,10 @@ class SelectConfig(_Model):
         2.0,
         ge=1,
         le=5,
-        description="Lowest DNSMOS OVRL (1-5) of an accepted utterance; None: no quality gate. Clean Kokoro: min "
-        "2.26, median 3.2 (n=96); real speech with noise at 0 dB SNR: 1.1-1.95. Unmeasured (NaN) is not gated.",
+        description="Lowest DNSMOS OVRL (1-5) of an accepted utterance; None: no quality gate. Clean Kokoro blend "
+        "voices: min 2.26, median 3.2 (n=96); real speech with noise at 0 dB SNR: 1.1-1.95. In the identity pool "
+        "2 of 12 voices score 1.4-2.6 on most sentences (audible artefacts): the gate drops those turns. "
+        "Unmeasured (NaN) is not gated.",
     )
 
 
@@ -295,9 +384,13 @@ class PackageConfig(_Model):
         description="Target size of one output Parquet shard, in MB (uncompressed rows, like `datasets`' "
         "max_shard_size). Shards are cut between dialogues, so one dialogue never spans two files.",
     )
-    row_group_rows: int = Field(100, ge=1, description="Most rows per Parquet row group (small groups stream well).")
+    row_group_rows: int = Field(
+        100, ge=1, description="Most rows per Parquet row group (small groups stream well)."
+    )
     row_group_mb: float = Field(
-        64.0, gt=0, description="Most MB per Parquet row group; a group closes at whichever limit comes first."
+        64.0,
+        gt=0,
+        description="Most MB per Parquet row group; a group closes at whichever limit comes first.",
     )
     content_defined_chunking: bool = Field(
         True,
@@ -309,8 +402,12 @@ class PackageConfig(_Model):
         description="Split name -> share of dialogues (shares sum to 1). A dialogue goes to a split by a hash of "
         "(seed, dialogue_id): deterministic, all its turns together, and stable when more data is added.",
     )
-    pretty_name: str = Field("kespeechchat synthetic speech dialogues", description="Name shown on the dataset card.")
-    license: str = Field("cc-by-nc-4.0", description="Licence of the published dataset (must respect the sources').")
+    pretty_name: str = Field(
+        "kespeechchat synthetic speech dialogues", description="Name shown on the dataset card."
+    )
+    license: str = Field(
+        "cc-by-nc-4.0", description="Licence of the published dataset (must respect the sources')."
+    )
     source_licenses: dict[str, str] = Field(
         default_factory=dict,
         description="Licence of each source text file, by file name (as in the `source_file` column); "
@@ -326,7 +423,9 @@ class PackageConfig(_Model):
             raise ValueError("splits must name at least one split, e.g. {train: 1.0}")
         for name, share in v.items():
             if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name):
-                raise ValueError(f"split name {name!r}: use letters, digits and '_' (e.g. train, validation, test)")
+                raise ValueError(
+                    f"split name {name!r}: use letters, digits and '_' (e.g. train, validation, test)"
+                )
             if not share > 0:
                 raise ValueError(f"split {name!r}: share must be > 0, got {share}")
         total = sum(v.values())
@@ -336,7 +435,9 @@ class PackageConfig(_Model):
 
 
 class ExecutorConfig(_Model):
-    kind: Literal["local", "ray"] = Field("ray", description="'ray' (local cluster or --address) or 'local' (in-process).")
+    kind: Literal["local", "ray"] = Field(
+        "ray", description="'ray' (local cluster or --address) or 'local' (in-process)."
+    )
     address: str | None = Field(None, description="Ray address to join; None starts a local cluster.")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray cluster (default: all).")
     object_store_mb: int = Field(256, ge=80, description="Object store of the local Ray cluster, in MiB.")
@@ -344,7 +445,8 @@ class ExecutorConfig(_Model):
         default_factory=dict, description="Actors per stage on Ray (default 1 each); e.g. {synthesize: 2}."
     )
     stage_gpus: dict[str, float] = Field(
-        default_factory=dict, description="GPUs per actor for a stage on Ray (production: synthesize, verify)."
+        default_factory=dict,
+        description="GPUs per actor for a stage on Ray (production: synthesize, verify).",
     )
 
 

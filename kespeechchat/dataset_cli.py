@@ -13,7 +13,9 @@ def _run_dir(arg: str, runs_dir: str) -> Path:
     for p in (Path(arg), Path(runs_dir) / arg):
         if (p / "config.yaml").exists():
             return p
-    raise SystemExit(f"error: no run directory {arg!r} (looked for config.yaml in {arg} and {runs_dir}/{arg})")
+    raise SystemExit(
+        f"error: no run directory {arg!r} (looked for config.yaml in {arg} and {runs_dir}/{arg})"
+    )
 
 
 def cmd_card(args: argparse.Namespace) -> int:
@@ -35,9 +37,13 @@ def cmd_export_hf(args: argparse.Namespace) -> int:
         ready_to_push(timeout_s=args.timeout)
     report = export_folder(run, args.repo_id, args.out)
     splits = ", ".join(f"{k} {v}" for k, v in report["splits"].items())
-    print(f"export: {report['folder']}  ({len(report['files'])} files, {report['bytes'] / 1e6:.1f} MB; rows: {splits})")
+    print(
+        f"export: {report['folder']}  ({len(report['files'])} files, {report['bytes'] / 1e6:.1f} MB; rows: {splits})"
+    )
     if not args.push:
-        print(f"to publish: kespeechchat export-hf {args.run} --repo-id {args.repo_id} --push   (token from HF_TOKEN)")
+        print(
+            f"to publish: kespeechchat export-hf {args.run} --repo-id {args.repo_id} --push   (token from HF_TOKEN)"
+        )
         return 0
     result = push(report["folder"], args.repo_id, private=args.private, timeout_s=args.timeout)
     print(f"published: {result['repo_url']}")
@@ -60,7 +66,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     ]  # fmt: skip
     if args.n < 1:
         raise SystemExit("error: --n must be at least 1")
-    t = read_utterances(dataset, columns, split=args.split, limit=None if args.dialogue else args.n, dialogue_id=args.dialogue)
+    t = read_utterances(
+        dataset, columns, split=args.split, limit=None if args.dialogue else args.n, dialogue_id=args.dialogue
+    )
     rows = t.to_pylist()
     if args.dialogue:
         if not rows:
@@ -94,10 +102,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("export-hf", help="prepare a Hugging Face dataset repo folder; --push uploads it")
     e.add_argument("run", help="run directory or run name")
     e.add_argument("--repo-id", required=True, metavar="ORG/NAME", help="dataset repository on the Hub")
-    e.add_argument("--private", action="store_true", help="create the repository private (an existing one keeps its visibility)")
-    e.add_argument("--push", action="store_true", help="create the repo and upload (token from HF_TOKEN, never printed)")
+    e.add_argument(
+        "--private",
+        action="store_true",
+        help="create the repository private (an existing one keeps its visibility)",
+    )
+    e.add_argument(
+        "--push", action="store_true", help="create the repo and upload (token from HF_TOKEN, never printed)"
+    )
     e.add_argument("--out", help="export folder (default <run>/export/<org>__<name>)")
-    e.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the Hub to connect or answer")
+    e.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds to wait for the Hub to connect or answer"
+    )
     e.add_argument("--runs-dir", default="runs")
     e.set_defaults(func=cmd_export_hf)
 

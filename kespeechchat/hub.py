@@ -41,7 +41,9 @@ def check_repo_id(repo_id: str) -> str:
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     if repo_id.count("/") != 1:
-        raise ValueError(f"--repo-id {repo_id!r}: expected ORG/NAME (a user or organisation, a slash, a name)")
+        raise ValueError(
+            f"--repo-id {repo_id!r}: expected ORG/NAME (a user or organisation, a slash, a name)"
+        )
     try:
         validate_repo_id(repo_id)
     except HFValidationError as e:
@@ -139,13 +141,17 @@ def verify_export(folder: str | Path) -> dict[str, Any]:
         matched.update(hits)
         rows_by_split[split] = sum(pq.ParquetFile(folder / h).metadata.num_rows for h in hits)
     if not sum(rows_by_split.values()):
-        raise ValueError(f"{folder}: the dataset has no rows: nothing to publish (`datasets` cannot load an empty split)")
+        raise ValueError(
+            f"{folder}: the dataset has no rows: nothing to publish (`datasets` cannot load an empty split)"
+        )
     orphans = sorted(set(shards) - matched)
     if orphans:
         raise ValueError(f"{folder}: shards not in any split of the card: {orphans}")
     declared = {s["name"]: s["num_examples"] for s in (data.get("dataset_info") or {}).get("splits", [])}
     if declared != rows_by_split:
-        raise ValueError(f"{readme}: dataset_info splits {declared} differ from the shards' rows {rows_by_split}")
+        raise ValueError(
+            f"{readme}: dataset_info splits {declared} differ from the shards' rows {rows_by_split}"
+        )
     missing = [m for m in re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", card.text) if not (folder / m).exists()]
     if missing:
         raise ValueError(f"{readme}: images shown on the card are missing: {missing}")
@@ -190,14 +196,18 @@ def preflight(endpoint: str, token: str, timeout_s: float) -> dict[str, Any]:
             return None
 
     url = f"{endpoint.rstrip('/')}/api/whoami-v2"
-    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}", "User-Agent": "kespeechchat"})
+    req = urllib.request.Request(
+        url, headers={"Authorization": f"Bearer {token}", "User-Agent": "kespeechchat"}
+    )
     try:
         with urllib.request.build_opener(NoRedirect).open(req, timeout=timeout_s) as r:
             info = json.loads(r.read().decode("utf-8") or "{}")
     except urllib.error.HTTPError as e:
         if e.code == 401:
             raise HubError(f"{endpoint} rejected the token (HTTP 401): check {HF_TOKEN_ENV}") from None
-        raise HubError(f"{endpoint} answered HTTP {e.code} to the token check; nothing was uploaded") from None
+        raise HubError(
+            f"{endpoint} answered HTTP {e.code} to the token check; nothing was uploaded"
+        ) from None
     except (urllib.error.URLError, TimeoutError, OSError, ValueError) as e:
         reason = getattr(e, "reason", None) or e
         raise HubError(
@@ -206,7 +216,9 @@ def preflight(endpoint: str, token: str, timeout_s: float) -> dict[str, Any]:
         ) from None
     role = ((info.get("auth") or {}).get("accessToken") or {}).get("role")
     if role == "read":
-        raise HubError(f"the token ({HF_TOKEN_ENV}) of {info.get('name', '?')} is read-only; use a token with write access")
+        raise HubError(
+            f"the token ({HF_TOKEN_ENV}) of {info.get('name', '?')} is read-only; use a token with write access"
+        )
     return info
 
 
@@ -219,7 +231,9 @@ def ready_to_push(
     if constants.is_offline_mode():
         raise HubError("offline mode is on (HF_HUB_OFFLINE=1): unset it to push")
     token = resolve_token(token)
-    endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT or DEFAULT_ENDPOINT).rstrip("/")
+    endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT or DEFAULT_ENDPOINT).rstrip(
+        "/"
+    )
     return token, endpoint, preflight(endpoint, token, timeout_s)
 
 
@@ -266,12 +280,19 @@ def push(
     folder = Path(folder)
     report = verify_export(folder)
     token, endpoint, who = ready_to_push(token=token, endpoint=endpoint, timeout_s=timeout_s)
-    log(f"pushing {len(report['files'])} file(s), {report['bytes'] / 1e6:.1f} MB to {endpoint} as {who.get('name', '?')}")
+    log(
+        f"pushing {len(report['files'])} file(s), {report['bytes'] / 1e6:.1f} MB to {endpoint} as {who.get('name', '?')}"
+    )
     api = HfApi(endpoint=endpoint, token=token)
-    message = commit_message or f"kespeechchat export: {report['rows']} utterances ({', '.join(f'{k} {v}' for k, v in report['splits'].items())})"
+    message = (
+        commit_message
+        or f"kespeechchat export: {report['rows']} utterances ({', '.join(f'{k} {v}' for k, v in report['splits'].items())})"
+    )
     try:
         with bounded_hub_client(timeout_s, io_timeout_s):
-            repo_url = api.create_repo(repo_id, repo_type="dataset", private=True if private else None, exist_ok=True)
+            repo_url = api.create_repo(
+                repo_id, repo_type="dataset", private=True if private else None, exist_ok=True
+            )
             log(f"repository {repo_url}")
             commit = api.upload_folder(
                 folder_path=str(folder),
@@ -285,7 +306,13 @@ def push(
     except Exception as e:
         kind = type(e).__name__
         text = _redact(str(e), token).strip().splitlines()
-        hint = "; rerun the same command to resume" if "Timeout" in kind or "Connect" in kind or "Network" in kind else ""
-        raise HubError(f"push to {endpoint}/datasets/{repo_id} failed: {kind}: {' '.join(text)[:800]}{hint}") from None
+        hint = (
+            "; rerun the same command to resume"
+            if "Timeout" in kind or "Connect" in kind or "Network" in kind
+            else ""
+        )
+        raise HubError(
+            f"push to {endpoint}/datasets/{repo_id} failed: {kind}: {' '.join(text)[:800]}{hint}"
+        ) from None
     log(f"committed {commit.commit_url}")
     return {"repo_url": str(repo_url), "commit_url": commit.commit_url, "user": who.get("name"), **report}

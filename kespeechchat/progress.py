@@ -86,7 +86,10 @@ def format_summary(s: dict[str, Any]) -> str:
     lines.append("-" * 72)
     rej = s.get("rejected_by_reason", {})
     if rej:
-        lines.append("rejected by reason: " + ", ".join(f"{k} {v}" for k, v in sorted(rej.items(), key=lambda kv: -kv[1])))
+        lines.append(
+            "rejected by reason: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(rej.items(), key=lambda kv: -kv[1]))
+        )
     ds = s.get("dataset")
     if ds:
         lines.append(

@@ -45,7 +45,15 @@ def run_summary(run_dir: str | Path) -> dict[str, Any]:
                 reasons[f"ingest:{k}"] += v
         out["not_sampled"] = ingest_stats.get("rejected_by_reason", {}).get("not_sampled", 0)
     for name in stage_names()[1:-1]:
-        row = {"stage": name, "shards_done": 0, "shards_total": len(shards), "rows_in": 0, "rows_out": 0, "rows_rejected": 0, "duration_s": 0.0}
+        row = {
+            "stage": name,
+            "shards_done": 0,
+            "shards_total": len(shards),
+            "rows_in": 0,
+            "rows_out": 0,
+            "rows_rejected": 0,
+            "duration_s": 0.0,
+        }
         for shard in shards:
             m = store.read_marker(name, shard)
             if not m:
@@ -63,7 +71,15 @@ def run_summary(run_dir: str | Path) -> dict[str, Any]:
     if pkg and pm:
         out["dataset"] = pkg
         out["stages"].append(
-            {"stage": "package", "shards_done": 1, "shards_total": 1, "rows_in": pm["rows_in"], "rows_out": pm["rows_out"], "rows_rejected": 0, "duration_s": pm.get("duration_s", 0.0)}
+            {
+                "stage": "package",
+                "shards_done": 1,
+                "shards_total": 1,
+                "rows_in": pm["rows_in"],
+                "rows_out": pm["rows_out"],
+                "rows_rejected": 0,
+                "duration_s": pm.get("duration_s", 0.0),
+            }
         )
     out["rejected_by_reason"] = dict(reasons)
     return out
@@ -94,6 +110,13 @@ def read_rejects(run_dir: str | Path, stage: str | None = None, reason: str | No
                     continue
                 rows.append(rr)
     schema = pa.schema(
-        [("stage", pa.string()), ("dialogue_id", pa.string()), ("source_file", pa.string()), ("record_index", pa.int64()), ("reason", pa.string()), ("detail", pa.string())]
+        [
+            ("stage", pa.string()),
+            ("dialogue_id", pa.string()),
+            ("source_file", pa.string()),
+            ("record_index", pa.int64()),
+            ("reason", pa.string()),
+            ("detail", pa.string()),
+        ]
     )
     return pa.Table.from_pylist(rows, schema=schema)

@@ -39,6 +39,7 @@ COLUMN_TYPES: dict[str, pa.DataType] = {
     "speaker_similarities": pa.list_(pa.float32()),
     "silence_ratios": pa.list_(pa.float32()),
     "clipping_ratios": pa.list_(pa.float32()),
+    "repeat_ratios": pa.list_(pa.float32()),
     "chars_per_s": pa.list_(pa.float32()),
     "dnsmos_ovrl": pa.list_(pa.float32()),
     "quality_flags": pa.list_(pa.string()),

@@ -163,12 +163,21 @@ class RunStore:
                 if not src_path.exists():
                     raise FileNotFoundError(f"{src_path}: holds column {col!r} of {path} but is missing")
                 src_table = pq.read_table(src_path, columns=["dialogue_id", col])
-                by_id = dict(zip(src_table.column("dialogue_id").to_pylist(), src_table.column(col).to_pylist()))
+                by_id = dict(
+                    zip(
+                        src_table.column("dialogue_id").to_pylist(),
+                        src_table.column(col).to_pylist(),
+                        strict=True,
+                    )
+                )
                 ids = table.column("dialogue_id").to_pylist()
                 missing = [i for i in ids if i not in by_id]
                 if missing:
                     raise RuntimeError(f"{src_path}: lacks {col!r} for dialogues {missing[:3]} of {path}")
-                table = table.append_column(pa.field(col, src_table.schema.field(col).type), pa.array([by_id[i] for i in ids], src_table.schema.field(col).type))
+                table = table.append_column(
+                    pa.field(col, src_table.schema.field(col).type),
+                    pa.array([by_id[i] for i in ids], src_table.schema.field(col).type),
+                )
         return with_heavy_sources(table, sources)
 
     def write_unit(
@@ -187,7 +196,9 @@ class RunStore:
         sources = heavy_sources(input_table) if input_table is not None else {}
         kept = _drop_unchanged_heavy(kept, input_table, sources, stage)
         rej_sources = {**sources, **{c: stage for c in HEAVY_COLUMNS if c in kept.column_names}}
-        rejected = with_heavy_sources(rejected.drop_columns([c for c in HEAVY_COLUMNS if c in rejected.column_names]), rej_sources)
+        rejected = with_heavy_sources(
+            rejected.drop_columns([c for c in HEAVY_COLUMNS if c in rejected.column_names]), rej_sources
+        )
         dp, rp = self.data_path(stage, shard), self.rejected_path(stage, shard)
         write_parquet_atomic(dp, kept)
         write_parquet_atomic(rp, rejected)
@@ -226,7 +237,9 @@ def with_heavy_sources(table: pa.Table, sources: dict[str, str]) -> pa.Table:
     return table.replace_schema_metadata(meta or None)
 
 
-def _drop_unchanged_heavy(kept: pa.Table, input_table: pa.Table | None, sources: dict[str, str], stage: str) -> pa.Table:
+def _drop_unchanged_heavy(
+    kept: pa.Table, input_table: pa.Table | None, sources: dict[str, str], stage: str
+) -> pa.Table:
     """Leave out heavy columns equal to the input's; keep (and own) those the stage changed."""
     out_sources = dict(sources)
     for col in HEAVY_COLUMNS:
@@ -234,8 +247,14 @@ def _drop_unchanged_heavy(kept: pa.Table, input_table: pa.Table | None, sources:
             continue
         src = sources.get(col)
         if input_table is not None and src and col in input_table.column_names:
-            before = dict(zip(input_table.column("dialogue_id").to_pylist(), input_table.column(col).to_pylist()))
-            after = zip(kept.column("dialogue_id").to_pylist(), kept.column(col).to_pylist())
+            before = dict(
+                zip(
+                    input_table.column("dialogue_id").to_pylist(),
+                    input_table.column(col).to_pylist(),
+                    strict=True,
+                )
+            )
+            after = zip(kept.column("dialogue_id").to_pylist(), kept.column(col).to_pylist(), strict=True)
             if all(before.get(i) == v for i, v in after):
                 kept = kept.drop_columns([col])
                 continue

@@ -45,8 +45,18 @@ def demo_sources(shared_data: Path, zh: int = 2, en: int = 2) -> list[dict[str, 
     """Short real dialogues from the shared Alpaca files (deterministic sample)."""
     text = Path(shared_data) / "text"
     sources = [
-        {"path": str(text / "zh_llamafactory_alpaca_zh_demo.json"), "limit": zh, "max_chars": 50, "languages": ["zh"]},
-        {"path": str(text / "en_llamafactory_alpaca_en_demo.json"), "limit": en, "max_chars": 110, "languages": ["en"]},
+        {
+            "path": str(text / "zh_llamafactory_alpaca_zh_demo.json"),
+            "limit": zh,
+            "max_chars": 50,
+            "languages": ["zh"],
+        },
+        {
+            "path": str(text / "en_llamafactory_alpaca_en_demo.json"),
+            "limit": en,
+            "max_chars": 110,
+            "languages": ["en"],
+        },
     ]
     return [s for s in sources if s["limit"] > 0]
 

@@ -48,7 +48,11 @@ class LocalExecutor:
                 self._ready.add(u.stage_index)
             pipe.progress.unit_started(stage.name, u.shard)
             marker = execute_unit(
-                stage, pipe.store, pipe.input_stage_name(u.stage_index), u.shard, u.input_fingerprint,
+                stage,
+                pipe.store,
+                pipe.input_stage_name(u.stage_index),
+                u.shard,
+                u.input_fingerprint,
                 {"executor": "local", "pid": os.getpid()},
             )
             pipe.progress.unit_done(stage.name, u.shard, marker)
@@ -80,7 +84,9 @@ def init_ray(cfg: RunConfig, address: str | None = None) -> Any:
     if ray.is_initialized():
         return ray
     address = address or cfg.executor.address
-    runtime_env = {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE", "NO_PROXY": "127.0.0.1,localhost", "OMP_NUM_THREADS": "1"}}
+    runtime_env = {
+        "env_vars": {"OMP_WAIT_POLICY": "PASSIVE", "NO_PROXY": "127.0.0.1,localhost", "OMP_NUM_THREADS": "1"}
+    }
     if address:
         ray.init(address=address, log_to_driver=False, logging_level="WARNING", runtime_env=runtime_env)
     else:
@@ -118,7 +124,12 @@ class _Worker:
         from pipelines.runner import execute_unit
 
         ctx = ray.get_runtime_context()
-        worker = {"executor": "ray", "pid": os.getpid(), "node_id": ctx.get_node_id(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
+        worker = {
+            "executor": "ray",
+            "pid": os.getpid(),
+            "node_id": ctx.get_node_id(),
+            "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+        }
         return execute_unit(self.stage, self.store, self.input_stage, shard, input_fp, worker)
 
     def pid(self) -> int:
@@ -137,7 +148,11 @@ class RayExecutor:
     def _actor_options(self, stage) -> dict[str, Any]:
         name = stage.name
         gpus = self.cfg.executor.stage_gpus.get(name, stage.resources.gpus)
-        return {"num_cpus": stage.resources.cpus, "num_gpus": gpus, "memory": stage.resources.memory_mb * 1024 * 1024}
+        return {
+            "num_cpus": stage.resources.cpus,
+            "num_gpus": gpus,
+            "memory": stage.resources.memory_mb * 1024 * 1024,
+        }
 
     def _check_fits(self, name: str, opts: dict[str, Any]) -> None:
         """Fail fast instead of waiting forever for resources the cluster does not have."""
@@ -167,9 +182,12 @@ class RayExecutor:
                 n = max(1, self.cfg.executor.stage_workers.get(stage.name, 1))
                 opts = self._actor_options(stage)
                 self._check_fits(stage.name, opts)
-                pipe.progress.note(f"[{stage.name}] starting {n} actor(s) {opts['num_cpus']} CPU / {opts['num_gpus']} GPU each")
+                pipe.progress.note(
+                    f"[{stage.name}] starting {n} actor(s) {opts['num_cpus']} CPU / {opts['num_gpus']} GPU each"
+                )
                 actors[u.stage_index] = [
-                    self._actor_cls.options(**opts).remote(u.stage_index, cfg_json, pipe.runtime) for _ in range(n)
+                    self._actor_cls.options(**opts).remote(u.stage_index, cfg_json, pipe.runtime)
+                    for _ in range(n)
                 ]
                 idle[u.stage_index] = list(actors[u.stage_index])
 

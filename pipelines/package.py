@@ -51,28 +51,68 @@ def _value(dtype: str) -> dict[str, Any]:
 # name, Arrow type, `datasets` feature (None: the Audio feature), description (quoted on the card).
 UTTERANCE_FIELDS: list[tuple[str, pa.DataType, dict[str, Any] | None, str]] = [
     ("utterance_id", pa.string(), _value("string"), "`<dialogue_id>-<turn_index>`, unique in the dataset"),
-    ("dialogue_id", pa.string(), _value("string"), "content hash of the source dialogue; shared by its turns"),
+    (
+        "dialogue_id",
+        pa.string(),
+        _value("string"),
+        "content hash of the source dialogue; shared by its turns",
+    ),
     ("turn_index", pa.int32(), _value("int32"), "position of the turn in its dialogue, from 0"),
     ("num_turns", pa.int32(), _value("int32"), "number of turns of the dialogue"),
     ("role", pa.string(), _value("string"), "`user` or `assistant`"),
     ("language", pa.string(), _value("string"), "`zh` or `en` (language of the dialogue)"),
-    ("text", pa.string(), _value("string"), "what is spoken: the spoken-style, normalised text given to the TTS"),
-    ("rewritten_text", pa.string(), _value("string"), "the LLM rewrite for speech, before the spoken-style pass"),
+    (
+        "text",
+        pa.string(),
+        _value("string"),
+        "what is spoken: the spoken-style, normalised text given to the TTS",
+    ),
+    (
+        "rewritten_text",
+        pa.string(),
+        _value("string"),
+        "the LLM rewrite for speech, before the spoken-style pass",
+    ),
     ("source_text", pa.string(), _value("string"), "the turn as it is in the source dataset"),
     ("voice_id", pa.string(), _value("string"), "virtual voice recipe that spoke the turn"),
-    ("speaker_id", pa.string(), _value("string"), "identity of the voice; prosodic variants of one identity share it (count speakers by this)"),
+    (
+        "speaker_id",
+        pa.string(),
+        _value("string"),
+        "identity of the voice; prosodic variants of one identity share it (count speakers by this)",
+    ),
     ("gender", pa.string(), _value("string"), "gender label of the voice (from its predicted pitch)"),
-    (MEDIA_COLUMN, pa.struct([("bytes", pa.binary()), ("path", pa.string())]), None, "the speech, FLAC 16-bit mono"),
+    (
+        MEDIA_COLUMN,
+        pa.struct([("bytes", pa.binary()), ("path", pa.string())]),
+        None,
+        "the speech, FLAC 16-bit mono",
+    ),
     ("sample_rate_hz", pa.int32(), _value("int32"), "sample rate of the audio"),
     ("duration_s", pa.float32(), _value("float32"), "duration of the audio in seconds"),
     ("asr_text", pa.string(), _value("string"), "what the verification ASR heard"),
     ("error_rate", pa.float32(), _value("float32"), "CER (zh) or WER (en) of `asr_text` against `text`"),
     ("error_kind", pa.string(), _value("string"), "`cer` or `wer`"),
-    ("speaker_similarity", pa.float32(), _value("float32"), "cosine between the utterance and its voice's reference (speaker encoder)"),
-    ("dnsmos_ovrl", pa.float32(), _value("float32"), "DNSMOS P.835 OVRL (1-5), an artefact detector rather than a naturalness score; empty when not measured"),
+    (
+        "speaker_similarity",
+        pa.float32(),
+        _value("float32"),
+        "cosine between the utterance and its voice's reference (speaker encoder)",
+    ),
+    (
+        "dnsmos_ovrl",
+        pa.float32(),
+        _value("float32"),
+        "DNSMOS P.835 OVRL (1-5), an artefact detector rather than a naturalness score; empty when not measured",
+    ),
     ("tts_attempts", pa.int32(), _value("int32"), "TTS attempts the turn needed"),
     ("source_file", pa.string(), _value("string"), "source text file the dialogue came from"),
-    ("source_format", pa.string(), _value("string"), "record format of the source (alpaca, sharegpt, openai)"),
+    (
+        "source_format",
+        pa.string(),
+        _value("string"),
+        "record format of the source (alpaca, sharegpt, openai)",
+    ),
 ]
 
 
@@ -114,7 +154,9 @@ def voice_labels(run_dir: Path) -> dict[str, tuple[str, str]]:
 
     p = library_path(run_dir)
     if not p.exists():
-        raise FileNotFoundError(f"{p}: the run's voice library is missing (run the pipeline, it is written before assign)")
+        raise FileNotFoundError(
+            f"{p}: the run's voice library is missing (run the pipeline, it is written before assign)"
+        )
     t = pq.read_table(p, columns=["voice_id", "identity_id", "gender"]).to_pylist()
     return {r["voice_id"]: (r["identity_id"], r["gender"]) for r in t}
 
@@ -134,7 +176,9 @@ def flatten(row: dict[str, Any], voices: dict[str, tuple[str, str]] | None = Non
         uid = f"{row['dialogue_id']}-{i:02d}"
         vid = row["voice_ids"][i]
         if voices is not None and vid not in voices:
-            raise ValueError(f"dialogue {row['dialogue_id']} turn {i}: voice {vid!r} is not in the run's voice library")
+            raise ValueError(
+                f"dialogue {row['dialogue_id']} turn {i}: voice {vid!r} is not in the run's voice library"
+            )
         speaker, gender = voices[vid] if voices is not None else (None, None)
         out.append(
             {
@@ -227,7 +271,9 @@ class _SplitWriter:
     def _flush_group(self) -> None:
         if self._group:
             assert self._writer is not None
-            self._writer.write_table(pa.Table.from_pylist(self._group, schema=self.schema), row_group_size=len(self._group))
+            self._writer.write_table(
+                pa.Table.from_pylist(self._group, schema=self.schema), row_group_size=len(self._group)
+            )
             self.part_rows[-1] += len(self._group)
             self._group, self._group_bytes = [], 0
 
@@ -273,20 +319,30 @@ class _SplitWriter:
 def data_fingerprint(cfg: RunConfig, input_fps: list[str], library_fp: str) -> str:
     """What the Parquet files depend on (card-only settings excluded)."""
     pkg = cfg.package.model_dump(exclude=set(CARD_ONLY_FIELDS))
-    return stable_hash({"v": PACKAGE_VERSION, "inputs": input_fps, "package": pkg, "seed": cfg.seed, "library": library_fp})
+    return stable_hash(
+        {"v": PACKAGE_VERSION, "inputs": input_fps, "package": pkg, "seed": cfg.seed, "library": library_fp}
+    )
 
 
 def card_fingerprint(cfg: RunConfig, data_fp: str) -> str:
     from kespeechchat.card import CARD_VERSION
 
     return stable_hash(
-        {"data": data_fp, "card": CARD_VERSION, "cfg": cfg.model_dump(mode="json", exclude={"executor", "runs_dir"})}
+        {
+            "data": data_fp,
+            "card": CARD_VERSION,
+            "cfg": cfg.model_dump(mode="json", exclude={"executor", "runs_dir"}),
+        }
     )
 
 
 def prompt_versions(cfg: RunConfig) -> dict[str, Any]:
     """Versions of the prompt files the LLM stages used (hash of each file), recorded on the card."""
-    used = {"rewrite": cfg.rewrite.mode == "llm", "judge": cfg.filter.llm_judge, "spoken": cfg.spoken.mode == "llm"}
+    used = {
+        "rewrite": cfg.rewrite.mode == "llm",
+        "judge": cfg.filter.llm_judge,
+        "spoken": cfg.spoken.mode == "llm",
+    }
     out: dict[str, Any] = {}
     for task, on in used.items():
         if not on:
@@ -305,7 +361,9 @@ def _new_stats() -> dict[str, Any]:
         "dialogues": 0,
         "utterances": 0,
         "audio_s": 0.0,
-        "by_language": defaultdict(lambda: {"dialogues": 0, "utterances": 0, "audio_s": 0.0, "errors": [], "sims": []}),
+        "by_language": defaultdict(
+            lambda: {"dialogues": 0, "utterances": 0, "audio_s": 0.0, "errors": [], "sims": []}
+        ),
         "by_role": defaultdict(lambda: {"utterances": 0, "audio_s": 0.0}),
         "by_split": defaultdict(lambda: {"dialogues": 0, "utterances": 0, "audio_s": 0.0}),
         "voices": defaultdict(int),
@@ -365,7 +423,9 @@ def run_package(cfg: RunConfig, store: RunStore, progress: Progress) -> Path:
                 _count(stats, row, split, utts)
         if not writers:  # nothing accepted: still a valid, empty dataset
             first = next(iter(cfg.package.splits))
-            writers[first] = _SplitWriter(data_dir, first, utterance_schema(cfg.tts.sample_rate_hz), cfg.package)
+            writers[first] = _SplitWriter(
+                data_dir, first, utterance_schema(cfg.tts.sample_rate_hz), cfg.package
+            )
             files = {first: writers[first].finish(allow_empty=True)}
         else:
             files = {s: writers[s].finish() for s in cfg.package.splits if s in writers}
@@ -408,23 +468,33 @@ def run_package(cfg: RunConfig, store: RunStore, progress: Progress) -> Path:
     if not summary["utterances"]:
         progress.note("[package] no dialogue was accepted: the dataset is empty (see `kespeechchat rejects`)")
     elif summary["empty_splits"]:
-        progress.note(f"[package] no dialogue fell into split(s) {', '.join(summary['empty_splits'])}: left out")
+        progress.note(
+            f"[package] no dialogue fell into split(s) {', '.join(summary['empty_splits'])}: left out"
+        )
     return final_dir
 
 
 def _write_card_or_note(
-    dataset_dir: Path, cfg: RunConfig, run_dir: Path, progress: Progress, summary: dict[str, Any] | None = None
+    dataset_dir: Path,
+    cfg: RunConfig,
+    run_dir: Path,
+    progress: Progress,
+    summary: dict[str, Any] | None = None,
 ) -> None:
     """The card needs the `hf` extra; without it the data is still complete and loadable, so say so and go on."""
     try:
         from kespeechchat.card import write_card
     except ImportError as e:  # pragma: no cover - depends on extras
-        progress.note(f"[package] dataset card skipped ({e}); install the 'hf' extra and run `kespeechchat card`")
+        progress.note(
+            f"[package] dataset card skipped ({e}); install the 'hf' extra and run `kespeechchat card`"
+        )
         return
     try:
         write_card(dataset_dir, cfg, run_dir, package_summary=summary)
     except ImportError as e:  # pragma: no cover - depends on extras
-        progress.note(f"[package] dataset card skipped ({e}); install the 'hf' extra and run `kespeechchat card`")
+        progress.note(
+            f"[package] dataset card skipped ({e}); install the 'hf' extra and run `kespeechchat card`"
+        )
 
 
 def _count(stats: dict[str, Any], row: dict[str, Any], split: str, utts: list[dict[str, Any]]) -> None:
@@ -488,7 +558,10 @@ def _summarise(
         "audio_s": round(stats["audio_s"], 3),
         "audio_hours": stats["audio_s"] / 3600.0,
         "by_language": by_lang,
-        "by_role": {k: {"utterances": v["utterances"], "audio_s": round(v["audio_s"], 3)} for k, v in sorted(stats["by_role"].items())},
+        "by_role": {
+            k: {"utterances": v["utterances"], "audio_s": round(v["audio_s"], 3)}
+            for k, v in sorted(stats["by_role"].items())
+        },
         "splits": splits,
         "empty_splits": [s for s in cfg.package.splits if s not in splits],
         "speakers": len(stats["speakers"] - {None}),
@@ -514,7 +587,9 @@ def dataset_files(dataset_dir: str | Path) -> dict[str, list[Path]]:
             raise ValueError(f"{p}: not a dataset shard name (<split>-XXXXX-of-YYYYY.parquet)")
         by_split[mt["split"]].append((int(mt["index"]), int(mt["count"]), p))
     out: dict[str, list[Path]] = {}
-    for split, items in sorted(by_split.items(), key=lambda kv: (SPLIT_ORDER.get(kv[0], len(SPLIT_ORDER)), kv[0])):
+    for split, items in sorted(
+        by_split.items(), key=lambda kv: (SPLIT_ORDER.get(kv[0], len(SPLIT_ORDER)), kv[0])
+    ):
         counts = {c for _, c, _ in items}
         idx = sorted(i for i, _, _ in items)
         if len(counts) != 1 or idx != list(range(next(iter(counts)))):

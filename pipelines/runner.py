@@ -46,7 +46,12 @@ def make_stages(cfg: RunConfig, runtime: Runtime) -> list[Stage]:
 
 
 def execute_unit(
-    stage: Stage, store: RunStore, input_stage: str, shard: int, input_fp: str, worker: dict[str, Any] | None = None
+    stage: Stage,
+    store: RunStore,
+    input_stage: str,
+    shard: int,
+    input_fp: str,
+    worker: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run one stage on one shard and commit it: data, rejects, stats, then the marker (last)."""
     t0 = time.perf_counter()
@@ -133,7 +138,10 @@ class Pipeline:
     # -- whole-run steps ----------------------------------------------------------------------
     def save_config(self) -> None:
         data = self.cfg.model_dump(mode="json")
-        write_bytes_atomic(self.store.root / "config.yaml", yaml.safe_dump(data, sort_keys=False, allow_unicode=True).encode())
+        write_bytes_atomic(
+            self.store.root / "config.yaml",
+            yaml.safe_dump(data, sort_keys=False, allow_unicode=True).encode(),
+        )
 
     def ingest(self) -> dict[str, str]:
         """Read sources into fixed shards; returns shard -> output fingerprint."""
@@ -179,7 +187,9 @@ class Pipeline:
             self.runtime.llm_endpoints = list(llm.endpoints)
             self.runtime.llm_api_key = os.environ.get(llm.api_key_env, "EMPTY")
             self.runtime.llm_model = llm.model
-            self.runtime.llm_structured_output = "json_schema" if llm.structured_output == "auto" else llm.structured_output
+            self.runtime.llm_structured_output = (
+                "json_schema" if llm.structured_output == "auto" else llm.structured_output
+            )
 
     def stop_llm(self) -> None:
         if self._llm_server is not None:

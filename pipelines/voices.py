@@ -43,7 +43,9 @@ def _run_voices(cfg: RunConfig) -> tuple[list, dict[str, Any]]:
         if not agents:
             pool = load_pool(v.pool) if (v.pool or backend == "kokoro") else None
             if pool is None:
-                raise ValueError(f"{v.library}: no agent voices in the library and no voices.pool to choose them from")
+                raise ValueError(
+                    f"{v.library}: no agent voices in the library and no voices.pool to choose them from"
+                )
             agents = agent_voices(backend, pool=pool, max_identity_cosine=v.max_identity_cosine)
         return users + agents, {**meta, "source": str(v.library)}
     if backend != "kokoro" and not v.pool:

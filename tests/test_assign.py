@@ -22,9 +22,17 @@ def _records() -> list[str]:
     out = []
     for k in range(N_DIALOGUES):
         if k % 3 == 0:
-            out.append({"instruction": f"Tell me about item number {k}.", "input": "", "output": f"Item {k} is a fine thing."})
+            out.append(
+                {
+                    "instruction": f"Tell me about item number {k}.",
+                    "input": "",
+                    "output": f"Item {k} is a fine thing.",
+                }
+            )
         else:
-            out.append({"instruction": f"请介绍一下第{k}号物品。", "input": "", "output": f"第{k}号物品很好。"})
+            out.append(
+                {"instruction": f"请介绍一下第{k}号物品。", "input": "", "output": f"第{k}号物品很好。"}
+            )
     return [json.dumps(r, ensure_ascii=False) for r in out]
 
 
@@ -33,7 +41,9 @@ def run(tmp_path_factory):
     d = tmp_path_factory.mktemp("assign")
     src = d / "src.jsonl"
     src.write_text("\n".join(_records()) + "\n", encoding="utf-8")
-    cfg = small_config(d / "runs", [{"path": str(src)}], name="a", shard_size=8, voices={"size": 10, "seed": 5})
+    cfg = small_config(
+        d / "runs", [{"path": str(src)}], name="a", shard_size=8, voices={"size": 10, "seed": 5}
+    )
     Pipeline(cfg, quiet=True).run(only="ingest")
     return cfg
 

@@ -140,3 +140,22 @@ def test_sanity_of_real_recordings(shared_data):
         s = audio_sanity(x, sr)
         assert s.finite and 0.0 <= s.silence_ratio < 0.6 and s.clipping_ratio < 0.01, (path.name, s)
         assert 0.0 < s.rms < s.peak <= 1.0
+
+
+def test_repetition_ratio_finds_speech_said_twice(shared_data):
+    """Real recordings repeat little of themselves (≤ 0.12, the noisy JFK clip); the same recording said twice (a TTS
+    loop) repeats about half of its speech, with or without a pause between, at any rate."""
+    from kespeechchat.audio import repetition_ratio, resample
+
+    for path in sorted((shared_data / "audio").glob("*.wav")) + sorted(
+        (shared_data / "audio").glob("*.flac")
+    ):
+        x, sr = load_audio(path)
+        x = x[: int(6 * sr)]
+        assert repetition_ratio(x, sr) < 0.2, path.name  # noisy JFK: 0.12
+        twice = np.concatenate([x, np.zeros(int(0.3 * sr), np.float32), x])
+        assert 0.4 < repetition_ratio(twice, sr) <= 0.55, path.name
+        x16 = resample(twice, sr, 16000)
+        assert 0.4 < repetition_ratio(x16, 16000) <= 0.55, path.name
+    assert repetition_ratio(np.zeros(SR, np.float32), SR) == 0.0
+    assert repetition_ratio(np.zeros(10, np.float32), SR) == 0.0

@@ -38,7 +38,9 @@ def test_front_matter_parses_and_matches_the_shards(tiny):
     assert sorted(d["language"]) == sorted(stats["by_language"])
     assert "automatic-speech-recognition" in d["task_categories"] and "text-to-speech" in d["task_categories"]
     assert d["size_categories"] == ["n<1K"]
-    assert d["configs"] == [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}]
+    assert d["configs"] == [
+        {"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}
+    ]
     features = {f["name"]: f["dtype"] for f in d["dataset_info"]["features"]}
     assert list(features) == [name for name, *_ in UTTERANCE_FIELDS]
     assert features["audio"] == {"audio": {"sampling_rate": 24000}}
@@ -78,7 +80,10 @@ def test_plots_exist_show_data_and_are_on_the_card(tiny):
     ds_dir = tiny.run_dir / "dataset"
     text = _readme(tiny)
     shown = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
-    expected = {f"images/{n}.png" for n in ("duration", "hours_by_language", "error_rate", "speaker_similarity", "voice_usage")}
+    expected = {
+        f"images/{n}.png"
+        for n in ("duration", "hours_by_language", "error_rate", "speaker_similarity", "voice_usage")
+    }
     assert expected <= set(shown)
     for rel in [*shown, "images/overview.png"]:
         img = Image.open(ds_dir / rel)
@@ -125,7 +130,9 @@ def test_card_with_splits_and_declared_licences(tiny, tmp_path):
         assert f"| {s} | {v['dialogues']} | {v['utterances']} |" in text
     assert "| `tiny.jsonl` | " in text and "| CC-BY-4.0 |" in text
     builder = datasets.load_dataset_builder(str(ds_dir))
-    assert {k: v.num_examples for k, v in builder.info.splits.items()} == {s: v["utterances"] for s, v in stats["splits"].items()}
+    assert {k: v.num_examples for k, v in builder.info.splits.items()} == {
+        s: v["utterances"] for s, v in stats["splits"].items()
+    }
 
 
 def test_body_names_llm_models_prompts_and_gates(tiny):
@@ -135,7 +142,9 @@ def test_body_names_llm_models_prompts_and_gates(tiny):
     cfg.select.min_dnsmos_ovrl = 3.0
     stats = collect_stats(tiny.run_dir / "dataset")
     prompts = {"rewrite": {"zh": "aaa111", "en": "bbb222"}, "judge": {"zh": "ccc333", "en": "ddd444"}}
-    body = render_body(cfg, stats, {}, run_summary(tiny.run_dir), {"prompts": prompts, "empty_splits": []}, "org/name")
+    body = render_body(
+        cfg, stats, {}, run_summary(tiny.run_dir), {"prompts": prompts, "empty_splits": []}, "org/name"
+    )
     assert "Qwen2.5-Coder-1.5B-Instruct" in body and "passthrough" not in body
     assert "rewrite: zh `aaa111`, en `bbb222`; judge: zh `ccc333`, en `ddd444`" in body
     assert "DNSMOS OVRL ≥ 3.0" in body
@@ -152,7 +161,9 @@ def test_write_card_refuses_shards_without_features(tiny, tmp_path):
     ds = tmp_path / "ds"
     (ds / "data").mkdir(parents=True)
     src = next((tiny.run_dir / "dataset" / "data").glob("*.parquet"))
-    pq.write_table(pq.read_table(src).replace_schema_metadata(None), ds / "data" / "train-00000-of-00001.parquet")
+    pq.write_table(
+        pq.read_table(src).replace_schema_metadata(None), ds / "data" / "train-00000-of-00001.parquet"
+    )
     with pytest.raises(ValueError, match="no `huggingface` features in the Parquet metadata"):
         write_card(ds, tiny, tiny.run_dir)
 

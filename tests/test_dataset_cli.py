@@ -33,7 +33,9 @@ def test_inspect_prints_rows(tiny, capsys):
     assert main(["inspect", str(tiny.run_dir), "--n", "2"]) == 0
     out = capsys.readouterr().out
     assert out.count("text: ") == 2 and "2 row(s) from" in out
-    first = pq.read_table(next((tiny.run_dir / "dataset" / "data").glob("*.parquet")), columns=["utterance_id"])
+    first = pq.read_table(
+        next((tiny.run_dir / "dataset" / "data").glob("*.parquet")), columns=["utterance_id"]
+    )
     assert first.column("utterance_id")[0].as_py() in out
 
 
@@ -58,7 +60,10 @@ def test_inspect_writes_wavs_that_match_the_stored_audio(tiny, tmp_path, capsys)
     out = capsys.readouterr().out
     wavs = sorted(wav_dir.glob("*.wav"))
     assert len(wavs) == 3 and all(f"wrote {w}" in out for w in wavs)
-    t = pq.read_table(next((tiny.run_dir / "dataset" / "data").glob("*.parquet")), columns=["utterance_id", "audio", "duration_s"])
+    t = pq.read_table(
+        next((tiny.run_dir / "dataset" / "data").glob("*.parquet")),
+        columns=["utterance_id", "audio", "duration_s"],
+    )
     stored = {r["utterance_id"]: r for r in t.to_pylist()}
     for w in wavs:
         info = sf.info(w)
@@ -89,6 +94,8 @@ def test_card_and_export_without_push(tiny, tmp_path, capsys):
     assert main(["export-hf", str(run), "--repo-id", "org/tiny-set", "--out", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
     assert f"export: {tmp_path / 'out'}" in out and "--push" in out
-    assert (tmp_path / "out" / "README.md").exists() and list((tmp_path / "out" / "data").glob("train-*.parquet"))
+    assert (tmp_path / "out" / "README.md").exists() and list(
+        (tmp_path / "out" / "data").glob("train-*.parquet")
+    )
     assert main(["export-hf", str(run), "--repo-id", "no-slash"]) == 1
     assert "expected ORG/NAME" in capsys.readouterr().err

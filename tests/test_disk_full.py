@@ -33,7 +33,9 @@ def tmpfs(tmp_path):
     mnt.mkdir()
     if os.geteuid() != 0 or shutil.which("mount") is None:
         pytest.skip("needs root to mount a tmpfs")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)], capture_output=True, text=True
+    )
     if r.returncode != 0:
         pytest.skip(f"cannot mount tmpfs here: {r.stderr.strip()}")
     yield mnt
@@ -42,13 +44,17 @@ def tmpfs(tmp_path):
 
 def test_disk_full_fails_cleanly_and_resumes(tmp_path, tmpfs, shared_data, models_dir):
     ref_cfg = small_config(tmp_path / "ref", demo_sources(shared_data), name="ref", shard_size=1)
-    subprocess.run(cli_run_command(write_config(ref_cfg, tmp_path / "ref.yaml")), check=True, env=ENV, timeout=900)
+    subprocess.run(
+        cli_run_command(write_config(ref_cfg, tmp_path / "ref.yaml")), check=True, env=ENV, timeout=900
+    )
     expected = final_rows(tmp_path / "ref" / "ref")
     need = _du(tmp_path / "ref" / "ref")
 
     size_kb = max(64, need // 2 // 1024)
     subprocess.run(["mount", "-o", f"remount,size={size_kb}k", str(tmpfs)], check=True)
-    cfg = write_config(small_config(tmpfs, demo_sources(shared_data), name="full", shard_size=1), tmp_path / "full.yaml")
+    cfg = write_config(
+        small_config(tmpfs, demo_sources(shared_data), name="full", shard_size=1), tmp_path / "full.yaml"
+    )
     r = subprocess.run(cli_run_command(cfg), env=ENV, capture_output=True, text=True, timeout=900)
     assert r.returncode != 0, "the run should have failed on a full disk"
     assert "No space left on device" in r.stderr, r.stderr[-2000:]

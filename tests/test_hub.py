@@ -30,7 +30,9 @@ from kespeechchat.hub import check_repo_id, export_folder, verify_export
 
 pytestmark = pytest.mark.slow
 
-DEMO_RUN = Path(os.environ.get("KESPEECHCHAT_DEMO_RUN", Path(__file__).resolve().parent.parent / "runs" / "demo"))
+DEMO_RUN = Path(
+    os.environ.get("KESPEECHCHAT_DEMO_RUN", Path(__file__).resolve().parent.parent / "runs" / "demo")
+)
 FAKE_TOKEN = "hf_kespeechchatFAKEtoken0123456789abcdefXYZ"
 REPO = "tiny-org/tiny-speech"
 
@@ -74,9 +76,22 @@ class FakeHub:
             def _handle(self, method: str) -> None:
                 body = self._body()
                 url = urlsplit(self.path)
-                code, obj = hub.route(method, url.path, parse_qs(url.query), self.headers, body, f"http://{self.headers['Host']}")
+                code, obj = hub.route(
+                    method,
+                    url.path,
+                    parse_qs(url.query),
+                    self.headers,
+                    body,
+                    f"http://{self.headers['Host']}",
+                )
                 hub.requests.append(
-                    {"method": method, "path": self.path, "headers": dict(self.headers.items()), "body": body, "code": code}
+                    {
+                        "method": method,
+                        "path": self.path,
+                        "headers": dict(self.headers.items()),
+                        "body": body,
+                        "code": code,
+                    }
                 )
                 self._send(code, obj)
 
@@ -109,19 +124,28 @@ class FakeHub:
                 return 400, {"error": "sha256 mismatch"}
             self.lfs[oid] = body
             return 200, {}
-        if path == "/api/agent-harnesses" and method == "GET":  # public registry the client reads for its user agent
+        if (
+            path == "/api/agent-harnesses" and method == "GET"
+        ):  # public registry the client reads for its user agent
             return 200, {"standardEnvVars": [], "harnesses": {}}
         if headers.get("Authorization") != f"Bearer {self.token}":
             return 401, {"error": "Invalid credentials in Authorization header"}
         if path == "/api/whoami-v2" and method == "GET":
-            return 200, {"type": "user", "name": "tester", "auth": {"type": "access_token", "accessToken": {"displayName": "t", "role": self.role}}}
+            return 200, {
+                "type": "user",
+                "name": "tester",
+                "auth": {"type": "access_token", "accessToken": {"displayName": "t", "role": self.role}},
+            }
         if path == "/api/repos/create" and method == "POST":
             req = json.loads(body)
             repo_id = f"{req['organization']}/{req['name']}" if req.get("organization") else req["name"]
             if req.get("type") != "dataset":
                 return 400, {"error": "expected a dataset repo"}
             if repo_id in self.repos:
-                return 409, {"error": "You already created this dataset repo", "url": f"{base}/datasets/{repo_id}"}
+                return 409, {
+                    "error": "You already created this dataset repo",
+                    "url": f"{base}/datasets/{repo_id}",
+                }
             self.repos[repo_id] = {"private": req.get("visibility") == "private", "files": {}}
             return 200, {"url": f"{base}/datasets/{repo_id}"}
         if path == "/api/validate-yaml" and method == "POST":
@@ -141,7 +165,12 @@ class FakeHub:
                 files = json.loads(body)["files"]
                 return 200, {
                     "files": [
-                        {"path": f["path"], "uploadMode": "lfs" if f["path"].endswith((".parquet", ".png")) else "regular", "shouldIgnore": False, "oid": None}
+                        {
+                            "path": f["path"],
+                            "uploadMode": "lfs" if f["path"].endswith((".parquet", ".png")) else "regular",
+                            "shouldIgnore": False,
+                            "oid": None,
+                        }
                         for f in files
                     ]
                 }
@@ -165,7 +194,11 @@ class FakeHub:
                         ops["summary"] = v["summary"]
                 oid = hashlib.sha1(json.dumps(ops).encode()).hexdigest()
                 self.commits.append(ops)
-                return 200, {"commitUrl": f"{base}/datasets/{repo_id}/commit/{oid}", "commitOid": oid, "pullRequestUrl": None}
+                return 200, {
+                    "commitUrl": f"{base}/datasets/{repo_id}/commit/{oid}",
+                    "commitOid": oid,
+                    "pullRequestUrl": None,
+                }
         if path.endswith(".git/info/lfs/objects/batch") and method == "POST":
             req = json.loads(body)
             objects = []
@@ -224,7 +257,11 @@ def cli(args: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProc
     )
     full.update(env)
     return subprocess.run(
-        [sys.executable, "-m", "kespeechchat.cli", *args], capture_output=True, text=True, env=full, timeout=300
+        [sys.executable, "-m", "kespeechchat.cli", *args],
+        capture_output=True,
+        text=True,
+        env=full,
+        timeout=300,
     )
 
 
@@ -309,7 +346,12 @@ def test_push_uploads_the_folder_and_never_leaks_the_token(run_copy, hub, tmp_pa
 def test_a_second_push_replaces_the_shards_of_the_first(tiny, hub, tmp_path):
     cfg, _ = repackage(tiny, tmp_path / "many", target_shard_mb=0.05)
     run = cfg.run_dir
-    res = cli(["export-hf", str(run), "--repo-id", REPO, "--push"], tmp_path, HF_TOKEN=FAKE_TOKEN, HF_ENDPOINT=hub.url)
+    res = cli(
+        ["export-hf", str(run), "--repo-id", REPO, "--push"],
+        tmp_path,
+        HF_TOKEN=FAKE_TOKEN,
+        HF_ENDPOINT=hub.url,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     first = sorted(p for p in hub.repos[REPO]["files"] if p.startswith("data/"))
     assert len(first) >= 2 and hub.repos[REPO]["private"] is False
@@ -319,9 +361,16 @@ def test_a_second_push_replaces_the_shards_of_the_first(tiny, hub, tmp_path):
     from pipelines.runner import Pipeline
 
     Pipeline(RunConfig.model_validate(data), quiet=True).run(only="package")
-    res = cli(["export-hf", str(run), "--repo-id", REPO, "--push"], tmp_path, HF_TOKEN=FAKE_TOKEN, HF_ENDPOINT=hub.url)
+    res = cli(
+        ["export-hf", str(run), "--repo-id", REPO, "--push"],
+        tmp_path,
+        HF_TOKEN=FAKE_TOKEN,
+        HF_ENDPOINT=hub.url,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
-    assert sorted(p for p in hub.repos[REPO]["files"] if p.startswith("data/")) == ["data/train-00000-of-00001.parquet"]
+    assert sorted(p for p in hub.repos[REPO]["files"] if p.startswith("data/")) == [
+        "data/train-00000-of-00001.parquet"
+    ]
     assert set(hub.commits[-1]["deleted"]) == set(first) - {"data/train-00000-of-00001.parquet"}
 
 
@@ -362,7 +411,9 @@ def test_push_to_a_silent_endpoint_times_out(run_copy, tmp_path):
 def test_push_refuses_bad_tokens_and_offline_mode(run_copy, tmp_path, env, role, message):
     h = FakeHub(role=role)
     try:
-        res = cli(["export-hf", str(run_copy), "--repo-id", REPO, "--push"], tmp_path, HF_ENDPOINT=h.url, **env)
+        res = cli(
+            ["export-hf", str(run_copy), "--repo-id", REPO, "--push"], tmp_path, HF_ENDPOINT=h.url, **env
+        )
     finally:
         h.close()
     assert res.returncode == 1
@@ -372,7 +423,9 @@ def test_push_refuses_bad_tokens_and_offline_mode(run_copy, tmp_path, env, role,
     assert h.repos == {}  # nothing was created
 
 
-@pytest.mark.skipif(not (DEMO_RUN / "dataset" / "data").is_dir(), reason=f"no demo run at {DEMO_RUN} (make demo)")
+@pytest.mark.skipif(
+    not (DEMO_RUN / "dataset" / "data").is_dir(), reason=f"no demo run at {DEMO_RUN} (make demo)"
+)
 def test_demo_run_export_loads_and_matches_the_runs_accounting(tmp_path):
     import io
 
@@ -386,8 +439,11 @@ def test_demo_run_export_loads_and_matches_the_runs_accounting(tmp_path):
     summary = run_summary(DEMO_RUN)
     kept = next(st["rows_out"] for st in summary["stages"] if st["stage"] == "select")
     assert len(set(ds["dialogue_id"])) == kept == summary["dataset"]["dialogues"]
-    assert len(ds) == report["rows"] == summary["dataset"]["utterances"] == sum(
-        n for _, n in {(d, n) for d, n in zip(ds["dialogue_id"], ds["num_turns"], strict=True)}
+    assert (
+        len(ds)
+        == report["rows"]
+        == summary["dataset"]["utterances"]
+        == sum(n for _, n in {(d, n) for d, n in zip(ds["dialogue_id"], ds["num_turns"], strict=True)})
     )
     raw = ds.cast_column("audio", datasets.Audio(decode=False))
     total_s = 0.0

@@ -201,7 +201,10 @@ def test_normalize_record_formats() -> None:
         rec = {"instruction": "Name a color.", "input": marker, "output": "Blue."}
         assert normalize_record(rec)[2] == ["Name a color.", "Blue."], marker
     # button labels of scraped chat logs at the end of a turn are not part of what was said
-    rec = {"instruction": "Tell me about the program.\n \n 지금 번역하기", "output": "It is a course.\nShare Prompt"}
+    rec = {
+        "instruction": "Tell me about the program.\n \n 지금 번역하기",
+        "output": "It is a course.\nShare Prompt",
+    }
     assert normalize_record(rec)[2] == ["Tell me about the program.", "It is a course."]
     rec = {"instruction": "Translate:", "input": "no inputs allowed here", "output": "Ok."}
     assert normalize_record(rec)[2][0] == "Translate:\nno inputs allowed here"

@@ -53,7 +53,9 @@ def build_tiny_run(tmp_path_factory: pytest.TempPathFactory) -> RunConfig:
     base = tmp_path_factory.getbasetemp() / "kespeechchat-tiny-run"
     base.mkdir(exist_ok=True)
     src = base / "tiny.jsonl"
-    src.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in TINY_RECORDS) + "\n", encoding="utf-8")
+    src.write_text(
+        "\n".join(json.dumps(r, ensure_ascii=False) for r in TINY_RECORDS) + "\n", encoding="utf-8"
+    )
     cfg = small_config(base / "runs", [{"path": str(src)}], name="tiny", shard_size=2)
     Pipeline(cfg, quiet=True).run(executor=LocalExecutor())
     return cfg
@@ -113,7 +115,9 @@ def test_parquet_layout_features_metadata_and_row_groups(tiny):
     assert cols["audio.bytes"].compression == "UNCOMPRESSED"
     assert "PLAIN" in cols["audio.bytes"].encodings and "RLE_DICTIONARY" not in cols["audio.bytes"].encodings
     assert cols["text"].compression == "SNAPPY"
-    rows = pf.read(columns=["dialogue_id", "turn_index", "num_turns", "utterance_id", "speaker_id"]).to_pylist()
+    rows = pf.read(
+        columns=["dialogue_id", "turn_index", "num_turns", "utterance_id", "speaker_id"]
+    ).to_pylist()
     # a dialogue's rows are contiguous and in turn order
     seen: list[str] = []
     for r in rows:
@@ -162,7 +166,9 @@ def test_streaming_reads_every_row_and_the_audio_bytes(tiny):
 
 def test_audio_decodes_with_torchcodec_normal_and_streaming(tiny):
     datasets = pytest.importorskip("datasets")
-    pytest.importorskip("torchcodec", reason="datasets decodes audio with torchcodec (dev extra, needs FFmpeg)")
+    pytest.importorskip(
+        "torchcodec", reason="datasets decodes audio with torchcodec (dev extra, needs FFmpeg)"
+    )
     ds_dir = str(tiny.run_dir / "dataset")
     ds = datasets.load_dataset(ds_dir, split="train")
     ex = ds[0]
@@ -239,7 +245,10 @@ def test_nothing_accepted_gives_an_empty_dataset_that_export_refuses(tiny, tmp_p
     shutil.copytree(tiny.run_dir, tmp_path / tiny.name)
     data = tiny.model_dump(mode="json")
     data["runs_dir"] = str(tmp_path)
-    for key in ("min_speaker_similarity", "min_speaker_similarity_short"):  # no utterance equals its reference
+    for key in (
+        "min_speaker_similarity",
+        "min_speaker_similarity_short",
+    ):  # no utterance equals its reference
         if key in data["select"]:
             data["select"][key] = 1.0
     cfg = RunConfig.model_validate(data)
@@ -310,7 +319,9 @@ def test_flatten_names_the_dialogue_and_column_of_bad_rows():
     with pytest.raises(ValueError, match="dialogue d-1: column durations_s has 1 values for 2 turns"):
         flatten(row)
     row["durations_s"] = [1.0, 2.0]
-    with pytest.raises(ValueError, match="dialogue d-1 turn 1: voice 'v-2' is not in the run's voice library"):
+    with pytest.raises(
+        ValueError, match="dialogue d-1 turn 1: voice 'v-2' is not in the run's voice library"
+    ):
         flatten(row, {"v-1": ("i-1", "female")})
     utts = flatten(row, {"v-1": ("i-1", "female"), "v-2": ("i-2", "male")})
     assert [u["utterance_id"] for u in utts] == ["d-1-00", "d-1-01"]

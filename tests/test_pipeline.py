@@ -34,7 +34,12 @@ def sources(tmp_path_factory, shared_data) -> list[dict]:
     bad.write_text("\n".join(BAD_RECORDS) + "\n", encoding="utf-8")
     return [
         {"path": str(bad)},
-        {"path": str(shared_data / "text" / "zh_llamafactory_alpaca_zh_demo.json"), "limit": 1, "max_chars": 40, "languages": ["zh"]},
+        {
+            "path": str(shared_data / "text" / "zh_llamafactory_alpaca_zh_demo.json"),
+            "limit": 1,
+            "max_chars": 40,
+            "languages": ["zh"],
+        },
     ]
 
 
@@ -49,7 +54,9 @@ def finished_run(tmp_path_factory, sources, models_dir):
 def _dataset_rows(dataset_dir: Path) -> list[dict]:
     rows = []
     for f in sorted((dataset_dir / "data").glob("train-*.parquet")):
-        rows += pq.read_table(f, columns=["utterance_id", "dialogue_id", "turn_index", "duration_s"]).to_pylist()
+        rows += pq.read_table(
+            f, columns=["utterance_id", "dialogue_id", "turn_index", "duration_s"]
+        ).to_pylist()
     return rows
 
 
@@ -102,7 +109,9 @@ def test_rerun_filter_redoes_filter_and_later_only(finished_run, tmp_path):
     def markers() -> dict[str, str]:
         out = {}
         for p in run_dir.glob("*/_markers/*.json"):
-            out[f"{p.parent.parent.name}/{p.name}"] = json.loads(p.read_text()).get("finished_at", "") + str(p.stat().st_mtime_ns)
+            out[f"{p.parent.parent.name}/{p.name}"] = json.loads(p.read_text()).get("finished_at", "") + str(
+                p.stat().st_mtime_ns
+            )
         return out
 
     before = markers()

@@ -30,9 +30,9 @@ def _free_port() -> int:
 
 def _nodes(address: str) -> list[dict]:
     code = (
-        "import json, ray; ray.init(address=%r, log_to_driver=False, logging_level='ERROR');"
+        f"import json, ray; ray.init(address={address!r}, log_to_driver=False, logging_level='ERROR');"
         "print(json.dumps([{'id': n['NodeID'], 'gpus': n['Resources'].get('GPU', 0)} for n in ray.nodes() if n['Alive']]))"
-    ) % address
+    )
     out = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=120)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -41,11 +41,28 @@ def _nodes(address: str) -> list[dict]:
 def two_node_cluster():
     port = _free_port()
     address = f"127.0.0.1:{port}"
-    common = ["--node-ip-address=127.0.0.1", "--object-store-memory=100000000", "--block", "--disable-usage-stats"]
+    common = [
+        "--node-ip-address=127.0.0.1",
+        "--object-store-memory=100000000",
+        "--block",
+        "--disable-usage-stats",
+    ]
     procs = [
         subprocess.Popen(
-            [RAY, "start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=0", "--include-dashboard=false", *common],
-            env=ENV, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                RAY,
+                "start",
+                "--head",
+                f"--port={port}",
+                "--num-cpus=2",
+                "--num-gpus=0",
+                "--include-dashboard=false",
+                *common,
+            ],
+            env=ENV,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
     ]
     try:
@@ -61,7 +78,10 @@ def two_node_cluster():
         procs.append(
             subprocess.Popen(
                 [RAY, "start", f"--address={address}", "--num-cpus=1", "--num-gpus=1", *common],
-                env=ENV, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                env=ENV,
+                start_new_session=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
             )
         )
         while len(_nodes(address)) < 2:
@@ -83,7 +103,10 @@ def test_gpu_stage_runs_only_on_the_gpu_node(tmp_path, two_node_cluster, shared_
     gpu_nodes = {n["id"] for n in nodes if n["gpus"] > 0}
     assert len(nodes) == 2 and len(gpu_nodes) == 1
     cfg = small_config(
-        tmp_path / "runs", demo_sources(shared_data, zh=1, en=1), name="cluster", shard_size=1,
+        tmp_path / "runs",
+        demo_sources(shared_data, zh=1, en=1),
+        name="cluster",
+        shard_size=1,
         executor={"kind": "ray", "stage_gpus": {"synthesize": 1}},
     )
     path = write_config(cfg, tmp_path / "cluster.yaml")
@@ -99,7 +122,10 @@ def test_gpu_stage_runs_only_on_the_gpu_node(tmp_path, two_node_cluster, shared_
 
 def test_gpu_stage_without_gpus_fails_fast(tmp_path, shared_data, models_dir):
     cfg = small_config(
-        tmp_path / "runs", demo_sources(shared_data, zh=1, en=0), name="nogpu", shard_size=1,
+        tmp_path / "runs",
+        demo_sources(shared_data, zh=1, en=0),
+        name="nogpu",
+        shard_size=1,
         executor={"kind": "ray", "num_cpus": 2, "stage_gpus": {"synthesize": 1}},
     )
     path = write_config(cfg, tmp_path / "nogpu.yaml")

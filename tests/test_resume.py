@@ -108,7 +108,9 @@ def _actor_pids() -> list[int]:
 def test_sigkill_of_a_ray_worker_fails_cleanly_then_resumes(tmp_path, shared_data, expected):
     runs = tmp_path / "runs"
     cfg = _config(tmp_path, runs, "worker", shared_data, "ray")
-    proc = subprocess.Popen(cli_run_command(cfg), env=ENV, start_new_session=True, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cli_run_command(cfg), env=ENV, start_new_session=True, stderr=subprocess.PIPE, text=True
+    )
     first = runs / "worker" / "assign" / "_markers" / "shard-00001.json"
     deadline = time.time() + 600
     while not first.exists():

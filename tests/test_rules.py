@@ -49,7 +49,10 @@ def test_clean_dialogues_pass() -> None:
         ("Fill in the blank: he was very _____ to hear it.", "template_placeholder"),
         ("他听到这个消息时很＿＿＿。", "template_placeholder"),
         # Python without semicolons: assignments of literals and method-call statements
-        ("Here is the program:\n# define the list\nmy_list = [1, 3, 5]\nmy_list.reverse()\nprint(my_list)", "code_block"),
+        (
+            "Here is the program:\n# define the list\nmy_list = [1, 3, 5]\nmy_list.reverse()\nprint(my_list)",
+            "code_block",
+        ),
         ("二氧化碳溶于水：\n\nCO2 + H2O -> H2CO3\n\n这是一个可逆反应。", "latex"),
         ("Carbonic acid splits: H2CO3 ⇌ HCO3- + H+.", "latex"),
         ("Great job! 🎉🎉🎉", "emoji_run"),

@@ -37,7 +37,7 @@ COLUMNS = ["dialogue_id", "language", "roles", "spoken_texts", "voice_ids"]
 BROKEN = {
     "silence": "audio_silence",
     "truncated": "speaking_rate_fast",
-    "looped": "speaking_rate_slow",
+    "looped": "audio_repetition",
     "wrong-voice": "speaker_mismatch",
     "wrong-text": "asr_mismatch",
     "clipped": "audio_clipping",
@@ -62,15 +62,15 @@ def cfg(tmp_path_factory, models_dir):
 
 @pytest.fixture(scope="module")
 def voices(cfg) -> dict[str, Any]:
-    """A female user voice and the male agent of each language (other gender: a clear wrong voice)."""
+    """The female and the male agent voice of each language (the clearest identities of the pool,
+    so that Whisper base mishearing a re-rendering does not decide the repair test); the other
+    gender is a clear wrong voice."""
     from pipelines.voices import load_run_library
 
     lib = load_run_library(cfg, cfg.run_dir)
     out = {}
     for lang in ("zh", "en"):
-        users = [
-            v for v in lib if v.role == "user" and v.language in (lang, "multi") and v.gender == "female"
-        ]
+        users = [v for v in lib if v.role == "agent" and v.language == lang and v.gender == "female"]
         agents = [v for v in lib if v.role == "agent" and v.language == lang and v.gender == "male"]
         assert users and agents, f"library lacks voices for {lang}"
         out[f"{lang}_user"], out[f"{lang}_agent"] = users[0], agents[0]
@@ -206,6 +206,9 @@ def test_scores_say_why(verified):
     assert s["wrong-voice"]["error_rates"][0] <= 0.1  # the words are right, only the voice is wrong
     assert s["silence"]["silence_ratios"][1] == 1.0
     assert s["clipped"]["clipping_ratios"][0] > 0.01
+    assert s["looped"]["repeat_ratios"][0] > 0.3  # said twice: about half the speech repeats
+    for did in ("good-zh", "good-en", "wrong-text", "wrong-voice"):
+        assert max(s[did]["repeat_ratios"]) < 0.2, did
     for r in verified.to_pylist():
         for mos in r["dnsmos_ovrl"]:
             assert math.isnan(mos) or 1.0 <= mos <= 5.0
@@ -235,7 +238,9 @@ def test_repair_resynthesises_only_failing_turns_and_select_then_keeps_them(cfg,
         assert all(why == "asr_mismatch" for _, why in left), (did, left)
         if not left:
             fixed.append(did)
-    assert len(fixed) >= 4, fixed
+    assert len(fixed) >= 4, {
+        d: (after[d]["asr_texts"], after[d]["error_rates"]) for d in BROKEN if d not in fixed
+    }
     assert after["wrong-text"]["error_rates"][0] <= 0.2  # now it says its text
     assert out.metrics["turns_resynthesised"] == 6 and out.metrics["dialogues_fixed"] == len(fixed)
     sel = SelectStage(c, Runtime(run_dir=cfg.run_dir)).process(out.kept, 0)
@@ -299,6 +304,7 @@ def _turn(**kw: Any) -> dict[str, Any]:
         "clipping_ratios": 0.0,
         "chars_per_s": 5.0,
         "dnsmos_ovrl": 3.2,
+        "repeat_ratios": 0.02,
     }
     return base | kw
 
@@ -310,13 +316,16 @@ def _turn(**kw: Any) -> dict[str, Any]:
         (_turn(durations_s=0.0), "audio_empty"),
         (_turn(silence_ratios=0.9, error_rates=1.0), "audio_silence"),  # broken audio is named first
         (_turn(clipping_ratios=0.2), "audio_clipping"),
+        (_turn(repeat_ratios=0.45, error_rates=0.0), "audio_repetition"),  # a loop heard once
+        (_turn(repeat_ratios=0.45, chars_per_s=1.0), "audio_repetition"),  # named before the rate
+        (_turn(repeat_ratios=float("nan")), None),
         (_turn(chars_per_s=1.0), "speaking_rate_slow"),
         (_turn(chars_per_s=20.0), "speaking_rate_fast"),
         (_turn(error_rates=0.3), "asr_mismatch"),
         (_turn(error_rates=float("nan")), "asr_mismatch"),
         (_turn(speaker_similarities=0.1), "speaker_mismatch"),
-        (_turn(speaker_similarities=0.75), "speaker_mismatch"),
-        (_turn(speaker_similarities=0.75, durations_s=1.2), None),  # short turns: the looser bound
+        (_turn(speaker_similarities=0.7), "speaker_mismatch"),
+        (_turn(speaker_similarities=0.7, durations_s=1.2), None),  # short turns: the looser bound
         (_turn(speaker_similarities=0.6, durations_s=1.2), "speaker_mismatch"),
         (_turn(speaker_similarities=float("nan")), None),  # not measured: not gated
         (_turn(dnsmos_ovrl=1.5), "low_quality"),
@@ -325,7 +334,7 @@ def _turn(**kw: Any) -> dict[str, Any]:
 )
 def test_turn_failure_reasons(scores, reason):
     cfg = SelectConfig(min_dnsmos_ovrl=2.5)
-    assert (cfg.min_speaker_similarity, cfg.min_speaker_similarity_short) == (0.8, 0.65)
+    assert (cfg.min_speaker_similarity, cfg.min_speaker_similarity_short) == (0.75, 0.65)
     assert turn_failure(cfg, "zh", ZH_LONG, scores) == reason
     assert reason is None or reason in REASONS
 

@@ -38,13 +38,23 @@ def test_remove_tmp_files_cleans_files_and_folders(tmp_path):
 
 def test_unchanged_heavy_column_is_stored_once_and_joined_back(tmp_path):
     store = RunStore(tmp_path)
-    produced = _t([{"dialogue_id": "a", "language": "zh", "audio_flac": [b"A0", b"A1"]}, {"dialogue_id": "b", "language": "en", "audio_flac": [b"B0"]}])
-    store.write_unit("synthesize", 0, produced, _t([]).append_column("reject_reason", pa.array([], pa.string())), {})
+    produced = _t(
+        [
+            {"dialogue_id": "a", "language": "zh", "audio_flac": [b"A0", b"A1"]},
+            {"dialogue_id": "b", "language": "en", "audio_flac": [b"B0"]},
+        ]
+    )
+    store.write_unit(
+        "synthesize", 0, produced, _t([]).append_column("reject_reason", pa.array([], pa.string())), {}
+    )
     inp = store.read_table("synthesize", 0)
     assert heavy_sources(inp) == {"audio_flac": "synthesize"}
     # a later stage keeps one row unchanged and rejects the other
     kept = _t([{"dialogue_id": "a", "language": "zh", "audio_flac": [b"A0", b"A1"]}])
-    rej = table_from_rows([{"dialogue_id": "b", "language": "en", "audio_flac": [b"B0"], "reject_reason": "x"}], COLS + ["reject_reason"])
+    rej = table_from_rows(
+        [{"dialogue_id": "b", "language": "en", "audio_flac": [b"B0"], "reject_reason": "x"}],
+        COLS + ["reject_reason"],
+    )
     store.write_unit("verify", 0, kept, rej, {}, input_table=inp)
     on_disk = pq.read_table(store.data_path("verify", 0))
     assert "audio_flac" not in on_disk.column_names

@@ -54,8 +54,10 @@ def test_voices_are_variants_of_pool_identities(pool):
         assert SPEED_RANGE[0] <= v.speed <= SPEED_RANGE[1]
         assert abs(v.pitch_ratio / ident.pitch_ratio - 1) <= VARIANT_PITCH_JITTER + 0.002
     assert len({v.voice_id for v in voices}) == 600
-    canonical = [min(g, key=lambda v: (v.speed != 1.0)) for g in groups.values()]
-    assert all(c.speed == 1.0 and c.pitch_ratio == round(by_id[c.identity_id].pitch_ratio, 3) for c in canonical)
+    canonical = [min(g, key=lambda v: v.speed != 1.0) for g in groups.values()]
+    assert all(
+        c.speed == 1.0 and c.pitch_ratio == round(by_id[c.identity_id].pitch_ratio, 3) for c in canonical
+    )
     assert any(v.speed != 1.0 for v in voices)  # variants do vary
 
 
@@ -68,7 +70,9 @@ def test_balance_of_gender_language_and_identity_use(pool):
         assert abs(langs["zh"] - langs["en"]) <= 2
         uses = Counter(v.identity_id for v in mine)
         assert max(uses.values()) - min(uses.values()) <= 1  # identities used evenly
-        assert all(len({v.language for v in mine if v.identity_id == i}) == 2 for i, n in uses.items() if n >= 2)
+        assert all(
+            len({v.language for v in mine if v.identity_id == i}) == 2 for i, n in uses.items() if n >= 2
+        )
 
 
 def test_full_size_library(pool):
@@ -93,13 +97,22 @@ def test_stricter_bound_uses_fewer_identities(pool):
 
 def test_agents_are_the_clearest_identity_of_each_language_and_gender(pool):
     agents = agent_voices()
-    assert {(v.language, v.gender) for v in agents} == {("zh", "female"), ("zh", "male"), ("en", "female"), ("en", "male")}
+    assert {(v.language, v.gender) for v in agents} == {
+        ("zh", "female"),
+        ("zh", "male"),
+        ("en", "female"),
+        ("en", "male"),
+    }
     assert all(v.role == "agent" and v.speed == 1.0 for v in agents)
     assert len({v.identity_id for v in agents}) == 4
     chosen = agent_identities(pool)
     for (lang, g), ident in chosen.items():
         err = ident.error_zh if lang == "zh" else ident.error_en
-        others = [i for i in pool.identities if i.gender == g and i.identity_id not in {c.identity_id for c in chosen.values()}]
+        others = [
+            i
+            for i in pool.identities
+            if i.gender == g and i.identity_id not in {c.identity_id for c in chosen.values()}
+        ]
         assert all(err <= (o.error_zh if lang == "zh" else o.error_en) for o in others)
 
 
@@ -186,4 +199,6 @@ def test_one_analysis_serves_many_transforms(real_speech):
     x, sr = real_speech
     a = analyse(x, sr)
     for pitch, formant in ((1.1, 0.95), (0.85, 1.1)):
-        np.testing.assert_array_equal(synthesize_from(a, sr, x.size, pitch, formant), transform(x, sr, pitch, formant))
+        np.testing.assert_array_equal(
+            synthesize_from(a, sr, x.size, pitch, formant), transform(x, sr, pitch, formant)
+        )

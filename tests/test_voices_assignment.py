@@ -75,7 +75,13 @@ def test_run_usage_reads_the_assign_stage_output(tmp_path, library):
     rows = []
     for s in range(30):
         u, ag = a.assign(s, "zh")
-        rows.append({"dialogue_id": f"d{s}", "roles": ["user", "assistant", "user"], "voice_ids": [u.voice_id, ag.voice_id, u.voice_id]})
+        rows.append(
+            {
+                "dialogue_id": f"d{s}",
+                "roles": ["user", "assistant", "user"],
+                "voice_ids": [u.voice_id, ag.voice_id, u.voice_id],
+            }
+        )
     path = RunStore(run).data_path("assign", 0)
     path.parent.mkdir(parents=True)
     import pyarrow.parquet as pq

@@ -102,7 +102,9 @@ def test_real_audit_of_a_few_voices_with_baseline(tmp_path, shared_data, models_
     refs = reference_embeddings(shared_data / "audio" / "zh_cosyvoice_zero_shot_prompt.wav", enc)
     lib = build_library(50, seed=0)
     kw = dict(seed=0, work_dir=tmp_path / "work", tts=KokoroTTS(), encoder=enc, asr=FasterWhisperASR())
-    rep = audit_library(lib, 3, baseline=True, references=refs, max_identity_cosine=0.9, log=lambda s: None, **kw)
+    rep = audit_library(
+        lib, 3, baseline=True, references=refs, max_identity_cosine=0.9, log=lambda s: None, **kw
+    )
     lib_s, base_s = rep["library"], rep["baseline_naive_blends"]
     assert lib_s["voices"] == lib_s["identities"] == 3 and base_s["voices"] == 3
     for s in (lib_s, base_s):
@@ -113,7 +115,9 @@ def test_real_audit_of_a_few_voices_with_baseline(tmp_path, shared_data, models_
     assert -1.0 <= lib_s["privacy"][0]["cosine"] < 0.9
     # resumable: a second call reads the probe results back without synthesising
     before = sorted(p.stat().st_mtime_ns for p in (tmp_path / "work").rglob("probes-*.parquet"))
-    again = audit_library(lib, 3, baseline=True, references=refs, max_identity_cosine=0.9, log=lambda s: None, **kw)
+    again = audit_library(
+        lib, 3, baseline=True, references=refs, max_identity_cosine=0.9, log=lambda s: None, **kw
+    )
     assert again == rep
     assert before == sorted(p.stat().st_mtime_ns for p in (tmp_path / "work").rglob("probes-*.parquet"))
     with pytest.raises(ValueError, match="other voices"):

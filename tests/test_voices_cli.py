@@ -54,7 +54,23 @@ def test_listen_writes_a_wav_of_the_voice(lib, tmp_path, capsys, models_dir):
 
     voice = next(v for v in load_library(lib) if v.role == "user" and v.gender == "male")
     wav = tmp_path / "x.wav"
-    assert main(["voices", "listen", str(lib), voice.voice_id, "--out", str(wav), "--lang", "en", "--text", "Good morning to you."]) == 0
+    assert (
+        main(
+            [
+                "voices",
+                "listen",
+                str(lib),
+                voice.voice_id,
+                "--out",
+                str(wav),
+                "--lang",
+                "en",
+                "--text",
+                "Good morning to you.",
+            ]
+        )
+        == 0
+    )
     x, sr = sf.read(wav)
     assert sr == 24000 and 0.5 < x.size / sr < 6 and np.abs(x).max() > 0.05
     assert median_f0_hz(x.astype(np.float32), sr) < 165  # it is the male voice it claims
@@ -72,17 +88,63 @@ def test_privacy_command_passes_on_the_shipped_library(lib, shared_data, capsys)
 
 def test_embed_and_sample_embeddings_commands(tmp_path, shared_data, capsys):
     emb = tmp_path / "real.parquet"
-    assert main(["voices", "embed-recordings", str(shared_data / "audio"), "--out", str(emb), "--segment-s", "1.6"]) == 0
+    assert (
+        main(
+            [
+                "voices",
+                "embed-recordings",
+                str(shared_data / "audio"),
+                "--out",
+                str(emb),
+                "--segment-s",
+                "1.6",
+            ]
+        )
+        == 0
+    )
     t = pq.read_table(emb)
     genders = {"zh_funasr_asr_example.wav": "male", "en_whisper_jfk.flac": "male"}
-    t = t.append_column("gender", pa.array([genders.get(s, "female") for s in t.column("speaker_id").to_pylist()]))
+    t = t.append_column(
+        "gender", pa.array([genders.get(s, "female") for s in t.column("speaker_id").to_pylist()])
+    )
     pq.write_table(t, emb)
     pool = tmp_path / "cosy.parquet"
-    assert main(["voices", "sample-embeddings", str(emb), "--identities", "12", "--out", str(pool), "--privacy-max-cosine", "0.8"]) == 0
+    assert (
+        main(
+            [
+                "voices",
+                "sample-embeddings",
+                str(emb),
+                "--identities",
+                "12",
+                "--out",
+                str(pool),
+                "--privacy-max-cosine",
+                "0.8",
+            ]
+        )
+        == 0
+    )
     p = load_pool(pool)
     assert len(p.identities) == 12 and p.meta["backend"] == "cosyvoice"
     lib = tmp_path / "cosy-voices.parquet"
-    assert main(["voices", "build", "--backend", "cosyvoice", "--pool", str(pool), "--size", "40", "--out", str(lib)]) == 0
+    assert (
+        main(
+            [
+                "voices",
+                "build",
+                "--backend",
+                "cosyvoice",
+                "--pool",
+                str(pool),
+                "--size",
+                "40",
+                "--out",
+                str(lib),
+            ]
+        )
+        == 0
+    )
     assert {v.backend for v in load_library(lib)} == {"cosyvoice"}
 
 

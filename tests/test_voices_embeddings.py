@@ -63,7 +63,10 @@ def test_reads_every_format_and_names_bad_rows(real, tmp_path):
     pq.write_table(pa.table({"vec": [[1.0, 2.0]]}), tmp_path / "nocol.parquet")
     with pytest.raises(ValueError, match="'embedding'"):
         read_embeddings(tmp_path / "nocol.parquet")
-    pq.write_table(pa.table({"embedding": [[1.0, 2.0], [1.0, 0.5]], "gender": ["female", "robot"]}), tmp_path / "g.parquet")
+    pq.write_table(
+        pa.table({"embedding": [[1.0, 2.0], [1.0, 0.5]], "gender": ["female", "robot"]}),
+        tmp_path / "g.parquet",
+    )
     with pytest.raises(ValueError, match="row 1.*robot"):
         read_embeddings(tmp_path / "g.parquet")
     with pytest.raises(ValueError, match=r"\.txt"):
@@ -75,9 +78,16 @@ def test_samples_look_like_real_speakers_but_are_nobody(real):
     _, vecs = real
     model = fit_embedding_model(vecs)
     assert EmbeddingModel.from_dict(model.to_dict()).to_dict() == model.to_dict()
-    s = sample_embeddings(model, 40, seed=1, references=vecs, privacy_max_cosine=0.8, max_identity_cosine=0.92)
+    s = sample_embeddings(
+        model, 40, seed=1, references=vecs, privacy_max_cosine=0.8, max_identity_cosine=0.92
+    )
     assert s.shape == (40, vecs.shape[1])
-    np.testing.assert_array_equal(s, sample_embeddings(model, 40, seed=1, references=vecs, privacy_max_cosine=0.8, max_identity_cosine=0.92))
+    np.testing.assert_array_equal(
+        s,
+        sample_embeddings(
+            model, 40, seed=1, references=vecs, privacy_max_cosine=0.8, max_identity_cosine=0.92
+        ),
+    )
     u = s / np.linalg.norm(s, axis=1, keepdims=True)
     r = vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
     assert (u @ r.T).max() <= 0.8  # private: no draw is close to any real piece

@@ -101,7 +101,10 @@ def test_save_load_roundtrip_and_bad_files(tmp_path):
     pq.write_table(t.replace_schema_metadata({}), tmp_path / "nometa.parquet")
     with pytest.raises(ValueError, match="not an identity pool"):
         load_pool(tmp_path / "nometa.parquet")
-    pq.write_table(t.slice(0, 0).replace_schema_metadata({POOL_META_KEY: t.schema.metadata[POOL_META_KEY]}), tmp_path / "empty.parquet")
+    pq.write_table(
+        t.slice(0, 0).replace_schema_metadata({POOL_META_KEY: t.schema.metadata[POOL_META_KEY]}),
+        tmp_path / "empty.parquet",
+    )
     with pytest.raises(ValueError, match="empty"):
         load_pool(tmp_path / "empty.parquet")
 

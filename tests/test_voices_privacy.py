@@ -56,7 +56,10 @@ def test_a_voice_too_close_to_a_reference_is_reported(refs):
     fake = {"cloned_speaker": cents[2] + 0.01 * np.ones_like(cents[2])}
     rep = privacy_report(cents, ids, {**refs, **fake}, max_cosine=0.85)
     assert not rep["passed"]
-    assert rep["violations"][0]["identity_id"] == ids[2] and rep["violations"][0]["reference"] == "cloned_speaker"
+    assert (
+        rep["violations"][0]["identity_id"] == ids[2]
+        and rep["violations"][0]["reference"] == "cloned_speaker"
+    )
     assert rep["closest"][0]["reference"] == "cloned_speaker" and rep["closest"][0]["cosine"] > 0.99
     assert "FAILED" in format_report(rep)
     with pytest.raises(ValueError, match="at least one reference"):
@@ -65,6 +68,8 @@ def test_a_voice_too_close_to_a_reference_is_reported(refs):
 
 def test_identities_without_a_measured_centroid_are_refused(refs):
     users = build_library(4, seed=0)
-    stranger = users[0].__class__.from_dict({**users[0].to_dict(), "identity_id": "i-unmeasured", "voice_id": "v-u"})
+    stranger = users[0].__class__.from_dict(
+        {**users[0].to_dict(), "identity_id": "i-unmeasured", "voice_id": "v-u"}
+    )
     with pytest.raises(ValueError, match="no measured centroid"):
         check_library_privacy(users + [stranger], load_pool(), refs)

@@ -41,7 +41,9 @@ def test_styles_are_deterministic_and_stay_in_their_family():
             assert max(s.base_weights, key=lambda n: s.base_weights[n]) == "jm_kumo"
         world = draw_world(0, s, 5)
         assert len(world) == 5 and all(0.88 <= f <= 1.15 for _, f in world)
-    assert draw_style(1, 3, "affine_world", NAMES, KOKORO_BASE_F0_HZ) != draw_style(0, 3, "affine_world", NAMES, KOKORO_BASE_F0_HZ)
+    assert draw_style(1, 3, "affine_world", NAMES, KOKORO_BASE_F0_HZ) != draw_style(
+        0, 3, "affine_world", NAMES, KOKORO_BASE_F0_HZ
+    )
     with pytest.raises(ValueError, match="family"):
         draw_style(0, 0, "pca", NAMES, KOKORO_BASE_F0_HZ)
 
@@ -124,7 +126,9 @@ def test_select_identities_gates_and_bounds(search, models):
     from voice_library.search import shipped_voice_embeddings
 
     refs = {f"kokoro:{k}": v for k, v in shipped_voice_embeddings(tts, enc).items()}
-    pool = select_identities(search, 0.97, asr=FasterWhisperASR(), references=refs, privacy_max_cosine=0.97, log=lambda s: None)
+    pool = select_identities(
+        search, 0.97, asr=FasterWhisperASR(), references=refs, privacy_max_cosine=0.97, log=lambda s: None
+    )
     counts = pool.meta["counts"]
     assert counts["candidates"] == 4 and 1 <= counts["accepted"] <= 4
     assert (search / "probe_errors.parquet").exists()
@@ -135,7 +139,9 @@ def test_select_identities_gates_and_bounds(search, models):
     for i in pool.identities:
         assert max(i.error_zh, i.error_en) <= 0.1 and i.nearest_reference.startswith("kokoro:")
         assert i.identity_id.startswith("i-")
-    strict = select_identities(search, 0.97, asr=None, references=refs, privacy_max_cosine=-1.0, log=lambda s: None)
+    strict = select_identities(
+        search, 0.97, asr=None, references=refs, privacy_max_cosine=-1.0, log=lambda s: None
+    )
     assert strict.meta["counts"]["too_close_to_reference"] == 4 - strict.meta["counts"]["f0_out_of_range"]
     assert strict.identities == []
     save_pool(pool, search / "pool.parquet")

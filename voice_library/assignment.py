@@ -32,7 +32,9 @@ class Assigner:
     agents: dict[str, list[Any]]  # language -> agent voices (female first)
 
     @classmethod
-    def from_library(cls, voices: Iterable[Any], seed: int, languages: Sequence[str] = ("zh", "en")) -> Assigner:
+    def from_library(
+        cls, voices: Iterable[Any], seed: int, languages: Sequence[str] = ("zh", "en")
+    ) -> Assigner:
         voices = list(voices)
         users = [v for v in voices if v.role == "user"]
         agents = [v for v in voices if v.role == "agent"]
@@ -46,7 +48,8 @@ class Assigner:
             pool = [v for v in users if v.language in (lang, "multi")]
             cycles[lang] = _identity_major_cycle(pool, seed, lang)
             agent_map[lang] = sorted(
-                (v for v in agents if v.language in (lang, "multi")), key=lambda v: (v.gender != "female", v.voice_id)
+                (v for v in agents if v.language in (lang, "multi")),
+                key=lambda v: (v.gender != "female", v.voice_id),
             )
         return cls(cycles, agent_map)
 
@@ -105,7 +108,11 @@ def language_offsets(run_dir: str | Path) -> dict[int, dict[str, int]]:
     running: Counter[str] = Counter()
     for shard in sorted(int(k) for k in fps):
         offsets[shard] = dict(running)
-        langs = pq.read_table(store.data_path("ingest", shard), columns=["language"]).column("language").to_pylist()
+        langs = (
+            pq.read_table(store.data_path("ingest", shard), columns=["language"])
+            .column("language")
+            .to_pylist()
+        )
         running.update(langs)
     write_json_atomic(cache, {"ingest": key, "offsets": {str(k): v for k, v in offsets.items()}})
     return offsets
@@ -134,7 +141,11 @@ def usage_histogram(voice_ids: Iterable[str], voices: Iterable[Any]) -> dict[str
         "voices_used": len(counts),
         "identities_used": len(per_identity),
         "uses_per_voice": {"min": int(used.min()), "max": int(used.max()), "mean": float(used.mean())},
-        "uses_per_identity": {"min": int(ident_used.min()), "max": int(ident_used.max()), "mean": float(ident_used.mean())},
+        "uses_per_identity": {
+            "min": int(ident_used.min()),
+            "max": int(ident_used.max()),
+            "mean": float(ident_used.mean()),
+        },
         "voices_by_use_count": {str(k): hist[k] for k in sorted(hist)},  # k uses -> how many voices
         "by_gender": dict(Counter(lib[v].gender for v in counts.elements())),
     }

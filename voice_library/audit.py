@@ -143,7 +143,9 @@ def _probe_voices(tts: Any, encoder: Any, asr: Any, voices: Sequence[Any]) -> li
                     for (lang, text), hyp in zip(AUDIT_PROBES, h, strict=True)
                 ],
                 "hypotheses": list(h),
-                "f0_median_hz": float(np.nanmedian(f0s)) if not all(math.isnan(f) for f in f0s) else float("nan"),
+                "f0_median_hz": float(np.nanmedian(f0s))
+                if not all(math.isnan(f) for f in f0s)
+                else float("nan"),
                 "audio_s": float(sum(x.size for x in cs) / sr),
             }
         )
@@ -175,7 +177,9 @@ def run_probes(
     if mpath.exists():
         old = json.loads(mpath.read_text(encoding="utf-8"))
         if old != manifest:
-            raise ValueError(f"{work}: holds an audit of other voices or probes; use another --work directory")
+            raise ValueError(
+                f"{work}: holds an audit of other voices or probes; use another --work directory"
+            )
     write_json_atomic(mpath, manifest)
     n_chunks = math.ceil(len(voices) / CHUNK_VOICES)
     t0 = time.perf_counter()
@@ -193,7 +197,9 @@ def run_probes(
                 for k in range(c + 1, n_chunks)
                 if k % part[1] == part[0] and not (work / "chunks" / f"probes-{k:05d}.parquet").exists()
             )
-            log(f"audit {work.name}: chunk {c + 1}/{n_chunks} done; {el / done_now:.0f}s/chunk, ETA {el / done_now * left / 60:.0f} min")
+            log(
+                f"audit {work.name}: chunk {c + 1}/{n_chunks} done; {el / done_now:.0f}s/chunk, ETA {el / done_now * left / 60:.0f} min"
+            )
         if path.exists():
             tables.append(pq.read_table(path))
     return pa.concat_tables(tables) if len(tables) == n_chunks else None
@@ -223,7 +229,10 @@ def _dist(x: Sequence[float]) -> dict[str, float]:
     return {
         "n": int(a.size),
         "mean": round(float(a.mean()), 4),
-        **{k: round(float(v), 4) for k, v in zip(("min", "p5", "p25", "median", "p75", "p95", "max"), q, strict=True)},
+        **{
+            k: round(float(v), 4)
+            for k, v in zip(("min", "p5", "p25", "median", "p75", "p95", "max"), q, strict=True)
+        },
     }
 
 
@@ -357,7 +366,9 @@ def audit_library(
     }
     if baseline:
         naive = run_probes(naive_voices(n, seed), work / "naive", tts=tts, encoder=encoder, asr=asr, log=log)
-        report["baseline_naive_blends"] = summarize(naive, max_identity_cosine=max_identity_cosine, references=references)
+        report["baseline_naive_blends"] = summarize(
+            naive, max_identity_cosine=max_identity_cosine, references=references
+        )
     return report
 
 
@@ -379,14 +390,30 @@ def report_markdown(report: Mapping[str, Any], title: str = "Voice library audit
         ("speaker-ID accuracy (voice)", lambda s: g(s, "speaker_id_accuracy_voice")),
         ("EER", lambda s: g(s, "eer")),
         ("NN cosine to another identity: median", lambda s: g(s, "nn_cosine_other_identity.median")),
-        ("NN cosine: p5 / p95 / max", lambda s: "{} / {} / {}".format(*(g(s, f"nn_cosine_other_identity.{k}") for k in ("p5", "p95", "max")))),
+        (
+            "NN cosine: p5 / p95 / max",
+            lambda s: "{} / {} / {}".format(
+                *(g(s, f"nn_cosine_other_identity.{k}") for k in ("p5", "p95", "max"))
+            ),
+        ),
         ("share of NN cosine over the bound", lambda s: g(s, "share_nn_over_bound")),
         ("variants of one identity: median cosine", lambda s: g(s, "within_identity_cosine.median")),
-        ("CER zh: mean / share > 0.1", lambda s: f"{g(s, 'error_rates.zh.mean')} / {g(s, 'error_rates.zh.share_over_max')}"),
-        ("WER en: mean / share > 0.1", lambda s: f"{g(s, 'error_rates.en.mean')} / {g(s, 'error_rates.en.share_over_max')}"),
+        (
+            "CER zh: mean / share > 0.1",
+            lambda s: f"{g(s, 'error_rates.zh.mean')} / {g(s, 'error_rates.zh.share_over_max')}",
+        ),
+        (
+            "WER en: mean / share > 0.1",
+            lambda s: f"{g(s, 'error_rates.en.mean')} / {g(s, 'error_rates.en.share_over_max')}",
+        ),
         ("gender label agrees with F0", lambda s: g(s, "gender_label_agrees_with_f0")),
     ]
-    lines = [f"# {title}", "", "| measure | " + " | ".join(c for c, _ in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    lines = [
+        f"# {title}",
+        "",
+        "| measure | " + " | ".join(c for c, _ in cols) + " |",
+        "|---" * (len(cols) + 1) + "|",
+    ]
     for name, fn in rows:
         lines.append(f"| {name} | " + " | ".join(str(fn(s)) for _, s in cols) + " |")
     priv = report["library"].get("privacy")

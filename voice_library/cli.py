@@ -122,7 +122,9 @@ def cmd_listen(args: argparse.Namespace) -> int:
     if voice is None:
         raise SystemExit(f"error: voice {args.voice_id!r} is not in {args.library}")
     if voice.backend != "kokoro":
-        raise SystemExit(f"error: voice {args.voice_id} is a {voice.backend} voice; `listen` speaks Kokoro voices")
+        raise SystemExit(
+            f"error: voice {args.voice_id} is a {voice.backend} voice; `listen` speaks Kokoro voices"
+        )
     lang = args.lang or (voice.language if voice.language in ("zh", "en") else "zh")
     text = args.text or PROBE_TEXTS[lang]
     tts = KokoroTTS()
@@ -196,7 +198,9 @@ def cmd_pool(args: argparse.Namespace) -> int:
             chosen = pool
     chosen.meta["accepted_at_other_bounds"] = counts
     out = save_pool(chosen, args.out)
-    print(f"wrote {out}: {len(chosen.identities)} identities at max_identity_cosine {args.max_identity_cosine}")
+    print(
+        f"wrote {out}: {len(chosen.identities)} identities at max_identity_cosine {args.max_identity_cosine}"
+    )
     return 0
 
 
@@ -231,8 +235,13 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from voice_library.embeddings import embed_recordings
     from voice_library.privacy import reference_files
 
-    vecs, names = embed_recordings(reference_files(args.audio), ResemblyzerEncoder(), segment_s=args.segment_s)
-    rows = [{"speaker_id": n.split("#")[0], "segment": n, "embedding": v.tolist()} for n, v in zip(names, vecs, strict=True)]
+    vecs, names = embed_recordings(
+        reference_files(args.audio), ResemblyzerEncoder(), segment_s=args.segment_s
+    )
+    rows = [
+        {"speaker_id": n.split("#")[0], "segment": n, "embedding": v.tolist()}
+        for n, v in zip(names, vecs, strict=True)
+    ]
     write_parquet_atomic(Path(args.out), pa.Table.from_pylist(rows))
     print(f"wrote {args.out}: {len(rows)} embeddings of {vecs.shape[1]} dimensions")
     return 0
@@ -268,10 +277,16 @@ def register(subparsers: Any) -> None:
     b = vs.add_parser("build", help="build a library of identities × prosodic variants from an identity pool")
     b.add_argument("--size", type=int, default=42_002, help="number of user voices (default 42002)")
     b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--out", default=DEFAULT_LIBRARY, help=f"Parquet file to write (default {DEFAULT_LIBRARY})")
+    b.add_argument(
+        "--out", default=DEFAULT_LIBRARY, help=f"Parquet file to write (default {DEFAULT_LIBRARY})"
+    )
     b.add_argument("--backend", choices=["kokoro", "cosyvoice"], default="kokoro")
-    b.add_argument("--pool", help="identity pool (default: the measured Kokoro pool shipped with the package)")
-    b.add_argument("--max-identity-cosine", type=float, help="only identities distinct at this stricter bound")
+    b.add_argument(
+        "--pool", help="identity pool (default: the measured Kokoro pool shipped with the package)"
+    )
+    b.add_argument(
+        "--max-identity-cosine", type=float, help="only identities distinct at this stricter bound"
+    )
     b.add_argument("--no-agents", action="store_true", help="user voices only")
     b.set_defaults(func=cmd_build)
 
@@ -281,11 +296,15 @@ def register(subparsers: Any) -> None:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_stats)
 
-    a = vs.add_parser("audit", help="synthesise probes for a sample of voices; measure distinctness and ASR error")
+    a = vs.add_parser(
+        "audit", help="synthesise probes for a sample of voices; measure distinctness and ASR error"
+    )
     a.add_argument("library")
     a.add_argument("--sample", type=int, default=200, help="voices to audit (distinct identities first)")
     a.add_argument("--seed", type=int, default=0)
-    a.add_argument("--baseline", action="store_true", help="also audit as many naive convex blends, same probes")
+    a.add_argument(
+        "--baseline", action="store_true", help="also audit as many naive convex blends, same probes"
+    )
     a.add_argument("--refs", help="real recordings (file or directory): report the closest voice to each")
     a.add_argument("--work", help="directory for resumable probe results (default: next to the library)")
     a.add_argument("--out", help="write the report as JSON (and Markdown next to it)")

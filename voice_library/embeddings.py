@@ -62,7 +62,9 @@ def read_embeddings(path: str | Path) -> EmbeddingSet:
 
         t = pq.read_table(p)
         if "embedding" not in t.column_names:
-            raise ValueError(f"{p}: a Parquet embedding file needs an 'embedding' list column (has {t.column_names})")
+            raise ValueError(
+                f"{p}: a Parquet embedding file needs an 'embedding' list column (has {t.column_names})"
+            )
         rows = t.column("embedding").to_pylist()
         lengths = {len(r) if r is not None else 0 for r in rows}
         if len(lengths) != 1 or 0 in lengths:
@@ -245,7 +247,9 @@ def sample_pool(
         gs = np.asarray(embeddings.genders)
         groups = {g: x[gs == g] for g in ("female", "male") if (gs == g).sum() >= 2}
         if len(groups) < 2:
-            raise ValueError(f"{embeddings.source}: need ≥ 2 embeddings of each gender to fit one model per gender")
+            raise ValueError(
+                f"{embeddings.source}: need ≥ 2 embeddings of each gender to fit one model per gender"
+            )
         quota = {"female": n_identities - n_identities // 2, "male": n_identities // 2}
     identities = []
     models = {}

@@ -100,4 +100,3 @@ def style_from_parts(
         offset = (coef * scales[: coef.size]) @ dirs[: coef.size]
         style = style + offset.astype(np.float32).reshape((1,) * (style.ndim - 1) + (-1,))
     return style
-

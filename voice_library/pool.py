@@ -3,8 +3,9 @@
 An identity is accepted only if its centroid embedding (search probes, zh + en) has cosine
 ≤ ``max_identity_cosine`` to every other accepted identity, it stays below the privacy bound to
 every reference speaker (the TTS's shipped voices, which stand for the real people it was
-trained on, and any real recordings given), its median F0 is plausible, and ASR understands
-its probes (CER/WER ≤ ``max_error``). Acceptance is greedy; by default the candidate with the
+trained on, and any real recordings given), its median F0 is plausible, its probes are voiced
+speech (≥ ``min_voiced_share`` of the audible frames: no whisper or creak) and ASR understands
+them (CER/WER ≤ ``max_error``). Acceptance is greedy; by default the candidate with the
 fewest too-close neighbours goes first (a maximal-independent-set heuristic), which fits more
 identities under the same bound than a random order; both counts are recorded.
 
@@ -30,6 +31,9 @@ POOL_META_KEY = b"kespeechchat.identity_pool"
 DEFAULT_POOL_PATH = Path(__file__).resolve().parent / "data" / "kokoro_identities.parquet"
 F0_RANGE_HZ = (85.0, 330.0)
 MAX_PROBE_ERROR = 0.10
+# Shipped Kokoro voices are voiced in 79-93 % of their audible frames; some extreme styles fall
+# to 10-30 % (whisper, creak) while ASR still reads them.
+MIN_VOICED_SHARE = 0.5
 POOL_VERSION = 1
 
 
@@ -51,6 +55,7 @@ class Identity:
     speaker_embedding: list[float] | None = None
     error_zh: float = float("nan")
     error_en: float = float("nan")
+    voiced_share: float = float("nan")
     nearest_identity_cosine: float = float("nan")
     nearest_reference: str = ""
     nearest_reference_cosine: float = float("nan")
@@ -62,7 +67,9 @@ class Identity:
         return {
             "backend": self.backend,
             "base_weights": dict(sorted(self.base_weights.items())),
-            "prosody_weights": None if not self.prosody_weights else dict(sorted(self.prosody_weights.items())),
+            "prosody_weights": None
+            if not self.prosody_weights
+            else dict(sorted(self.prosody_weights.items())),
             "style_offsets": None if not self.style_offsets else [float(x) for x in self.style_offsets],
             "pitch_ratio": float(self.pitch_ratio),
             "formant_ratio": float(self.formant_ratio),
@@ -91,12 +98,18 @@ class IdentityPool:
         c = np.asarray([i.centroid for i in self.identities], dtype=np.float64)
         return c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
 
-    def restrict(self, max_identity_cosine: float, *, order: str = "min_degree", seed: int = 0) -> IdentityPool:
+    def restrict(
+        self, max_identity_cosine: float, *, order: str = "min_degree", seed: int = 0
+    ) -> IdentityPool:
         """The identities that stay distinct under a stricter bound (greedy on the pool's centroids)."""
         if max_identity_cosine >= self.max_identity_cosine:
             return self
         keep = greedy_accept(self.centroids(), max_identity_cosine, order=order, seed=seed)
-        meta = {**self.meta, "max_identity_cosine": max_identity_cosine, "restricted_from": self.max_identity_cosine}
+        meta = {
+            **self.meta,
+            "max_identity_cosine": max_identity_cosine,
+            "restricted_from": self.max_identity_cosine,
+        }
         meta["identities"] = len(keep)
         return IdentityPool([self.identities[i] for i in sorted(keep)], meta)
 
@@ -153,6 +166,26 @@ def greedy_accept(
     return kept
 
 
+def voiced_share(x: np.ndarray, sr: int, frame_s: float = 0.005, rel_level: float = 0.02) -> float:
+    """Share of the audible frames (RMS above ``rel_level`` × the loudest frame) that WORLD finds
+    voiced. Speech is mostly voiced; some extreme styles whisper or creak, which ASR still reads
+    but nobody would call a normal voice."""
+    from voice_library.world import analyse_f0
+
+    x = np.asarray(x, dtype=np.float64)
+    f0 = analyse_f0(x, sr)
+    hop = int(round(sr * frame_s))
+    n = min(f0.size, int(np.ceil(x.size / hop)))
+    if n == 0:
+        return 0.0
+    pad = np.zeros(n * hop)
+    m = min(x.size, n * hop)
+    pad[:m] = x[:m]
+    rms = np.sqrt(np.mean(pad.reshape(n, hop) ** 2, axis=1))
+    active = rms > rel_level * max(float(rms.max()), 1e-12)
+    return float((f0[:n][active] > 0).mean()) if active.any() else 0.0
+
+
 def gender_from_f0(f0_hz: float) -> str:
     from voice_library.recipes import MALE_F0_THRESHOLD_HZ
 
@@ -193,27 +226,52 @@ def probe_errors(
         batch = [(*decode_audio(audio[cid][lang]), lang) for lang in langs]
         hyps = asr.transcribe(batch)
         out[cid] = {
-            lang: round(float(error_rate(texts[lang], hyp, lang)), 4) for lang, hyp in zip(langs, hyps, strict=True)
+            lang: round(float(error_rate(texts[lang], hyp, lang)), 4)
+            for lang, hyp in zip(langs, hyps, strict=True)
         }
     return out
 
 
-class ErrorCache:
-    """Probe CER/WER per candidate, kept next to the search so repeated selections pay once."""
+class ProbeCache:
+    """Per-candidate probe measurements (zh, en) kept next to the search, so that repeated
+    selections pay once: ``probe_errors.parquet`` (CER/WER), ``probe_voicing.parquet``."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, prefix: str):
         self.path = Path(path)
+        self.prefix = prefix
         self.data: dict[int, dict[str, float]] = {}
         if self.path.exists():
             for r in pq.read_table(self.path).to_pylist():
-                self.data[int(r["candidate_id"])] = {"zh": r["error_zh"], "en": r["error_en"]}
+                self.data[int(r["candidate_id"])] = {"zh": r[f"{prefix}_zh"], "en": r[f"{prefix}_en"]}
 
     def save(self) -> None:
         from kespeechchat.store import write_parquet_atomic
 
-        rows = [{"candidate_id": k, "error_zh": v["zh"], "error_en": v["en"]} for k, v in sorted(self.data.items())]
-        schema = pa.schema([("candidate_id", pa.int64()), ("error_zh", pa.float64()), ("error_en", pa.float64())])
+        rows = [
+            {"candidate_id": k, f"{self.prefix}_zh": v["zh"], f"{self.prefix}_en": v["en"]}
+            for k, v in sorted(self.data.items())
+        ]
+        schema = pa.schema(
+            [
+                ("candidate_id", pa.int64()),
+                (f"{self.prefix}_zh", pa.float64()),
+                (f"{self.prefix}_en", pa.float64()),
+            ]
+        )
         write_parquet_atomic(self.path, pa.Table.from_pylist(rows, schema=schema))
+
+
+def probe_voicing(audio: Mapping[int, Mapping[str, bytes]]) -> dict[int, dict[str, float]]:
+    """Voiced share (see ``voiced_share``) of each candidate's stored probe audio."""
+    from kespeechchat.audio import decode_audio
+
+    out: dict[int, dict[str, float]] = {}
+    for cid in sorted(audio):
+        out[cid] = {}
+        for lang, blob in audio[cid].items():
+            x, sr = decode_audio(blob)
+            out[cid][lang] = round(voiced_share(x, sr), 4)
+    return out
 
 
 def select_identities(
@@ -224,6 +282,7 @@ def select_identities(
     references: Mapping[str, np.ndarray],
     privacy_max_cosine: float,
     max_error: float = MAX_PROBE_ERROR,
+    min_voiced_share: float = MIN_VOICED_SHARE,
     f0_range_hz: tuple[float, float] = F0_RANGE_HZ,
     order: str = "min_degree",
     seed: int = 0,
@@ -231,7 +290,8 @@ def select_identities(
     log: Callable[[str], None] = print,
 ) -> IdentityPool:
     """Accept identities from a finished search (see the module docstring); ASR runs only on
-    candidates the greedy step wants, and failures are excluded and the step repeated."""
+    candidates the greedy step wants (after the voicing gate), and failures are excluded and the
+    step repeated."""
     from voice_library.search import SEARCH_PROBES, centroids, load_candidate_audio, load_candidates
 
     search_dir = Path(search_dir)
@@ -256,25 +316,41 @@ def select_identities(
         "too_close_to_reference": int((too_close & ok).sum()),
     }
     ok &= ~too_close
-    cache = ErrorCache(search_dir / "probe_errors.parquet")
+    cache = ProbeCache(search_dir / "probe_errors.parquet", "error")
+    voicing = ProbeCache(search_dir / "probe_voicing.parquet", "voiced")
+    unvoiced: set[int] = set()
     failed: set[int] = set()
     while True:
         kept = greedy_accept(c, max_identity_cosine, eligible=ok, order=order, seed=seed)
-        if asr is None:  # no intelligibility gate (recorded in the metadata)
-            break
         ids = [rows[i]["candidate_id"] for i in kept]
-        todo = [cid for cid in ids if cid not in cache.data]
-        for start in range(0, len(todo), 16):
-            part = todo[start : start + 16]
-            log(f"ASR gate: transcribing probes of candidates {start + 1}-{start + len(part)} of {len(todo)} …")
-            cache.data.update(probe_errors(asr, load_candidate_audio(search_dir, part), SEARCH_PROBES))
-            cache.save()
-        bad = [i for i in kept if max(cache.data[rows[i]["candidate_id"]].values()) > max_error]
+        todo = [cid for cid in ids if cid not in voicing.data]
+        if todo:
+            voicing.data.update(probe_voicing(load_candidate_audio(search_dir, todo)))
+            voicing.save()
+        bad = [i for i in kept if min(voicing.data[rows[i]["candidate_id"]].values()) < min_voiced_share]
+        unvoiced.update(bad)
+        if asr is not None:  # without an ASR backend there is no intelligibility gate (recorded)
+            voiced_ok = [rows[i]["candidate_id"] for i in kept if i not in unvoiced]
+            todo = [cid for cid in voiced_ok if cid not in cache.data]
+            for start in range(0, len(todo), 16):
+                part = todo[start : start + 16]
+                log(
+                    f"ASR gate: transcribing probes of candidates {start + 1}-{start + len(part)} of {len(todo)} …"
+                )
+                cache.data.update(probe_errors(asr, load_candidate_audio(search_dir, part), SEARCH_PROBES))
+                cache.save()
+            unheard = [
+                i
+                for i in kept
+                if i not in unvoiced and max(cache.data[rows[i]["candidate_id"]].values()) > max_error
+            ]
+            failed.update(unheard)
+            bad += unheard
         if not bad:
             break
         for i in bad:
             ok[i] = False
-            failed.add(i)
+    counts["unvoiced_rejected"] = len(unvoiced)
     counts["unintelligible_rejected"] = len(failed)
     counts["accepted"] = len(kept)
     counts["accepted_random_order"] = len(
@@ -301,6 +377,7 @@ def select_identities(
             age_band=age_band_from(float(r["formant_ratio"]), float(r["f0_median_hz"]), g),
             error_zh=float(err["zh"]),
             error_en=float(err["en"]),
+            voiced_share=float(min(voicing.data[r["candidate_id"]].values())),
             nearest_identity_cosine=round(float(sims[j].max()), 4) if len(kept) > 1 else float("nan"),
             nearest_reference=ref_names[int(np.argmax(ref_cos[i]))] if ref_names else "",
             nearest_reference_cosine=round(float(ref_cos[i].max()), 4) if ref_names else float("nan"),
@@ -316,6 +393,7 @@ def select_identities(
         "max_identity_cosine": max_identity_cosine,
         "privacy_max_cosine": privacy_max_cosine,
         "max_probe_error": max_error if asr is not None else None,
+        "min_voiced_share": min_voiced_share,
         "f0_range_hz": list(f0_range_hz),
         "order": order,
         "seed": seed,
@@ -328,7 +406,9 @@ def select_identities(
             "asr": getattr(asr, "name", type(asr).__name__),
             "probes": search_meta.get("probes"),
         },
-        "search": {k: search_meta.get(k) for k in ("seed", "n_blends", "world_per_blend", "families", "version")},
+        "search": {
+            k: search_meta.get(k) for k in ("seed", "n_blends", "world_per_blend", "families", "version")
+        },
     }
     return IdentityPool(identities, meta)
 
@@ -351,6 +431,7 @@ POOL_SCHEMA = pa.schema(
         ("speaker_embedding", pa.list_(pa.float64())),
         ("error_zh", pa.float64()),
         ("error_en", pa.float64()),
+        ("voiced_share", pa.float64()),
         ("nearest_identity_cosine", pa.float64()),
         ("nearest_reference", pa.string()),
         ("nearest_reference_cosine", pa.float64()),
@@ -385,7 +466,7 @@ def load_pool(path: str | Path | None = None) -> IdentityPool:
             f"identity pool {p} not found; build one with `kespeechchat voices search` and `voices pool`"
         )
     t = pq.read_table(p)
-    missing = set(POOL_SCHEMA.names) - set(t.column_names)
+    missing = set(POOL_SCHEMA.names) - set(t.column_names) - {"voiced_share"}
     raw = (t.schema.metadata or {}).get(POOL_META_KEY)
     if missing or raw is None:
         raise ValueError(f"{p}: not an identity pool (missing columns {sorted(missing)} or metadata)")

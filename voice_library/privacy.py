@@ -58,7 +58,9 @@ def privacy_report(
     closest = []
     for j, name in enumerate(names):
         k = int(np.argmax(s[:, j]))
-        closest.append({"reference": name, "closest_identity": identity_ids[k], "cosine": round(float(s[k, j]), 4)})
+        closest.append(
+            {"reference": name, "closest_identity": identity_ids[k], "cosine": round(float(s[k, j]), 4)}
+        )
     over = [
         {"identity_id": identity_ids[i], "reference": names[j], "cosine": round(float(s[i, j]), 4)}
         for i, j in zip(*np.nonzero(s > max_cosine), strict=True)

@@ -195,9 +195,7 @@ def _identity_int(identity_id: str) -> int:
 # --- building ---------------------------------------------------------------------------------
 
 
-def _voice(
-    ident: Identity, *, role: str, language: str, seed: int, variant: int
-) -> VoiceRecipe:
+def _voice(ident: Identity, *, role: str, language: str, seed: int, variant: int) -> VoiceRecipe:
     """Variant ``variant`` of an identity: 0 is canonical, others jitter speed and pitch."""
     ss = np.random.SeedSequence([seed, _identity_int(ident.identity_id), variant])
     if variant == 0:
@@ -254,9 +252,19 @@ def _error(ident: Identity, language: str) -> float:
     return float(e) if math.isfinite(e) else 1.0
 
 
+def _processing(ident: Identity) -> float:
+    """How far WORLD moved the voice from its Kokoro style (|log pitch| + |log formant| ratios,
+    less the voiced share): of two equally intelligible identities the less processed one has
+    fewer artefacts."""
+    voiced = ident.voiced_share if math.isfinite(ident.voiced_share) else 0.0
+    return abs(math.log(ident.pitch_ratio)) + abs(math.log(ident.formant_ratio)) - voiced
+
+
 def agent_identities(pool: IdentityPool) -> dict[tuple[str, str], Identity]:
     """(language, gender) -> the identity with the lowest probe error there (clearest voice);
-    ties go to the lower mean error, then the identity id. Four distinct identities."""
+    probe errors are from one sentence per language and many identities score 0, so ties go to
+    the lower mean error, then the least processed voice (``_processing``), then the identity id.
+    Four distinct identities."""
     chosen: dict[tuple[str, str], Identity] = {}
     used: set[str] = set()
     for language, gender in AGENT_SLOTS:
@@ -265,7 +273,12 @@ def agent_identities(pool: IdentityPool) -> dict[tuple[str, str], Identity]:
             raise ValueError(f"identity pool has no {gender} identity left for the {language} agent voice")
         best = min(
             cands,
-            key=lambda i: (_error(i, language), _error(i, "zh") + _error(i, "en"), i.identity_id),
+            key=lambda i: (
+                _error(i, language),
+                _error(i, "zh") + _error(i, "en"),
+                _processing(i),
+                i.identity_id,
+            ),
         )
         chosen[(language, gender)] = best
         used.add(best.identity_id)
@@ -309,7 +322,10 @@ def build_library(
     rng = np.random.default_rng(np.random.SeedSequence([seed, 101]))
     by_gender: dict[str, list[Identity]] = {}
     for g in GENDERS:
-        group = sorted((i for i in p.identities if i.gender == g and i.identity_id not in agents), key=lambda i: i.identity_id)
+        group = sorted(
+            (i for i in p.identities if i.gender == g and i.identity_id not in agents),
+            key=lambda i: i.identity_id,
+        )
         order = rng.permutation(len(group)) if group else []
         by_gender[g] = [group[k] for k in order]
     if identities is not None:
@@ -414,7 +430,9 @@ def from_table(table: pa.Table, source: str = "table") -> list[VoiceRecipe]:
     return out
 
 
-def save_library(voices: Iterable[VoiceRecipe], path: str | Path, meta: Mapping[str, Any] | None = None) -> Path:
+def save_library(
+    voices: Iterable[VoiceRecipe], path: str | Path, meta: Mapping[str, Any] | None = None
+) -> Path:
     """Write recipes as Parquet atomically; the schema metadata records counts, version and
     (when given) how distinctness was measured (see ``library_meta_for``)."""
     voices = list(voices)

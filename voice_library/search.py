@@ -110,13 +110,17 @@ def convex_blend(rng: np.random.Generator, names: Sequence[str]) -> dict[str, fl
     return _round_weights({str(n): float(v) for n, v in zip(names, mix, strict=True)})
 
 
-def draw_style(seed: int, blend_index: int, family: str, names: Sequence[str], base_f0: Mapping[str, float]) -> Style:
+def draw_style(
+    seed: int, blend_index: int, family: str, names: Sequence[str], base_f0: Mapping[str, float]
+) -> Style:
     """The style of blend ``blend_index`` of ``family``, deterministic from (seed, index)."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, blend_index, 17]))
     if family == BASELINE_FAMILY:
         return Style(blend_index, family, "female", convex_blend(rng, names))
     if family not in SEARCH_FAMILIES:
-        raise ValueError(f"unknown candidate family {family!r}; expected {SEARCH_FAMILIES} or {BASELINE_FAMILY!r}")
+        raise ValueError(
+            f"unknown candidate family {family!r}; expected {SEARCH_FAMILIES} or {BASELINE_FAMILY!r}"
+        )
     aim = "male" if blend_index % 2 else "female"
     weights = affine_blend(rng, names, base_f0, aim)
     prosody = None
@@ -184,7 +188,10 @@ AUDIO_SCHEMA = pa.schema([("candidate_id", pa.int64()), ("audio_zh", pa.binary()
 
 
 def _chunk_paths(out_dir: Path, chunk: int) -> tuple[Path, Path]:
-    return out_dir / "chunks" / f"candidates-{chunk:05d}.parquet", out_dir / "chunks" / f"audio-{chunk:05d}.parquet"
+    return (
+        out_dir / "chunks" / f"candidates-{chunk:05d}.parquet",
+        out_dir / "chunks" / f"audio-{chunk:05d}.parquet",
+    )
 
 
 def base_f0_table(tts: Any) -> dict[str, float]:
@@ -225,7 +232,11 @@ def evaluate_style(
         formant = round(float(formant), 3)
         emb, flac = {}, {}
         for lang, x in raw.items():
-            y = x if (pitch == 1.0 and formant == 1.0) else w.synthesize_from(analyses[lang], sr, x.size, pitch, formant)
+            y = (
+                x
+                if (pitch == 1.0 and formant == 1.0)
+                else w.synthesize_from(analyses[lang], sr, x.size, pitch, formant)
+            )
             emb[lang] = encoder.embed(y, sr).astype(np.float32)
             flac[lang] = encode_flac(resample(y, sr, AUDIO_RATE_HZ), AUDIO_RATE_HZ)
         cid = first_candidate_id + j
@@ -237,7 +248,9 @@ def evaluate_style(
                 "family": style.family,
                 "aim": style.aim,
                 "base_weights": list(style.base_weights.items()),
-                "prosody_weights": None if style.prosody_weights is None else list(style.prosody_weights.items()),
+                "prosody_weights": None
+                if style.prosody_weights is None
+                else list(style.prosody_weights.items()),
                 "style_offsets": None if style.style_offsets is None else list(style.style_offsets),
                 "pitch_ratio": pitch,
                 "formant_ratio": formant,

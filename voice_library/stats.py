@@ -60,9 +60,7 @@ def library_stats(voices: Sequence[Any], meta: Mapping[str, Any] | None = None) 
         "user_identities": len(first),
         "distinct": m.get("distinct"),
         "statement": distinctness_statement(m),
-        "voices_by_language_gender_age": {
-            f"{lang}/{g}/{a}": n for (lang, g, a), n in sorted(by_lga.items())
-        },
+        "voices_by_language_gender_age": {f"{lang}/{g}/{a}": n for (lang, g, a), n in sorted(by_lga.items())},
         "voices_by_language": dict(Counter(v.language for v in users)),
         "voices_by_gender": dict(Counter(v.gender for v in users)),
         "identities_by_gender_age": {f"{g}/{a}": n for (g, a), n in sorted(ident_ga.items())},

@@ -40,12 +40,17 @@ def analyse(x: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return f0, sp, ap
 
 
-def median_f0_hz(x: np.ndarray, sr: int) -> float:
-    """Median F0 of the voiced frames (Hz); NaN when nothing is voiced."""
+def analyse_f0(x: np.ndarray, sr: int) -> np.ndarray:
+    """F0 per 5 ms frame (Hz; 0 where unvoiced), WORLD dio + stonemask."""
     pw = _pyworld()
     x64 = np.ascontiguousarray(x, dtype=np.float64)
     f0, t = pw.dio(x64, sr, f0_floor=F0_FLOOR_HZ, f0_ceil=F0_CEIL_HZ, frame_period=FRAME_PERIOD_MS)
-    f0 = pw.stonemask(x64, f0, t, sr)
+    return pw.stonemask(x64, f0, t, sr)
+
+
+def median_f0_hz(x: np.ndarray, sr: int) -> float:
+    """Median F0 of the voiced frames (Hz); NaN when nothing is voiced."""
+    f0 = analyse_f0(x, sr)
     voiced = f0[f0 > 0]
     return float(np.median(voiced)) if voiced.size else float("nan")
 

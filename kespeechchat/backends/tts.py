@@ -229,7 +229,9 @@ class KokoroTTS:
             raise ValueError(
                 f"voice {voice.voice_id}: unknown Kokoro base voices {sorted(unknown)}; have {list(self._voices)}"
             )
-        mix = style_from_parts(self._voices, dict(weights), pw or None, list(so) if so else None, who=f"voice {voice.voice_id}")
+        mix = style_from_parts(
+            self._voices, dict(weights), pw or None, list(so) if so else None, who=f"voice {voice.voice_id}"
+        )
         self._styles[key] = mix
         return mix
 
@@ -461,8 +463,10 @@ def make_tts(cfg: TTSConfig, *, speed_jitter: float = 0.06) -> TTSBackend:
                 "tts.model_dir is required for the cosyvoice backend (a local CosyVoice2 model directory)"
             )
         return CosyVoiceTTS(
-            cfg.model_dir, source_dir=cfg.source_dir, load_jit=cfg.load_jit, load_trt=cfg.load_trt, fp16=cfg.fp16
+            cfg.model_dir,
+            source_dir=cfg.source_dir,
+            load_jit=cfg.load_jit,
+            load_trt=cfg.load_trt,
+            fp16=cfg.fp16,
         )
     raise ValueError(f"unknown TTS backend {cfg.backend!r}")
-
-

@@ -365,17 +365,22 @@ SPOKEN_LENGTH_RATIO = (0.4, 2.5)
 SPOKEN_MIN_CHARS = 20
 # An answer that opens with yes must not come back opening with no (the embedded model turned
 # "No, I am a language model…" into "Yes, I am…"). Fillers the pass may add come off first.
-_FILLER = re.compile(r"^(?:(?:well|so|oh|um|actually|okay|ok|hmm|嗯|啊|哦|其实|那么)[\s,，.。!！]*)+", re.IGNORECASE)
+_FILLER = re.compile(
+    r"^(?:(?:well|so|oh|um|actually|okay|ok|hmm|嗯|啊|哦|其实|那么)[\s,，.。!！]*)+", re.IGNORECASE
+)
 _YES = re.compile(
     r"^(?:yes|yeah|yep|sure|certainly|of course|absolutely|indeed|correct)\b"
     r"|^(?:是的|对的|没错|当然(?:可以|是|了)?|是|对)[，,。！!]",
     re.IGNORECASE,
 )
-_NO = re.compile(r"^(?:no|nope)\b(?!\s+(?:one|longer|matter|doubt)\b)|^(?:不是的?|不对|没有|不行|不)[，,。！!]", re.IGNORECASE)
+_NO = re.compile(
+    r"^(?:no|nope)\b(?!\s+(?:one|longer|matter|doubt)\b)|^(?:不是的?|不对|没有|不行|不)[，,。！!]",
+    re.IGNORECASE,
+)
 
 
 def polarity(text: str) -> str | None:
-    """"yes" or "no" when an answer opens with one ("No, …", "是的，…"), else None."""
+    """ "yes" or "no" when an answer opens with one ("No, …", "是的，…"), else None."""
     head = _FILLER.sub("", text.strip())
     if _YES.match(head):
         return "yes"

@@ -11,7 +11,16 @@ from pipelines.stages.spoken import SpokenStage
 from pipelines.stages.synthesize import SynthesizeStage
 from pipelines.stages.verify import VerifyStage
 
-SHARD_STAGES = (RewriteStage, FilterStage, SpokenStage, AssignStage, SynthesizeStage, VerifyStage, RepairStage, SelectStage)
+SHARD_STAGES = (
+    RewriteStage,
+    FilterStage,
+    SpokenStage,
+    AssignStage,
+    SynthesizeStage,
+    VerifyStage,
+    RepairStage,
+    SelectStage,
+)
 STAGE_NAMES = ("ingest",) + tuple(s.name for s in SHARD_STAGES) + ("package",)
 
 __all__ = ["SHARD_STAGES", "STAGE_NAMES"]

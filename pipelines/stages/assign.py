@@ -66,7 +66,9 @@ class AssignStage(Stage):
             lang = row["language"]
             slot = slots.get(row["dialogue_id"])
             if slot is None:
-                raise ValueError(f"assign shard {shard}: dialogue {row['dialogue_id']} is not in the ingest shard")
+                raise ValueError(
+                    f"assign shard {shard}: dialogue {row['dialogue_id']} is not in the ingest shard"
+                )
             try:
                 user, agent = self.assigner.assign(slot, lang)
             except KeyError as e:
@@ -77,5 +79,8 @@ class AssignStage(Stage):
         users = Counter(
             vid for r in kept for vid, role in zip(r["voice_ids"], r["roles"], strict=True) if role == "user"
         )
-        metrics = {"user_voices_used": float(len(users)), "max_uses_of_a_voice": float(max(users.values(), default=0))}
+        metrics = {
+            "user_voices_used": float(len(users)),
+            "max_uses_of_a_voice": float(max(users.values(), default=0)),
+        }
         return self.build_output(table, kept, rejected, metrics)

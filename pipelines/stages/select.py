@@ -10,6 +10,8 @@ Reasons, in the order they are checked (broken audio first, then content, then v
 ``audio_empty``        no audio at all
 ``audio_silence``      share of near-silent 20 ms frames above ``max_silence_ratio``
 ``audio_clipping``     share of full-scale samples above ``max_clipping_ratio``
+``audio_repetition``   share of the speech repeating earlier speech of the clip above
+                       ``max_repeat_ratio``: a TTS loop (said twice or more)
 ``speaking_rate_slow`` spoken characters per second of speech under the language's minimum:
                        a loop or a stall (the text takes far too long)
 ``speaking_rate_fast`` over the maximum: dropped or truncated text
@@ -36,6 +38,7 @@ REASONS = (
     "audio_empty",
     "audio_silence",
     "audio_clipping",
+    "audio_repetition",
     "speaking_rate_slow",
     "speaking_rate_fast",
     "asr_mismatch",
@@ -66,6 +69,8 @@ def turn_failure(cfg: SelectConfig, language: str, text: str, scores: dict[str, 
         return "audio_silence"
     if _nan(scores.get("clipping_ratios")) > cfg.max_clipping_ratio:
         return "audio_clipping"
+    if _nan(scores.get("repeat_ratios")) > cfg.max_repeat_ratio:
+        return "audio_repetition"
     cps = _nan(scores.get("chars_per_s"))
     if math.isfinite(cps) and spoken_chars(text, language) >= cfg.rate_min_chars:
         if cps < cfg.min_chars_per_s.get(language, 0.0):
@@ -90,6 +95,7 @@ TURN_COLUMNS = (
     "clipping_ratios",
     "chars_per_s",
     "dnsmos_ovrl",
+    "repeat_ratios",
 )
 
 
@@ -106,6 +112,7 @@ def describe_turn(i: int, why: str, v: dict[str, Any], attempts: int | None) -> 
     return (
         f"turn {i}: {why} (error_rate={f('error_rates', '.3f')} speaker_sim={f('speaker_similarities', '.3f')} "
         f"silence={f('silence_ratios', '.2f')} clipping={f('clipping_ratios', '.3f')} "
+        f"repeat={f('repeat_ratios', '.2f')} "
         f"chars_per_s={f('chars_per_s', '.1f')} dnsmos={f('dnsmos_ovrl', '.2f')} attempts={attempts})"
     )
 
@@ -122,8 +129,8 @@ def row_failures(cfg: SelectConfig, row: dict[str, Any]) -> list[tuple[int, str]
 
 class SelectStage(Stage):
     name = "select"
-    version = "2"
-    description = "Apply thresholds (silence, clipping, speaking rate, CER/WER, speaker similarity, DNSMOS)."
+    version = "3"
+    description = "Apply thresholds (silence, clipping, repetition, speaking rate, CER/WER, speaker similarity, DNSMOS)."
     inputs = (
         "dialogue_id",
         "language",

@@ -3,6 +3,9 @@
 Score first, decide later: changing a threshold never re-runs these models. Per turn it writes
 
 * ``silence_ratios``, ``clipping_ratios``: signal checks, measured before any model runs;
+* ``repeat_ratios``: share of the speech that repeats earlier speech of the clip
+  (``kespeechchat.audio.repetition_ratio``): a TTS loop that says its text twice, which Whisper
+  often transcribes once and which a fast voice hides from the speaking-rate bound;
 * ``chars_per_s``: spoken characters (``kespeechchat.metrics.spoken_chars``) per second of
   non-silent audio, which catches loops (too slow) and dropped text (too fast);
 * ``asr_texts``, ``error_rates``: what the recogniser heard and its CER (zh) / WER (en) against
@@ -42,6 +45,7 @@ SCORE_COLUMNS = (
     "clipping_ratios",
     "chars_per_s",
     "dnsmos_ovrl",
+    "repeat_ratios",
 )
 NAN = float("nan")
 
@@ -66,6 +70,7 @@ class TurnScores:
     clipping_ratio: float
     chars_per_s: float
     dnsmos_ovrl: float
+    repeat_ratio: float = NAN
 
     def as_columns(self) -> dict[str, Any]:
         """Values keyed by the per-turn list column each goes into."""
@@ -79,6 +84,7 @@ class TurnScores:
             self.clipping_ratio,
             self.chars_per_s,
             self.dnsmos_ovrl,
+            self.repeat_ratio,
         )
 
 
@@ -88,7 +94,7 @@ def verify_config_section(cfg: RunConfig) -> dict[str, Any]:
         "asr": cfg.asr.model_dump(exclude={"num_threads"}),
         "speaker": cfg.speaker.model_dump(exclude={"num_threads"}),
         "quality": cfg.quality.model_dump(exclude={"num_threads"}),
-        "metrics": "v2",
+        "metrics": "v3",
     }
 
 
@@ -199,7 +205,7 @@ class SpeechScorer:
 
     def score(self, clips: list[Clip]) -> list[TurnScores | Exception]:
         """Scores of each clip, in order; an Exception in place of a clip that could not be scored."""
-        from kespeechchat.audio import audio_sanity, resample
+        from kespeechchat.audio import audio_sanity, repetition_ratio, resample
         from kespeechchat.backends.speaker import cosine
         from kespeechchat.metrics import spoken_chars
 
@@ -246,6 +252,7 @@ class SpeechScorer:
                         clipping_ratio=float(s.clipping_ratio),
                         chars_per_s=float(cps),
                         dnsmos_ovrl=float(mos),
+                        repeat_ratio=repetition_ratio(x16, ASR_RATE_HZ) if s.finite else NAN,
                     )
                 )
             except Exception as e:  # one clip's failure must not sink the shard
@@ -260,7 +267,7 @@ def finite_mean(values: list[float]) -> float:
 
 class VerifyStage(Stage):
     name = "verify"
-    version = "2"
+    version = "3"
     description = (
         "Audio sanity, ASR (CER/WER vs the spoken text), speaker similarity vs the voice reference, DNSMOS."
     )
