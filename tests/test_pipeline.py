@@ -139,3 +139,24 @@ def test_status_numbers_match(finished_run):
     cfg, result = finished_run
     s = run_summary(cfg.run_dir)
     assert s["dataset"]["utterances"] == result.summary["dataset"]["utterances"]
+
+
+def test_run_with_no_readable_source_fails_with_a_clear_error(tmp_path):
+    """Missing source files are rejected per file; when nothing at all could be read, the run says
+    so and exits non-zero instead of reporting an empty dataset as success."""
+    import subprocess
+
+    from kespeechchat.testing import cli_run_command, write_config
+
+    cfg = small_config(tmp_path / "runs", [{"path": str(tmp_path / "nope.jsonl")}], name="empty")
+    res = subprocess.run(
+        cli_run_command(write_config(cfg, tmp_path / "c.yaml"), "--executor", "local"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert res.returncode == 1, res.stderr[-2000:]
+    assert "no dialogue could be read" in res.stderr and "unreadable_file 1" in res.stderr
+    rejects = read_rejects(tmp_path / "runs" / "empty").to_pylist()
+    assert [r["reason"] for r in rejects] == ["unreadable_file"] and "nope.jsonl" in rejects[0]["detail"]
