@@ -43,7 +43,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(json.dumps(result.summary, indent=2, ensure_ascii=False, default=str))
     if not result.summary.get("dialogues_in"):
         # every record rejected at ingest (missing files, wrong format): nothing was made, say so
-        why = {k: v for k, v in (result.summary.get("rejected_by_reason") or {}).items() if k.startswith("ingest:")}
+        why = {
+            k: v
+            for k, v in (result.summary.get("rejected_by_reason") or {}).items()
+            if k.startswith("ingest:")
+        }
         print(
             f"error: no dialogue could be read from the {len(cfg.input.sources)} source(s) of {args.config} "
             f"({', '.join(f'{k[7:]} {v}' for k, v in why.items()) or 'no records'}); "

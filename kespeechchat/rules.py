@@ -125,11 +125,18 @@ def _quote(text: str, start: int, end: int, width: int = 60) -> str:
     return repr(text[start : min(end, start + width)])
 
 
+# script-like HTML elements: never speech (plain inline tags such as <b> are left to the rewrite)
+_MARKUP = re.compile(r"<(?:script|style|iframe|object|embed|svg)\b[^>]*>", re.IGNORECASE)
+
+
 def has_code(text: str) -> str | None:
-    """Where the turn holds code: a ``` fence, or several lines that look like code."""
+    """Where the turn holds code: a ``` fence, a script-like HTML element, or several lines that look like code."""
     m = _FENCE.search(text)
     if m:
         return f"code fence {m.group(1)!r}"
+    m = _MARKUP.search(text)
+    if m:
+        return f"markup {_quote(text, m.start(), m.end())}"
     lines = [ln for ln in text.splitlines() if ln.strip()]
     code = [ln for ln in lines if _CODE_LINE.match(ln)]
     if len(code) >= _MIN_CODE_LINES and len(code) >= _MIN_CODE_SHARE * len(lines):

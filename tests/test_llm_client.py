@@ -117,12 +117,13 @@ def test_unreadable_body_is_retried(srv):
     srv.push(
         FakeReply(raw_body=b"<html>502 bad gateway</html>"),
         FakeReply(raw_body=b'{"foo": 1}'),
+        FakeReply(raw_body=b"\x00\xffnot json"),  # the JSON decoder guesses UTF-16 and fails to decode
         FakeReply.json_content(GOOD),
     )
     client = make_client(srv)
     res = ask(client)
-    assert res.ok and res.attempts == 3
-    assert client.stats["transient"] == {"bad_response": 2}
+    assert res.ok and res.attempts == 4
+    assert client.stats["transient"] == {"bad_response": 3}
 
 
 def test_exhausted_retries_give_llm_unavailable(srv):

@@ -368,3 +368,38 @@ def test_thresholds_change_repair_and_select_but_never_verify(cfg):
         RepairStage(no_retry, rt).config_hash()
         == RepairStage(stricter.model_copy(update={"retry": no_retry.retry}), rt).config_hash()
     )
+
+
+def test_backend_errors_reject_only_their_rows_and_the_shard_completes(cfg, voices, synthesized):
+    """A TTS error (a voice missing from the library, a text the model refuses) and undecodable
+    audio before ASR each reject their own dialogue with the error; the other rows go on."""
+    zu = voices["zh_user"].voice_id
+    rows = [
+        _dialogue("fine", "zh", [ZH_SHORT], [zu]),
+        _dialogue("no-such-voice", "zh", [ZH_SHORT], ["v-does-not-exist"]),
+        _dialogue("empty-text", "zh", ["  "], [zu]),
+    ]
+    stage = SynthesizeStage(cfg, Runtime(run_dir=cfg.run_dir))
+    stage.setup()
+    out = stage.process(table_from_rows(rows, COLUMNS), 0)
+    assert [r["dialogue_id"] for r in out.kept.to_pylist()] == ["fine"]
+    why = {r["dialogue_id"]: (r["reject_reason"], r["reject_detail"]) for r in out.rejected.to_pylist()}
+    assert why["no-such-voice"][0] == "tts_error" and "v-does-not-exist" in why["no-such-voice"][1]
+    assert why["empty-text"][0] == "tts_error" and "turn 0" in why["empty-text"][1]
+
+    good = synthesized.to_pylist()[:2]
+    broken = {
+        **good[1],
+        "dialogue_id": "garbled",
+        "audio_flac": [b"not flac at all"] * len(good[1]["audio_flac"]),
+    }
+    verify = VerifyStage(cfg, Runtime(run_dir=cfg.run_dir))
+    verify.setup()
+    vout = verify.process(table_from_rows([good[0], broken], synthesized.column_names), 0)
+    assert [r["dialogue_id"] for r in vout.kept.to_pylist()] == [good[0]["dialogue_id"]]
+    (rej,) = vout.rejected.to_pylist()
+    assert (
+        rej["dialogue_id"] == "garbled"
+        and rej["reject_reason"] == "audio_undecodable"
+        and rej["reject_detail"]
+    )

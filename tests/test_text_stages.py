@@ -339,3 +339,74 @@ def test_changing_a_prompt_reruns_only_that_stage(tmp_path, srv, monkeypatch):
     p = d / "spoken_zh.txt"
     p.write_text(p.read_text(encoding="utf-8") + "\n", encoding="utf-8")
     assert run_text_stages() == {"spoken": 2}
+
+
+def test_a_fifth_of_requests_failing_the_run_completes_and_accounts_for_every_row(tmp_path, srv, monkeypatch):
+    """The endpoint answers every fifth request with a fault (HTTP 500, a stall past the client
+    timeout, truncated JSON, garbage), and always fails the dialogues that mention "jinx": the text
+    stages still finish every shard, faulted rows are retried and kept, the jinxed ones are rejected
+    with llm_unavailable, and in = out + rejected for each stage."""
+    import threading
+
+    from kespeechchat.report import read_rejects, run_summary
+
+    good = dialogue_responder()
+    faults = [
+        FakeReply.error(500),
+        FakeReply(delay_s=3.0),  # past the 1 s client timeout
+        FakeReply(raw_body=b'{"id": "x", "choices": [{"message": {"content": "{\\"tur'),
+        FakeReply(raw_body=b"\x00\xffnot json at all"),
+    ]
+    lock, seen = threading.Lock(), {"n": 0, "faults": 0}
+
+    def chaotic(body: dict) -> FakeReply:
+        with lock:
+            seen["n"] += 1
+            n = seen["n"]
+        if "jinx" in body["messages"][-1]["content"]:
+            return FakeReply.error(503)
+        if n % 5 == 0:
+            with lock:
+                seen["faults"] += 1
+            return faults[(n // 5) % len(faults)]
+        return good(body)
+
+    src = tmp_path / "in.jsonl"
+    recs = [
+        {
+            "instruction": f"What is a good name for pet number {i}?",
+            "output": f"Pet number {i} could be called Max.",
+        }
+        for i in range(14)
+    ] + [
+        {
+            "instruction": "Tell me about the jinx on the house.",
+            "output": "There is no jinx on the house at all.",
+        },
+        {"instruction": "请介绍一下这个 jinx 游戏。", "output": "这是一个简单的卡牌游戏，大家都可以玩。"},
+    ]
+    src.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs), encoding="utf-8")
+    srv.responder = chaotic
+    monkeypatch.setenv("FAKE_LLM_KEY", KEY)
+    cfg = config(tmp_path, srv, api_key_env="FAKE_LLM_KEY", timeout_s=1.0, max_retries=3)
+
+    pipe = Pipeline(cfg, quiet=True)
+    fps = pipe.ingest()
+    pipe._hashes = [st.config_hash() for st in pipe.stages]
+    last = [st.name for st in pipe.stages].index("spoken")
+    units = [u for k, fp in sorted(fps.items()) if (u := pipe.plan(0, int(k), fp, last))]
+    pipe.ensure_llm()
+    LocalExecutor().run(pipe, units, last)
+
+    summary = run_summary(cfg.run_dir)
+    stages = {s["stage"]: s for s in summary["stages"]}
+    for name in ("rewrite", "filter", "spoken"):
+        st = stages[name]
+        assert st["shards_done"] == st["shards_total"] == 8, st
+        assert st["rows_in"] == st["rows_out"] + st["rows_rejected"], st
+    rejects = read_rejects(cfg.run_dir).to_pylist()
+    llm_rejects = [r for r in rejects if r["stage"] in ("rewrite", "filter", "spoken")]
+    assert sorted(r["reason"] for r in llm_rejects) == ["llm_unavailable", "llm_unavailable"], llm_rejects
+    assert all("503" in r["detail"] or "unavailable" in r["detail"].lower() for r in llm_rejects)
+    assert stages["spoken"]["rows_out"] == 14  # every faulted request was retried until it succeeded
+    assert seen["faults"] >= 8 and seen["n"] >= 14 * 3 + seen["faults"]

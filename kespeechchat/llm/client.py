@@ -408,7 +408,9 @@ class LLMClient:
                     kind, detail = "timeout", f"{url}: no answer within {self.timeout_s:g} s"
                 except openai.APIConnectionError as e:
                     kind, detail = "connection", f"{url}: connection failed ({type(e.__cause__).__name__})"
-                except (openai.APIResponseValidationError, _BadBody, json.JSONDecodeError) as e:
+                except (openai.APIResponseValidationError, _BadBody, ValueError) as e:
+                    # ValueError: JSONDecodeError, and UnicodeDecodeError when a garbage body
+                    # makes the JSON decoder guess a UTF-16/32 encoding
                     kind, detail = "bad_response", f"{url}: unreadable response ({type(e).__name__})"
             self._count(kind, bucket="transient")
             log.debug("LLM transient failure %s (attempt %d)", self._redact(detail), attempt + 1)
