@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from os import PathLike
 
 import numpy as np
@@ -148,6 +149,12 @@ def _log_spectrogram(x: np.ndarray, sr: int, hop_s: float = REPEAT_HOP_S, n_band
     n = 1 + (a.size - win) // hop
     idx = np.arange(win)[None, :] + hop * np.arange(n)[:, None]
     spec = np.abs(np.fft.rfft(a[idx] * np.hanning(win), n=n_fft, axis=1)) ** 2
+    return np.log(spec @ _mel_bands(sr, n_fft, n_bands).T + 1e-10)
+
+
+@lru_cache(maxsize=8)
+def _mel_bands(sr: int, n_fft: int, n_bands: int) -> np.ndarray:
+    """Triangular filters (bands × FFT bins), equally spaced on the mel scale up to 8 kHz."""
     freqs = np.fft.rfftfreq(n_fft, 1.0 / sr)
     mel = 2595.0 * np.log10(1.0 + freqs / 700.0)
     top = 2595.0 * np.log10(1.0 + min(8000.0, sr / 2) / 700.0)
@@ -156,7 +163,13 @@ def _log_spectrogram(x: np.ndarray, sr: int, hop_s: float = REPEAT_HOP_S, n_band
     for b in range(n_bands):
         lo, mid, hi = edges[b : b + 3]
         bands[b] = np.clip(np.minimum((mel - lo) / (mid - lo), (hi - mel) / (hi - mid)), 0.0, None)
-    return np.log(spec @ bands.T + 1e-10)
+    return bands
+
+
+def _longest_true_run(x: np.ndarray) -> int:
+    edges = np.diff(np.concatenate(([0], x.astype(np.int8), [0])))
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    return int((ends - starts).max()) if starts.size else 0
 
 
 def repetition_ratio(x: np.ndarray, sr: int) -> float:
@@ -184,13 +197,7 @@ def repetition_ratio(x: np.ndarray, sr: int) -> float:
         hit = (np.convolve(d, smooth, mode="same") >= REPEAT_SIMILARITY) & both
         if hit.sum() <= best:
             continue
-        # longest run of hits, tolerating silent frames inside it
-        run = cur = 0
-        for h, s in zip(hit, both, strict=True):
-            if h:
-                cur += 1
-                run = max(run, cur)
-            elif s:
-                cur = 0
-        best = max(best, run)
+        # longest run of hits among the frames that are speech at both ends (silence neither
+        # extends nor breaks a run)
+        best = max(best, _longest_true_run(hit[both]))
     return float(best) / float(speech.sum())
