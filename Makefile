@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE := 1
 export OMP_WAIT_POLICY := PASSIVE
 export NO_PROXY := 127.0.0.1,localhost
 
-.PHONY: install models demo test test-extended test-fast bench lint clean
+.PHONY: install models demo test test-faults test-fast bench lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -39,15 +39,16 @@ models: $(STAMP)
 demo: models
 	$(VENV)/bin/kespeechchat run --config configs/demo.yaml
 
+# Everything, the fault tests included (about 35 minutes on 2 cores).
 test: models
-	$(PY) -m pytest -q -ra -m "not extended"
+	$(PY) -m pytest -q -ra --durations=15
 
-# Fault and cluster tests (repeated SIGKILLs, Ray worker kill, disk full on a tmpfs, two-node Ray).
-test-extended: models
-	$(PY) -m pytest -q -ra -m extended
+# Fault tests alone: SIGKILLs of the driver and of Ray workers, disk full on a tmpfs, two-node Ray.
+test-faults: models
+	$(PY) -m pytest -q -ra -m faults
 
 test-fast: models
-	$(PY) -m pytest -q -ra -m "not slow and not extended"
+	$(PY) -m pytest -q -ra -m "not slow"
 
 bench: models
 	$(PY) bench/run_all.py

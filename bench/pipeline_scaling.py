@@ -42,14 +42,22 @@ def _sources(n: int) -> list[dict]:
 
 
 class PeakRSS(threading.Thread):
-    """Polls a process tree; keeps the peak RSS of the driver and of the largest worker."""
+    """Polls a process tree; keeps the peak RSS of the driver and of each kind of Ray stage worker."""
 
     def __init__(self, pid: int, interval_s: float = 0.2):
         super().__init__(daemon=True)
         self.pid, self.interval_s = pid, interval_s
         self.driver_mb = 0.0
-        self.worker_mb = 0.0
+        self.by_worker: dict[str, float] = {}
         self.stop = threading.Event()
+
+    @property
+    def worker_mb(self) -> float:
+        return max(self.by_worker.values(), default=0.0)
+
+    @property
+    def largest_worker(self) -> str:
+        return max(self.by_worker, key=self.by_worker.get, default="-")
 
     def run(self) -> None:
         import psutil
@@ -63,8 +71,11 @@ class PeakRSS(threading.Thread):
                 self.driver_mb = max(self.driver_mb, root.memory_info().rss / 2**20)
                 for c in root.children(recursive=True):
                     try:
-                        if "ray::" in " ".join(c.cmdline()[:1]) and "IDLE" not in c.cmdline()[0]:
-                            self.worker_mb = max(self.worker_mb, c.memory_info().rss / 2**20)
+                        title = c.cmdline()[0]
+                        if title.startswith("ray::") and "IDLE" not in title:
+                            kind = title.split()[0].removeprefix("ray::").split(".")[0]
+                            mb = c.memory_info().rss / 2**20
+                            self.by_worker[kind] = max(self.by_worker.get(kind, 0.0), mb)
                     except (psutil.NoSuchProcess, psutil.AccessDenied, IndexError):
                         pass
             except psutil.NoSuchProcess:
@@ -90,6 +101,7 @@ def main() -> None:
     ap.add_argument("--small", type=int, default=4, help="dialogues of the 1x run")
     ap.add_argument("--factor", type=int, default=10)
     ap.add_argument("--shard-size", type=int, default=4)
+    ap.add_argument("--memory-only", action="store_true", help="skip the 1-vs-2-worker speed-up")
     args = ap.parse_args()
     print(f"machine: {machine()}")
     tmp = Path(tempfile.mkdtemp(prefix="ksc-bench-"))
@@ -102,7 +114,11 @@ def main() -> None:
         wall, mon = run_measured(cli_run_command(path))
         results[label] = (wall, mon, path)
         print(
-            f"{label}: {n} dialogues, {wall:.1f}s wall, driver peak {mon.driver_mb:.0f} MB, largest worker {mon.worker_mb:.0f} MB"
+            f"{label}: {n} dialogues, {wall:.1f}s wall, driver peak {mon.driver_mb:.0f} MB, "
+            f"largest worker {mon.largest_worker} {mon.worker_mb:.0f} MB"
+        )
+        print(
+            "  peak RSS per worker: " + ", ".join(f"{k} {v:.0f} MB" for k, v in sorted(mon.by_worker.items()))
         )
     small, big = results["1x"], results[f"{args.factor}x"]
     report(
@@ -120,8 +136,11 @@ def main() -> None:
         baseline=small[1].worker_mb,
         ratio=big[1].worker_mb / max(small[1].worker_mb, 1e-9),
         goal="<= 1.2x",
+        note=f"largest worker: {small[1].largest_worker} at 1x, {big[1].largest_worker} at {args.factor}x",
     )
 
+    if args.memory_only:
+        return
     # Same shards, synthesize alone, one worker then two.
     timings = {}
     for workers in (1, 2):

@@ -448,6 +448,12 @@ class ExecutorConfig(_Model):
         default_factory=dict,
         description="GPUs per actor for a stage on Ray (production: synthesize, verify).",
     )
+    max_unit_retries: int = Field(
+        3,
+        ge=0,
+        description="Times a (stage, shard) unit is retried on a fresh actor when its Ray worker dies "
+        "(killed, out of memory, node lost); an exception raised by the stage itself is not retried.",
+    )
 
 
 class RunConfig(_Model):

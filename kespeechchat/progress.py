@@ -37,6 +37,10 @@ class Progress:
     def note(self, line: str) -> None:
         self._say(line)
 
+    def warn(self, line: str) -> None:
+        """Something went wrong and was handled: printed even with --quiet."""
+        print(f"[{fmt_duration(time.perf_counter() - self.t0):>6}] warning: {line}", file=self.stream, flush=True)
+
     def start_shards(self, n_shards: int, stages: list[str]) -> None:
         self.n_shards = n_shards
         self.total_units = n_shards * len(stages)

@@ -24,16 +24,6 @@ class LocalExecutor:
     def __init__(self) -> None:
         self._ready: set[int] = set()
 
-    def _check_fits(self, name: str, opts: dict[str, Any]) -> None:
-        """Fail fast instead of waiting forever for resources the cluster does not have."""
-        total = self.ray.cluster_resources()
-        for key, need in (("CPU", opts["num_cpus"]), ("GPU", opts["num_gpus"])):
-            if need and total.get(key, 0) < need:
-                raise RuntimeError(
-                    f"stage {name} needs {need} {key} per actor but the Ray cluster has {total.get(key, 0)}; "
-                    f"add nodes with {key}s or lower executor.stage_gpus/{name}"
-                )
-
     def run(self, pipe: Pipeline, units: list[Unit], last: int) -> None:
         from pipelines.runner import execute_unit
 
@@ -104,6 +94,19 @@ def init_ray(cfg: RunConfig, address: str | None = None) -> Any:
     return ray
 
 
+def release_free_memory() -> None:
+    """Hand freed heap pages back to the OS after a unit (glibc keeps them otherwise, and a long-lived
+    worker's RSS creeps up shard after shard with fragmentation). A no-op where there is no glibc."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class _Worker:
     """Ray actor body: builds one stage, loads its model once, runs units of that stage."""
 
@@ -130,20 +133,57 @@ class _Worker:
             "node_id": ctx.get_node_id(),
             "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
         }
-        return execute_unit(self.stage, self.store, self.input_stage, shard, input_fp, worker)
+        try:
+            return execute_unit(self.stage, self.store, self.input_stage, shard, input_fp, worker)
+        finally:
+            release_free_memory()
 
     def pid(self) -> int:
         return os.getpid()
 
 
+def worker_class_name(stage_name: str) -> str:
+    """Actor class per stage, so `ps`, `ray list actors` and the dashboard say which stage a worker runs."""
+    return "".join(part.capitalize() for part in stage_name.split("_")) + "Worker"
+
+
+def _is_worker_death(e: BaseException) -> bool:
+    """The process running a unit is gone (SIGKILL, OOM kill, node lost): the unit itself may be fine."""
+    from ray import exceptions as rx
+
+    kinds = tuple(
+        k
+        for k in (
+            getattr(rx, "RayActorError", None),
+            getattr(rx, "WorkerCrashedError", None),
+            getattr(rx, "NodeDiedError", None),
+            getattr(rx, "LocalRayletDiedError", None),
+        )
+        if k is not None
+    )
+    return isinstance(e, kinds) and not isinstance(e, rx.RayTaskError)
+
+
 class RayExecutor:
-    """Actor pool per stage; units flow shard by shard from one stage's pool to the next."""
+    """Actor pool per stage; units flow shard by shard from one stage's pool to the next.
+
+    A unit whose worker dies is given to a fresh actor (up to ``executor.max_unit_retries`` times):
+    a unit only becomes visible through its marker, written last, so a half-done unit is simply redone.
+    A stage that raises fails the run at once; rerunning resumes from the markers.
+    """
 
     def __init__(self, cfg: RunConfig, address: str | None = None, shutdown_on_close: bool = True):
         self.cfg = cfg
         self.ray = init_ray(cfg, address)
         self._owns_cluster = shutdown_on_close
-        self._actor_cls = self.ray.remote(max_restarts=0)(_Worker)
+        self._classes: dict[str, Any] = {}
+        self.worker_deaths: list[tuple[str, int, str]] = []
+
+    def _actor_class(self, stage_name: str) -> Any:
+        if stage_name not in self._classes:
+            cls = type(worker_class_name(stage_name), (_Worker,), {"__module__": __name__})
+            self._classes[stage_name] = self.ray.remote(max_restarts=0)(cls)
+        return self._classes[stage_name]
 
     def _actor_options(self, stage) -> dict[str, Any]:
         name = stage.name
@@ -165,18 +205,37 @@ class RayExecutor:
                 )
 
     def run(self, pipe: Pipeline, units: list[Unit], last: int) -> None:
+        from pipelines.runner import RunError
+
         ray = self.ray
         cfg_json = pipe.cfg.model_dump(mode="json")
+        max_retries = self.cfg.executor.max_unit_retries
         queues: dict[int, deque[Unit]] = {}
         idle: dict[int, list[Any]] = {}
         actors: dict[int, list[Any]] = {}
         inflight: dict[Any, tuple[Any, Unit]] = {}
+        deaths: dict[tuple[int, int], int] = {}
+
+        def new_actor(i: int) -> Any:
+            stage = pipe.stages[i]
+            return (
+                self._actor_class(stage.name)
+                .options(**self._actor_options(stage))
+                .remote(i, cfg_json, pipe.runtime)
+            )
+
+        def kill_all() -> None:
+            for a_list in actors.values():
+                for a in a_list:
+                    ray.kill(a)
+            actors.clear()
 
         def shards_left_for(i: int) -> bool:
             return bool(queues.get(i)) or any(u.stage_index <= i for _, u in inflight.values())
 
-        def enqueue(u: Unit) -> None:
-            queues.setdefault(u.stage_index, deque()).append(u)
+        def enqueue(u: Unit, front: bool = False) -> None:
+            q = queues.setdefault(u.stage_index, deque())
+            q.appendleft(u) if front else q.append(u)
             if u.stage_index not in actors:
                 stage = pipe.stages[u.stage_index]
                 n = max(1, self.cfg.executor.stage_workers.get(stage.name, 1))
@@ -185,10 +244,7 @@ class RayExecutor:
                 pipe.progress.note(
                     f"[{stage.name}] starting {n} actor(s) {opts['num_cpus']} CPU / {opts['num_gpus']} GPU each"
                 )
-                actors[u.stage_index] = [
-                    self._actor_cls.options(**opts).remote(u.stage_index, cfg_json, pipe.runtime)
-                    for _ in range(n)
-                ]
+                actors[u.stage_index] = [new_actor(u.stage_index) for _ in range(n)]
                 idle[u.stage_index] = list(actors[u.stage_index])
 
         def dispatch() -> None:
@@ -202,35 +258,59 @@ class RayExecutor:
         for u in units:
             enqueue(u)
         dispatch()
-        while inflight:
-            done, _ = ray.wait(list(inflight), num_returns=1)
-            ref = done[0]
-            actor, u = inflight.pop(ref)
-            stage = pipe.stages[u.stage_index]
-            try:
-                marker = ray.get(ref)
-            except Exception as e:
-                for a_list in actors.values():
-                    for a in a_list:
-                        ray.kill(a)
-                from pipelines.runner import RunError
-
-                raise RunError(f"stage {stage.name} failed on shard {u.shard}: {_root_cause(e)}") from e
-            idle[u.stage_index].append(actor)
-            pipe.progress.unit_done(stage.name, u.shard, marker)
-            nxt = pipe.plan(u.stage_index + 1, u.shard, marker["output_fingerprint"], last)
-            if nxt:
-                enqueue(nxt)
-            # Free a stage's actors (and their models) once no shard can reach it any more.
-            for i in list(actors):
-                if not shards_left_for(i):
-                    for a in actors.pop(i):
-                        ray.kill(a)
-                    idle.pop(i, None)
-            dispatch()
-        for a_list in actors.values():
-            for a in a_list:
-                ray.kill(a)
+        try:
+            while inflight:
+                done, _ = ray.wait(list(inflight), num_returns=1)
+                ref = done[0]
+                actor, u = inflight.pop(ref)
+                stage = pipe.stages[u.stage_index]
+                try:
+                    marker = ray.get(ref)
+                except Exception as e:
+                    if not _is_worker_death(e):
+                        raise RunError(
+                            f"stage {stage.name} failed on shard {u.shard}: {_root_cause(e)}"
+                        ) from e
+                    key = (u.stage_index, u.shard)
+                    deaths[key] = deaths.get(key, 0) + 1
+                    self.worker_deaths.append((stage.name, u.shard, _root_cause(e)[:200]))
+                    if deaths[key] > max_retries:
+                        raise RunError(
+                            f"stage {stage.name} failed on shard {u.shard}: its worker died {deaths[key]} time(s) "
+                            f"(executor.max_unit_retries={max_retries}); last: {_root_cause(e)}"
+                        ) from e
+                    pipe.progress.warn(
+                        f"[{stage.name}] worker died on shard {u.shard} ({type(e).__name__}); "
+                        f"retrying on a fresh actor ({deaths[key]}/{max_retries})"
+                    )
+                    ray.kill(actor)
+                    pool = actors[u.stage_index]
+                    pool[pool.index(actor)] = replacement = new_actor(u.stage_index)
+                    idle[u.stage_index].append(replacement)
+                    enqueue(u, front=True)
+                    dispatch()
+                    continue
+                idle[u.stage_index].append(actor)
+                pipe.progress.unit_done(stage.name, u.shard, marker)
+                nxt = pipe.plan(u.stage_index + 1, u.shard, marker["output_fingerprint"], last)
+                if nxt:
+                    enqueue(nxt)
+                # Free a stage's actors (and their models) once no shard can reach it any more.
+                for i in list(actors):
+                    if not shards_left_for(i):
+                        for a in actors.pop(i):
+                            ray.kill(a)
+                        idle.pop(i, None)
+                dispatch()
+        finally:
+            kill_all()
+        if self.worker_deaths:
+            # Nothing is in flight now: what the dead workers were writing can go.
+            removed = pipe.store.remove_tmp_files()
+            pipe.progress.warn(
+                f"{len(self.worker_deaths)} unit(s) redone after their worker died; "
+                f"removed {removed} temporary file(s) they left"
+            )
 
     def close(self) -> None:
         if self._owns_cluster and self.ray.is_initialized():

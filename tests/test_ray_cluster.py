@@ -97,7 +97,7 @@ def two_node_cluster():
                 os.killpg(p.pid, signal.SIGKILL)
 
 
-@pytest.mark.extended
+@pytest.mark.faults
 def test_gpu_stage_runs_only_on_the_gpu_node(tmp_path, two_node_cluster, shared_data, models_dir):
     nodes = _nodes(two_node_cluster)
     gpu_nodes = {n["id"] for n in nodes if n["gpus"] > 0}

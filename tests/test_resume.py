@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import subprocess
 import time
@@ -22,7 +23,7 @@ from kespeechchat.testing import (
     write_config,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
 ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
 
@@ -73,7 +74,6 @@ def test_sigkill_mid_synthesize_then_resume(tmp_path, shared_data, expected, exe
     assert not list((runs / "killed").rglob(TMP_PREFIX + "*"))
 
 
-@pytest.mark.extended
 def test_ten_kills_at_random_points_then_identical_dataset(tmp_path, shared_data, expected):
     """One run killed again and again (after 1, 4, 7 … units, plus a random delay), resumed each time."""
     rng = random.Random(20261125)
@@ -99,39 +99,90 @@ def test_ten_kills_at_random_points_then_identical_dataset(tmp_path, shared_data
     assert final_rows(run_dir) == expected
 
 
-def _actor_pids() -> list[int]:
+def _stage_workers() -> dict[int, str]:
+    """pid -> process title of every live stage actor (`ray::SynthesizeWorker.run` while it works)."""
     out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [int(line.split()[0]) for line in out.splitlines() if "ray::_Worker" in line]
+    found = {}
+    for line in out.splitlines():
+        pid, _, args = line.strip().partition(" ")
+        if re.match(r"ray::[A-Za-z]+Worker\b", args.strip()):
+            found[int(pid)] = args.strip()
+    return found
 
 
-@pytest.mark.extended
-def test_sigkill_of_a_ray_worker_fails_cleanly_then_resumes(tmp_path, shared_data, expected):
+def _kill_a_busy_worker(proc: subprocess.Popen, rng: random.Random, deadline: float) -> str | None:
+    """SIGKILL one stage actor that is running a unit; None when the run ends first."""
+    while proc.poll() is None:
+        assert time.time() < deadline, "no stage worker was seen running a unit"
+        busy = {pid: t for pid, t in _stage_workers().items() if t.split()[0].endswith(".run")}
+        for pid in rng.sample(sorted(busy), len(busy)):
+            try:
+                os.kill(pid, signal.SIGKILL)
+                return busy[pid].split()[0]
+            except ProcessLookupError:  # finished and freed between ps and kill
+                continue
+        time.sleep(0.05)
+    return None
+
+
+@pytest.mark.ray
+def test_sigkilled_ray_workers_are_replaced_and_the_run_completes(tmp_path, shared_data, expected):
+    """Workers killed at several points of one run: each unit is redone on a fresh actor, nothing lost."""
+    rng = random.Random(7)
     runs = tmp_path / "runs"
-    cfg = _config(tmp_path, runs, "worker", shared_data, "ray")
+    cfg = _config(tmp_path, runs, "workers", shared_data, "ray")
     proc = subprocess.Popen(
         cli_run_command(cfg), env=ENV, start_new_session=True, stderr=subprocess.PIPE, text=True
     )
-    first = runs / "worker" / "assign" / "_markers" / "shard-00001.json"
+    deadline = time.time() + 600
+    killed = []
+    for target in (2, 9, 16):
+        while len(_markers(runs / "workers")) < target and proc.poll() is None:
+            assert time.time() < deadline
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 0.5))
+        title = _kill_a_busy_worker(proc, rng, deadline)
+        if title:
+            killed.append(title)
+    _, err = proc.communicate(timeout=600)
+    assert len(killed) >= 2, f"only {killed} were killed before the run ended"
+    assert proc.returncode == 0, err[-3000:]
+    assert "worker died on shard" in err, err[
+        -3000:
+    ]  # an idle actor killed after its last unit costs nothing
+    assert "redone after their worker died" in err
+    assert final_rows(runs / "workers") == expected
+    assert not list((runs / "workers").rglob(TMP_PREFIX + "*"))
+
+
+@pytest.mark.ray
+def test_worker_death_beyond_the_retry_budget_fails_cleanly_then_resumes(tmp_path, shared_data, expected):
+    runs = tmp_path / "runs"
+    cfg = small_config(
+        runs,
+        demo_sources(shared_data),
+        name="budget",
+        shard_size=1,
+        executor={"kind": "ray", "max_unit_retries": 0},
+    )
+    path = write_config(cfg, tmp_path / "budget.yaml")
+    proc = subprocess.Popen(
+        cli_run_command(path), env=ENV, start_new_session=True, stderr=subprocess.PIPE, text=True
+    )
+    first = runs / "budget" / "synthesize" / "_markers" / "shard-00000.json"
     deadline = time.time() + 600
     while not first.exists():
-        assert proc.poll() is None and time.time() < deadline
-        time.sleep(0.1)
-    pids: list[int] = []
-    while not pids:  # a stage actor shows as ray::_Worker once it has work; poll, it may be between tasks
-        assert proc.poll() is None and time.time() < deadline, "the run ended before a worker could be killed"
-        pids = _actor_pids()
-        time.sleep(0.1)
-    killed = 0
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-            killed += 1
-        except ProcessLookupError:  # listed by ps, gone by now
-            pass
-    assert killed, f"every listed worker {pids} had already exited"
+        assert proc.poll() is None and time.time() < deadline, "synthesize never finished its first shard"
+        time.sleep(0.05)
+    assert _kill_a_busy_worker(proc, random.Random(1), deadline), (
+        "the run ended before a worker could be killed"
+    )
     _, err = proc.communicate(timeout=300)
     assert proc.returncode != 0
-    assert "failed on shard" in err or "died" in err.lower(), err[-2000:]
-    assert_no_partial_files(runs / "worker")
-    subprocess.run(cli_run_command(cfg), check=True, env=ENV, timeout=900)
-    assert final_rows(runs / "worker") == expected
+    assert re.search(
+        r"failed on shard \d+: its worker died 1 time\(s\) \(executor.max_unit_retries=0\)", err
+    ), err[-3000:]
+    assert_no_partial_files(runs / "budget")
+    assert not (runs / "budget" / "dataset").exists()
+    subprocess.run(cli_run_command(path), check=True, env=ENV, timeout=900)
+    assert final_rows(runs / "budget") == expected

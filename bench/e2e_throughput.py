@@ -1,0 +1,127 @@
+"""End-to-end audio hours per core-hour with the embedded models: the demo recipe on a small sample,
+run twice in the same process: with the LLM text stages (the real recipe) and, as the baseline, with
+the same inputs but rule-based text stages (speech stages only cost). The ratio is what the LLM costs.
+
+    .venv/bin/python bench/e2e_throughput.py [--zh 3] [--en 3]
+
+Core-hours = wall time x the CPUs the run was given (the whole machine here). Audio is counted twice:
+accepted (what lands in the dataset) and synthesised (everything TTS produced, retries included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import REPO, machine, report
+
+from kespeechchat.config import load_config
+from kespeechchat.report import run_summary
+from kespeechchat.testing import cli_run_command, write_config
+
+
+def _synthesised_audio_s(run_dir: Path) -> float:
+    """First-pass TTS audio (synthesize outputs) plus what repair re-synthesised (its markers' metrics)."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    total = 0.0
+    for f in sorted((run_dir / "synthesize" / "data").glob("shard-*.parquet")):
+        for durs in pq.read_table(f, columns=["durations_s"]).column("durations_s").to_pylist():
+            total += sum(d or 0.0 for d in durs or [])
+    for m in sorted((run_dir / "repair" / "_markers").glob("shard-*.json")):
+        total += float(json.loads(m.read_text())["metrics"].get("resynthesised_audio_s", 0.0))
+    return total
+
+
+def run_one(label: str, cfg, tmp: Path, cores: int) -> dict:
+    path = write_config(cfg, tmp / f"{label}.yaml")
+    t0 = time.perf_counter()
+    r = subprocess.run(cli_run_command(path), capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if r.returncode != 0:
+        sys.exit(f"{label} run failed ({r.returncode}):\n{r.stderr[-3000:]}")
+    run_dir = Path(cfg.runs_dir) / cfg.name
+    s = run_summary(run_dir)
+    accepted = float((s.get("dataset") or {}).get("audio_s", 0.0))
+    synthesised = _synthesised_audio_s(run_dir)
+    stage_s = {st["stage"]: round(st["duration_s"], 1) for st in s["stages"] if st["duration_s"]}
+    core_h = wall * cores / 3600
+    out = {
+        "wall_s": wall,
+        "accepted_audio_s": accepted,
+        "synth_audio_s": synthesised,
+        "accepted_per_core_h": accepted / 3600 / core_h,
+        "synth_per_core_h": synthesised / 3600 / core_h,
+        "dialogues_in": s.get("dialogues_in", 0),
+        "dialogues_out": (s.get("dataset") or {}).get("dialogues", 0),
+    }
+    print(
+        f"{label}: {out['dialogues_in']} dialogues in, {out['dialogues_out']} accepted, {wall:.0f} s wall; "
+        f"audio accepted {accepted:.1f} s, synthesised {synthesised:.1f} s; "
+        f"{out['accepted_per_core_h']:.4f} accepted audio h per core-h; stage busy seconds {stage_s}",
+        flush=True,
+    )
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--zh", type=int, default=3)
+    ap.add_argument("--en", type=int, default=3)
+    ap.add_argument("--config", default=str(REPO / "configs" / "demo.yaml"))
+    args = ap.parse_args()
+    cores = os.cpu_count() or 1
+    print(f"machine: {machine()}")
+    tmp = Path(tempfile.mkdtemp(prefix="ksc-e2e-"))
+    base = load_config(args.config)
+    data = base.model_dump(mode="json")
+    data["runs_dir"] = str(tmp / "runs")
+    data["executor"]["num_cpus"] = cores
+    want = {"zh": args.zh, "en": args.en}
+    sources = []
+    for src in data["input"]["sources"]:
+        lang = (src.get("languages") or ["en"])[0]
+        if want.get(lang, 0) > 0:
+            src["limit"] = want[lang]
+            want[lang] = 0  # the first source of each language gives the whole sample
+            sources.append(src)
+    data["input"]["sources"] = sources
+    llm_cfg = type(base).model_validate({**data, "name": "e2e-llm"})
+    rules = {**data, "name": "e2e-rules"}
+    rules["rewrite"] = {**data["rewrite"], "mode": "passthrough"}
+    rules["filter"] = {**data["filter"], "llm_judge": False}
+    rules["spoken"] = {**data["spoken"], "mode": "rules"}
+    rules_cfg = type(base).model_validate(rules)
+
+    base_run = run_one("speech stages only (rule-based text stages)", rules_cfg, tmp, cores)
+    full_run = run_one("full recipe (embedded LLM text stages)", llm_cfg, tmp, cores)
+    report(
+        "end-to-end accepted audio hours per core-hour, embedded models",
+        full_run["accepted_per_core_h"],
+        "audio h/core-h",
+        baseline=base_run["accepted_per_core_h"],
+        baseline_unit="audio h/core-h without the LLM",
+        ratio=full_run["accepted_per_core_h"] / max(base_run["accepted_per_core_h"], 1e-12),
+        note=f"{full_run['dialogues_out']}/{full_run['dialogues_in']} dialogues accepted, "
+        f"{full_run['accepted_audio_s']:.0f} s audio, {full_run['wall_s']:.0f} s wall on {cores} cores",
+    )
+    report(
+        "end-to-end synthesised audio hours per core-hour, embedded models",
+        full_run["synth_per_core_h"],
+        "audio h/core-h",
+        baseline=base_run["synth_per_core_h"],
+        baseline_unit="audio h/core-h without the LLM",
+        ratio=full_run["synth_per_core_h"] / max(base_run["synth_per_core_h"], 1e-12),
+        note="every TTS output, rejected ones and retries included",
+    )
+
+
+if __name__ == "__main__":
+    main()
