@@ -39,7 +39,11 @@ class Progress:
 
     def warn(self, line: str) -> None:
         """Something went wrong and was handled: printed even with --quiet."""
-        print(f"[{fmt_duration(time.perf_counter() - self.t0):>6}] warning: {line}", file=self.stream, flush=True)
+        print(
+            f"[{fmt_duration(time.perf_counter() - self.t0):>6}] warning: {line}",
+            file=self.stream,
+            flush=True,
+        )
 
     def start_shards(self, n_shards: int, stages: list[str]) -> None:
         self.n_shards = n_shards
