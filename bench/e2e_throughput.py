@@ -73,8 +73,8 @@ def run_one(label: str, cfg, tmp: Path, cores: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--zh", type=int, default=3)
-    ap.add_argument("--en", type=int, default=3)
+    ap.add_argument("--zh", type=int, default=2)
+    ap.add_argument("--en", type=int, default=2)
     ap.add_argument("--config", default=str(REPO / "configs" / "demo.yaml"))
     args = ap.parse_args()
     cores = os.cpu_count() or 1

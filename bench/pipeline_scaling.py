@@ -98,9 +98,9 @@ def run_measured(cmd: list[str]) -> tuple[float, PeakRSS]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--small", type=int, default=4, help="dialogues of the 1x run")
+    ap.add_argument("--small", type=int, default=2, help="dialogues of the 1x run")
     ap.add_argument("--factor", type=int, default=10)
-    ap.add_argument("--shard-size", type=int, default=4)
+    ap.add_argument("--shard-size", type=int, default=2)
     ap.add_argument("--memory-only", action="store_true", help="skip the 1-vs-2-worker speed-up")
     args = ap.parse_args()
     print(f"machine: {machine()}")

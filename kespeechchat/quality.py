@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 
 from kespeechchat.audio import resample
+from kespeechchat.backends.onnx import ShrinkingSession
 
 if TYPE_CHECKING:
     from kespeechchat.config import QualityConfig
@@ -114,11 +115,11 @@ class DNSMOSScorer:
             opts.inter_op_num_threads = 1
             impl = DNSMOS.__new__(DNSMOS)  # its __init__ makes sessions with all cores; ours are bounded
             impl.primary_model_path = str(primary)
-            impl.onnx_sess = ort.InferenceSession(
-                str(primary), sess_options=opts, providers=["CPUExecutionProvider"]
+            impl.onnx_sess = ShrinkingSession(
+                ort.InferenceSession(str(primary), sess_options=opts, providers=["CPUExecutionProvider"])
             )
-            impl.p808_onnx_sess = ort.InferenceSession(
-                str(p808), sess_options=opts, providers=["CPUExecutionProvider"]
+            impl.p808_onnx_sess = ShrinkingSession(
+                ort.InferenceSession(str(p808), sess_options=opts, providers=["CPUExecutionProvider"])
             )
             self._impl = impl
 

@@ -306,3 +306,17 @@ def test_cosyvoice_through_its_python_api(tmp_path):
         for k in [k for k in sys.modules if k.startswith("cosyvoice")]:
             del sys.modules[k]
         sys.modules.update(saved_mods)
+
+
+def test_arena_shrinking_session_changes_no_sample(tts, voices):
+    from kespeechchat.backends.onnx import ShrinkingSession
+
+    assert isinstance(tts._kokoro.sess, ShrinkingSession)
+    wrapped = tts.synthesize(EN, "en", voices["en_female"])
+    plain = tts._kokoro.sess
+    try:
+        tts._kokoro.sess = plain.session
+        bare = tts.synthesize(EN, "en", voices["en_female"])
+    finally:
+        tts._kokoro.sess = plain
+    np.testing.assert_array_equal(wrapped, bare)

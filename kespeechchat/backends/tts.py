@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from kespeechchat.backends.onnx import ShrinkingSession
+
 if TYPE_CHECKING:
     from kespeechchat.config import TTSConfig
     from voice_library.recipes import VoiceRecipe
@@ -195,7 +197,9 @@ class KokoroTTS:
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = self.num_threads
             opts.inter_op_num_threads = self.num_threads
-            session = ort.InferenceSession(str(model), sess_options=opts, providers=resolve_providers())
+            session = ShrinkingSession(
+                ort.InferenceSession(str(model), sess_options=opts, providers=resolve_providers())
+            )
             kokoro = Kokoro.from_session(
                 session, str(voices), vocab_config=str(vocab) if vocab.is_file() else None
             )
