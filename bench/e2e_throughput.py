@@ -40,6 +40,22 @@ def _synthesised_audio_s(run_dir: Path) -> float:
     return total
 
 
+def stage_throughput(run_dir: Path) -> dict[str, dict[str, float]]:
+    """Per stage: dialogues in, busy seconds (sum over its units) and audio seconds it produced."""
+    import json
+
+    out: dict[str, dict[str, float]] = {}
+    for st in run_summary(run_dir)["stages"]:
+        if st["stage"] in ("ingest", "package") or not st["duration_s"]:
+            continue
+        audio = 0.0
+        for m in (run_dir / st["stage"] / "_markers").glob("shard-*.json"):
+            metrics = json.loads(m.read_text()).get("metrics") or {}
+            audio += float(metrics.get("audio_s", 0.0) or metrics.get("resynthesised_audio_s", 0.0) or 0.0)
+        out[st["stage"]] = {"dialogues": st["rows_in"], "busy_s": st["duration_s"], "audio_s": audio}
+    return out
+
+
 def run_one(label: str, cfg, tmp: Path, cores: int) -> dict:
     path = write_config(cfg, tmp / f"{label}.yaml")
     t0 = time.perf_counter()
@@ -61,6 +77,7 @@ def run_one(label: str, cfg, tmp: Path, cores: int) -> dict:
         "synth_per_core_h": synthesised / 3600 / core_h,
         "dialogues_in": s.get("dialogues_in", 0),
         "dialogues_out": (s.get("dataset") or {}).get("dialogues", 0),
+        "stages": stage_throughput(run_dir),
     }
     print(
         f"{label}: {out['dialogues_in']} dialogues in, {out['dialogues_out']} accepted, {wall:.0f} s wall; "
@@ -121,6 +138,19 @@ def main() -> None:
         ratio=full_run["synth_per_core_h"] / max(base_run["synth_per_core_h"], 1e-12),
         note="every TTS output, rejected ones and retries included",
     )
+    for name, st in full_run["stages"].items():
+        base = base_run["stages"].get(name)
+        rate = st["dialogues"] / st["busy_s"]
+        base_rate = base["dialogues"] / base["busy_s"] if base else None
+        report(
+            f"stage {name}: dialogues per busy second (full recipe)",
+            rate,
+            "dialogues/s",
+            baseline=base_rate,
+            baseline_unit="dialogues/s in the rule-based run",
+            ratio=rate / base_rate if base_rate else None,
+            note=f"{st['audio_s'] / st['busy_s']:.2f} audio s/s" if st["audio_s"] else "",
+        )
 
 
 if __name__ == "__main__":

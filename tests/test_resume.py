@@ -127,7 +127,8 @@ def _kill_a_busy_worker(proc: subprocess.Popen, rng: random.Random, deadline: fl
 
 @pytest.mark.ray
 def test_sigkilled_ray_workers_are_replaced_and_the_run_completes(tmp_path, shared_data, expected):
-    """Workers killed at several points of one run: each unit is redone on a fresh actor, nothing lost."""
+    """Workers killed at six points of one run (any stage, random delay): each unit is redone on a fresh
+    actor, the run completes by itself, and the dataset is the uninterrupted run's."""
     rng = random.Random(7)
     runs = tmp_path / "runs"
     cfg = _config(tmp_path, runs, "workers", shared_data, "ray")
@@ -136,7 +137,7 @@ def test_sigkilled_ray_workers_are_replaced_and_the_run_completes(tmp_path, shar
     )
     deadline = time.time() + 600
     killed = []
-    for target in (2, 9, 16):
+    for target in (2, 6, 10, 14, 18, 22):
         while len(_markers(runs / "workers")) < target and proc.poll() is None:
             assert time.time() < deadline
             time.sleep(0.05)
@@ -145,7 +146,7 @@ def test_sigkilled_ray_workers_are_replaced_and_the_run_completes(tmp_path, shar
         if title:
             killed.append(title)
     _, err = proc.communicate(timeout=600)
-    assert len(killed) >= 2, f"only {killed} were killed before the run ended"
+    assert len(killed) >= 4, f"only {killed} were killed before the run ended"
     assert proc.returncode == 0, err[-3000:]
     assert "worker died on shard" in err, err[
         -3000:
