@@ -39,7 +39,7 @@ models: $(STAMP)
 demo: models
 	$(VENV)/bin/kespeechchat run --config configs/demo.yaml
 
-# Everything, the fault tests included (about 35 minutes on 2 cores).
+# Everything, the fault tests included (about 40 minutes on 2 cores; each fault test is bounded by timeouts).
 test: models
 	$(PY) -m pytest -q -ra --durations=15
 

@@ -215,6 +215,7 @@ class RayExecutor:
         actors: dict[int, list[Any]] = {}
         inflight: dict[Any, tuple[Any, Unit]] = {}
         deaths: dict[tuple[int, int], int] = {}
+        recovering: set[int] = set()  # stages whose replacement actor has not finished a unit yet
 
         def new_actor(i: int) -> Any:
             stage = pipe.stages[i]
@@ -229,6 +230,20 @@ class RayExecutor:
                 for a in a_list:
                     ray.kill(a)
             actors.clear()
+
+        def release_idle_after(i: int) -> None:
+            """Free the idle actors of stages after ``i``: a replacement actor for stage ``i`` must not wait
+            for resources held by later stages that are themselves waiting for stage ``i`` (deadlock on a
+            small cluster). They are started again when work reaches them."""
+            for j in [j for j in actors if j > i and not queues.get(j)]:
+                free = idle.get(j, [])
+                for a in free:
+                    ray.kill(a)
+                actors[j] = [a for a in actors[j] if not any(a is f for f in free)]
+                idle[j] = []
+                if not actors[j]:
+                    actors.pop(j)
+                    idle.pop(j, None)
 
         def shards_left_for(i: int) -> bool:
             return bool(queues.get(i)) or any(u.stage_index <= i for _, u in inflight.values())
@@ -249,6 +264,8 @@ class RayExecutor:
 
         def dispatch() -> None:
             for i, q in queues.items():
+                if q and i not in actors:  # its idle actors were released; start the pool again
+                    enqueue(q.popleft(), front=True)
                 while q and idle.get(i):
                     u = q.popleft()
                     actor = idle[i].pop()
@@ -287,10 +304,13 @@ class RayExecutor:
                     pool = actors[u.stage_index]
                     pool[pool.index(actor)] = replacement = new_actor(u.stage_index)
                     idle[u.stage_index].append(replacement)
+                    recovering.add(u.stage_index)
                     enqueue(u, front=True)
+                    release_idle_after(min(recovering))
                     dispatch()
                     continue
                 idle[u.stage_index].append(actor)
+                recovering.discard(u.stage_index)
                 pipe.progress.unit_done(stage.name, u.shard, marker)
                 nxt = pipe.plan(u.stage_index + 1, u.shard, marker["output_fingerprint"], last)
                 if nxt:
@@ -301,9 +321,14 @@ class RayExecutor:
                         for a in actors.pop(i):
                             ray.kill(a)
                         idle.pop(i, None)
+                if recovering:
+                    release_idle_after(min(recovering))
                 dispatch()
         finally:
             kill_all()
+        left = sum(len(q) for q in queues.values())
+        if left:
+            raise RunError(f"{left} unit(s) were never dispatched (executor bug); rerun to resume")
         if self.worker_deaths:
             # Nothing is in flight now: what the dead workers were writing can go.
             removed = pipe.store.remove_tmp_files()
