@@ -234,7 +234,8 @@ def test_repair_resynthesises_only_failing_turns_and_select_then_keeps_them(cfg,
         assert max(after[did]["tts_attempts"]) == 2, did
         left = row_failures(c.select, after[did])
         # the fault is gone; Whisper base may still mishear a word of the new rendering
-        assert reason not in {why for _, why in left}, (did, left)
+        if reason != "asr_mismatch":  # a wrong-text turn redone right can still be misheard by Whisper base
+            assert reason not in {why for _, why in left}, (did, left)
         assert all(why == "asr_mismatch" for _, why in left), (did, left)
         if not left:
             fixed.append(did)
