@@ -138,9 +138,6 @@ class _Worker:
         finally:
             release_free_memory()
 
-    def pid(self) -> int:
-        return os.getpid()
-
 
 def worker_class_name(stage_name: str) -> str:
     """Actor class per stage, so `ps`, `ray list actors` and the dashboard say which stage a worker runs."""
