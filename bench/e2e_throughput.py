@@ -26,17 +26,13 @@ from kespeechchat.testing import cli_run_command, write_config
 
 
 def _synthesised_audio_s(run_dir: Path) -> float:
-    """First-pass TTS audio (synthesize outputs) plus what repair re-synthesised (its markers' metrics)."""
+    """First-pass TTS audio plus what repair re-synthesised, from the units' markers."""
     import json
 
-    import pyarrow.parquet as pq
-
     total = 0.0
-    for f in sorted((run_dir / "synthesize" / "data").glob("shard-*.parquet")):
-        for durs in pq.read_table(f, columns=["durations_s"]).column("durations_s").to_pylist():
-            total += sum(d or 0.0 for d in durs or [])
-    for m in sorted((run_dir / "repair" / "_markers").glob("shard-*.json")):
-        total += float(json.loads(m.read_text())["metrics"].get("resynthesised_audio_s", 0.0))
+    for stage, key in (("synthesize", "audio_s"), ("repair", "resynthesised_audio_s")):
+        for m in sorted((run_dir / stage / "_markers").glob("shard-*.json")):
+            total += float(json.loads(m.read_text())["metrics"].get(key, 0.0))
     return total
 
 
