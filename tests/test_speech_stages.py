@@ -217,7 +217,9 @@ def test_scores_say_why(verified):
 
 
 def test_repair_resynthesises_only_failing_turns_and_select_then_keeps_them(cfg, verified):
-    c = cfg.model_copy(update={"retry": cfg.retry.model_copy(update={"retries": 1})})
+    """Repair with the default budget (two re-syntheses): every fault is gone after it. Whisper base
+    may still mishear one rendering of a short zh turn, which is why a second re-synthesis exists."""
+    c = cfg.model_copy(update={"retry": cfg.retry.model_copy(update={"retries": 2})})
     stage = RepairStage(c, Runtime(run_dir=cfg.run_dir))
     stage.setup()
     out = stage.process(verified, 0)
@@ -226,24 +228,26 @@ def test_repair_resynthesises_only_failing_turns_and_select_then_keeps_them(cfg,
     after = {r["dialogue_id"]: r for r in out.kept.to_pylist()}
     for did in ("good-zh", "good-en"):
         assert after[did] == before[did]  # passing rows go through untouched
-    assert after["silence"]["tts_attempts"] == [1, 2]  # only the broken turn was redone
+    assert after["silence"]["tts_attempts"] == [1, 2]  # only the broken turn was redone, once
     assert after["silence"]["audio_flac"][0] == before["silence"]["audio_flac"][0]
     assert after["silence"]["audio_flac"][1] != before["silence"]["audio_flac"][1]
-    fixed = []
+    fixed, redone = [], 0
     for did, reason in BROKEN.items():
-        assert max(after[did]["tts_attempts"]) == 2, did
+        attempts = max(after[did]["tts_attempts"])
+        assert attempts in (2, 3), did
+        redone += attempts - 1
         left = row_failures(c.select, after[did])
-        # the fault is gone; Whisper base may still mishear a word of the new rendering
-        if reason != "asr_mismatch":  # a wrong-text turn redone right can still be misheard by Whisper base
-            assert reason not in {why for _, why in left}, (did, left)
+        assert reason not in {why for _, why in left} or reason == "asr_mismatch", (did, left)
         assert all(why == "asr_mismatch" for _, why in left), (did, left)
         if not left:
             fixed.append(did)
-    assert len(fixed) >= 4, {
+        else:
+            assert attempts == 3, did  # a turn still failing has used the whole budget
+    assert len(fixed) >= 5, {
         d: (after[d]["asr_texts"], after[d]["error_rates"]) for d in BROKEN if d not in fixed
     }
     assert after["wrong-text"]["error_rates"][0] <= 0.2  # now it says its text
-    assert out.metrics["turns_resynthesised"] == 6 and out.metrics["dialogues_fixed"] == len(fixed)
+    assert out.metrics["turns_resynthesised"] == redone and out.metrics["dialogues_fixed"] == len(fixed)
     sel = SelectStage(c, Runtime(run_dir=cfg.run_dir)).process(out.kept, 0)
     assert sel.rejected.num_rows == len(BROKEN) - len(fixed)
     assert sel.metrics == {
@@ -252,7 +256,7 @@ def test_repair_resynthesises_only_failing_turns_and_select_then_keeps_them(cfg,
         "kept_turns_retried": float(len(fixed)),
     }
     for r in sel.rejected.to_pylist():
-        assert r["reject_reason"] == "asr_mismatch" and "attempts=2" in r["reject_detail"]
+        assert r["reject_reason"] == "asr_mismatch" and "attempts=3" in r["reject_detail"]
 
 
 def test_repair_with_nothing_to_do_loads_no_model(cfg, verified):
@@ -348,6 +352,20 @@ def test_speaking_rate_is_not_judged_on_very_short_turns():
     # the short-turn bound never makes a turn stricter than the main bound
     loose = SelectConfig(min_speaker_similarity=0.5)
     assert turn_failure(loose, "zh", ZH_LONG, _turn(speaker_similarities=0.55, durations_s=1.0)) is None
+
+
+def test_a_score_on_the_threshold_gets_the_same_verdict_before_and_after_it_is_stored():
+    """Repair judges scores fresh from the scorer (float64); select judges them read back from the
+    shard (float32). One WER of exactly 1/10 must pass in both, or repair stops retrying a turn
+    that select then rejects."""
+    cfg = SelectConfig()
+    wer = 1 / 10
+    stored = pa.array([wer], type=pa.float32()).to_pylist()[0]
+    assert stored > wer  # 0.10000000149...
+    for v in (wer, stored):
+        assert turn_failure(cfg, "en", EN_LONG, _turn(error_rates=v, chars_per_s=12.0)) is None
+    just_above = float(np.nextafter(np.float32(wer), np.float32(1)))
+    assert turn_failure(cfg, "en", EN_LONG, _turn(error_rates=just_above, chars_per_s=12.0)) == "asr_mismatch"
 
 
 def test_thresholds_change_repair_and_select_but_never_verify(cfg):
