@@ -245,24 +245,27 @@ class RayExecutor:
         def shards_left_for(i: int) -> bool:
             return bool(queues.get(i)) or any(u.stage_index <= i for _, u in inflight.values())
 
+        def start_pool(i: int) -> None:
+            stage = pipe.stages[i]
+            n = max(1, self.cfg.executor.stage_workers.get(stage.name, 1))
+            opts = self._actor_options(stage)
+            self._check_fits(stage.name, opts)
+            pipe.progress.note(
+                f"[{stage.name}] starting {n} actor(s) {opts['num_cpus']} CPU / {opts['num_gpus']} GPU each"
+            )
+            actors[i] = [new_actor(i) for _ in range(n)]
+            idle[i] = list(actors[i])
+
         def enqueue(u: Unit, front: bool = False) -> None:
             q = queues.setdefault(u.stage_index, deque())
             q.appendleft(u) if front else q.append(u)
             if u.stage_index not in actors:
-                stage = pipe.stages[u.stage_index]
-                n = max(1, self.cfg.executor.stage_workers.get(stage.name, 1))
-                opts = self._actor_options(stage)
-                self._check_fits(stage.name, opts)
-                pipe.progress.note(
-                    f"[{stage.name}] starting {n} actor(s) {opts['num_cpus']} CPU / {opts['num_gpus']} GPU each"
-                )
-                actors[u.stage_index] = [new_actor(u.stage_index) for _ in range(n)]
-                idle[u.stage_index] = list(actors[u.stage_index])
+                start_pool(u.stage_index)
 
         def dispatch() -> None:
             for i, q in queues.items():
                 if q and i not in actors:  # its idle actors were released; start the pool again
-                    enqueue(q.popleft(), front=True)
+                    start_pool(i)
                 while q and idle.get(i):
                     u = q.popleft()
                     actor = idle[i].pop()

@@ -48,15 +48,10 @@ REASONS = (
 )
 
 
-def _nan(x: Any) -> float:
-    """A score as the shards store it (float32), so that a verdict is the same before and after the
-    row is written: 0.1 computed in float64 is 0.10000000149 once stored."""
+def _f32(x: Any) -> float:
+    """A score or a bound at the precision the shards store scores in (float32), so that a verdict is
+    the same before and after the row is written: 0.1 computed in float64 is 0.10000000149 once stored."""
     return float("nan") if x is None else float(np.float32(x))
-
-
-def _bound(x: float) -> float:
-    """A threshold at the precision of the scores it is compared with."""
-    return float(np.float32(x))
 
 
 def speaker_bound(cfg: SelectConfig, duration_s: float) -> float:
@@ -70,27 +65,27 @@ def turn_failure(cfg: SelectConfig, language: str, text: str, scores: dict[str, 
     """The reason one turn fails, or None. ``scores`` holds one turn's value of each score column."""
     from kespeechchat.metrics import spoken_chars
 
-    duration = _nan(scores.get("durations_s"))
+    duration = _f32(scores.get("durations_s"))
     if not duration > 0:
         return "audio_empty"
-    if _nan(scores.get("silence_ratios")) > _bound(cfg.max_silence_ratio):
+    if _f32(scores.get("silence_ratios")) > _f32(cfg.max_silence_ratio):
         return "audio_silence"
-    if _nan(scores.get("clipping_ratios")) > _bound(cfg.max_clipping_ratio):
+    if _f32(scores.get("clipping_ratios")) > _f32(cfg.max_clipping_ratio):
         return "audio_clipping"
-    if _nan(scores.get("repeat_ratios")) > _bound(cfg.max_repeat_ratio):
+    if _f32(scores.get("repeat_ratios")) > _f32(cfg.max_repeat_ratio):
         return "audio_repetition"
-    cps = _nan(scores.get("chars_per_s"))
+    cps = _f32(scores.get("chars_per_s"))
     if math.isfinite(cps) and spoken_chars(text, language) >= cfg.rate_min_chars:
-        if cps < _bound(cfg.min_chars_per_s.get(language, 0.0)):
+        if cps < _f32(cfg.min_chars_per_s.get(language, 0.0)):
             return "speaking_rate_slow"
-        if cps > _bound(cfg.max_chars_per_s.get(language, math.inf)):
+        if cps > _f32(cfg.max_chars_per_s.get(language, math.inf)):
             return "speaking_rate_fast"
     limit = cfg.max_cer_zh if language == "zh" else cfg.max_wer_en
-    if not _nan(scores.get("error_rates")) <= _bound(limit):  # NaN fails: an error rate is always measured
+    if not _f32(scores.get("error_rates")) <= _f32(limit):  # NaN fails: an error rate is always measured
         return "asr_mismatch"
-    if _nan(scores.get("speaker_similarities")) < _bound(speaker_bound(cfg, duration)):
+    if _f32(scores.get("speaker_similarities")) < _f32(speaker_bound(cfg, duration)):
         return "speaker_mismatch"
-    if cfg.min_dnsmos_ovrl is not None and _nan(scores.get("dnsmos_ovrl")) < _bound(cfg.min_dnsmos_ovrl):
+    if cfg.min_dnsmos_ovrl is not None and _f32(scores.get("dnsmos_ovrl")) < _f32(cfg.min_dnsmos_ovrl):
         return "low_quality"
     return None
 
