@@ -454,6 +454,18 @@ class ExecutorConfig(_Model):
         description="Times a (stage, shard) unit is retried on a fresh actor when its Ray worker dies "
         "(killed, out of memory, node lost); an exception raised by the stage itself is not retried.",
     )
+    stall_timeout_s: float = Field(
+        600.0,
+        gt=0,
+        description="Stop the run with a diagnosis (which stage waits for what, what holds it) when work "
+        "waits and no actor has run or loaded anything for this long, instead of waiting forever.",
+    )
+    unit_timeout_s: float | None = Field(
+        7200.0,
+        gt=0,
+        description="Stop the run when one (stage, shard) unit, or a worker's model loading, runs longer "
+        "than this; null: no bound. Rerunning resumes from the last finished unit.",
+    )
 
 
 class RunConfig(_Model):

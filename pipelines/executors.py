@@ -8,11 +8,13 @@
 from __future__ import annotations
 
 import os
-from collections import deque
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from kespeechchat.config import RunConfig
-from kespeechchat.stage import Runtime
+from pipelines.runner import RunError, execute_unit
+from pipelines.scheduler import BUSY, LOADING, PLACING, Request, Scheduler, Slot
 
 if TYPE_CHECKING:
     from pipelines.runner import Pipeline, Unit
@@ -25,8 +27,6 @@ class LocalExecutor:
         self._ready: set[int] = set()
 
     def run(self, pipe: Pipeline, units: list[Unit], last: int) -> None:
-        from pipelines.runner import execute_unit
-
         pending = list(units)
         while pending:
             pending.sort(key=lambda u: (u.stage_index, u.shard))
@@ -108,23 +108,33 @@ def release_free_memory() -> None:
 
 
 class _Worker:
-    """Ray actor body: builds one stage, loads its model once, runs units of that stage."""
+    """Ray actor body: builds one stage, loads its model once, runs units of that stage.
 
-    def __init__(self, stage_index: int, cfg_json: dict[str, Any], runtime: Runtime):
-        from kespeechchat.config import RunConfig
+    ``__init__`` does nothing, so the executor can tell an actor Ray has not placed yet (``where()``
+    pending) from one that is loading its model (``setup()`` pending)."""
+
+    def __init__(self, stage_index: int, build_stages: Callable[[], list[Any]], run_dir: str):
+        self._index = stage_index
+        self._build = build_stages
+        self._run_dir = run_dir
+        self.stage = None
+
+    def where(self) -> dict[str, Any]:
+        import ray
+
+        return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
+
+    def setup(self) -> None:
         from kespeechchat.store import RunStore
-        from pipelines.runner import make_stages
 
-        stages = make_stages(RunConfig.model_validate(cfg_json), runtime)
-        self.stage = stages[stage_index]
+        stages = self._build()
+        self.stage = stages[self._index]
+        self.input_stage = "ingest" if self._index == 0 else stages[self._index - 1].name
+        self.store = RunStore(self._run_dir)
         self.stage.setup()
-        self.store = RunStore(runtime.run_dir)
-        self.input_stage = "ingest" if stage_index == 0 else stages[stage_index - 1].name
 
     def run(self, shard: int, input_fp: str) -> dict[str, Any]:
         import ray
-
-        from pipelines.runner import execute_unit
 
         ctx = ray.get_runtime_context()
         worker = {
@@ -164,182 +174,277 @@ def _is_worker_death(e: BaseException) -> bool:
 class RayExecutor:
     """Actor pool per stage; units flow shard by shard from one stage's pool to the next.
 
-    A unit whose worker dies is given to a fresh actor (up to ``executor.max_unit_retries`` times):
-    a unit only becomes visible through its marker, written last, so a half-done unit is simply redone.
-    A stage that raises fails the run at once; rerunning resumes from the markers.
+    Which actors exist at any moment is decided by ``pipelines.scheduler`` (its docstring states the
+    rule and why it cannot deadlock). A watchdog stops the run with a diagnosis when work waits and
+    nothing has run for ``executor.stall_timeout_s``, or when one unit runs past
+    ``executor.unit_timeout_s``. A unit whose worker dies is given to a fresh actor (up to
+    ``executor.max_unit_retries`` times): a unit only becomes visible through its marker, written
+    last, so a half-done unit is simply redone. A stage that raises fails the run at once; rerunning
+    resumes from the markers.
     """
 
     def __init__(self, cfg: RunConfig, address: str | None = None, shutdown_on_close: bool = True):
         self.cfg = cfg
+        self._reaper = None
+        if not (address or cfg.executor.address):
+            from pipelines.reaper import Reaper, child_pids
+
+            self._reaper = Reaper()
+            before = child_pids(os.getpid())
         self.ray = init_ray(cfg, address)
+        if self._reaper is not None:
+            self._reaper.track(child_pids(os.getpid()) - before - {self._reaper.pid})
         self._owns_cluster = shutdown_on_close
         self._classes: dict[str, Any] = {}
         self.worker_deaths: list[tuple[str, int, str]] = []
 
-    def _actor_class(self, stage_name: str) -> Any:
+    def actor_class(self, stage_name: str) -> Any:
         if stage_name not in self._classes:
             cls = type(worker_class_name(stage_name), (_Worker,), {"__module__": __name__})
             self._classes[stage_name] = self.ray.remote(max_restarts=0)(cls)
         return self._classes[stage_name]
 
-    def _actor_options(self, stage) -> dict[str, Any]:
-        name = stage.name
-        gpus = self.cfg.executor.stage_gpus.get(name, stage.resources.gpus)
+    def actor_options(self, stage) -> dict[str, Any]:
+        gpus = self.cfg.executor.stage_gpus.get(stage.name, stage.resources.gpus)
         return {
             "num_cpus": stage.resources.cpus,
             "num_gpus": gpus,
             "memory": stage.resources.memory_mb * 1024 * 1024,
         }
 
-    def _check_fits(self, name: str, opts: dict[str, Any]) -> None:
+    def check_fits(self, name: str, opts: dict[str, Any]) -> None:
         """Fail fast instead of waiting forever for resources the cluster does not have."""
         total = self.ray.cluster_resources()
-        for key, need in (("CPU", opts["num_cpus"]), ("GPU", opts["num_gpus"])):
+        for key, need in (("CPU", opts["num_cpus"]), ("GPU", opts["num_gpus"]), ("memory", opts["memory"])):
             if need and total.get(key, 0) < need:
+                have = total.get(key, 0)
+                if key == "memory":
+                    need_s, have_s = f"{need / 2**30:.2f} GiB", f"{have / 2**30:.2f} GiB"
+                else:
+                    need_s, have_s = f"{need:g}", f"{have:g}"
                 raise RuntimeError(
-                    f"stage {name} needs {need} {key} per actor but the Ray cluster has {total.get(key, 0)}; "
-                    f"add nodes with {key}s or lower executor.stage_gpus/{name}"
+                    f"stage {name} needs {need_s} {key} per actor but the Ray cluster has {have_s}; "
+                    f"add nodes with {key} or lower executor.stage_gpus/{name}"
                 )
 
     def run(self, pipe: Pipeline, units: list[Unit], last: int) -> None:
-        from pipelines.runner import RunError
-
-        ray = self.ray
-        cfg_json = pipe.cfg.model_dump(mode="json")
-        max_retries = self.cfg.executor.max_unit_retries
-        queues: dict[int, deque[Unit]] = {}
-        idle: dict[int, list[Any]] = {}
-        actors: dict[int, list[Any]] = {}
-        inflight: dict[Any, tuple[Any, Unit]] = {}
-        deaths: dict[tuple[int, int], int] = {}
-        recovering: set[int] = set()  # stages whose replacement actor has not finished a unit yet
-
-        def new_actor(i: int) -> Any:
-            stage = pipe.stages[i]
-            return (
-                self._actor_class(stage.name)
-                .options(**self._actor_options(stage))
-                .remote(i, cfg_json, pipe.runtime)
-            )
-
-        def kill_all() -> None:
-            for a_list in actors.values():
-                for a in a_list:
-                    ray.kill(a)
-            actors.clear()
-
-        def release_idle_after(i: int) -> None:
-            """Free the idle actors of stages after ``i``: a replacement actor for stage ``i`` must not wait
-            for resources held by later stages that are themselves waiting for stage ``i`` (deadlock on a
-            small cluster). They are started again when work reaches them."""
-            for j in [j for j in actors if j > i and not queues.get(j)]:
-                free = idle.get(j, [])
-                for a in free:
-                    ray.kill(a)
-                actors[j] = [a for a in actors[j] if not any(a is f for f in free)]
-                idle[j] = []
-                if not actors[j]:
-                    actors.pop(j)
-                    idle.pop(j, None)
-
-        def shards_left_for(i: int) -> bool:
-            return bool(queues.get(i)) or any(u.stage_index <= i for _, u in inflight.values())
-
-        def start_pool(i: int) -> None:
-            stage = pipe.stages[i]
-            n = max(1, self.cfg.executor.stage_workers.get(stage.name, 1))
-            opts = self._actor_options(stage)
-            self._check_fits(stage.name, opts)
-            pipe.progress.note(
-                f"[{stage.name}] starting {n} actor(s) {opts['num_cpus']} CPU / {opts['num_gpus']} GPU each"
-            )
-            actors[i] = [new_actor(i) for _ in range(n)]
-            idle[i] = list(actors[i])
-
-        def enqueue(u: Unit, front: bool = False) -> None:
-            q = queues.setdefault(u.stage_index, deque())
-            q.appendleft(u) if front else q.append(u)
-            if u.stage_index not in actors:
-                start_pool(u.stage_index)
-
-        def dispatch() -> None:
-            for i, q in queues.items():
-                if q and i not in actors:  # its idle actors were released; start the pool again
-                    start_pool(i)
-                while q and idle.get(i):
-                    u = q.popleft()
-                    actor = idle[i].pop()
-                    pipe.progress.unit_started(pipe.stages[i].name, u.shard)
-                    inflight[actor.run.remote(u.shard, u.input_fingerprint)] = (actor, u)
-
-        for u in units:
-            enqueue(u)
-        dispatch()
-        try:
-            while inflight:
-                done, _ = ray.wait(list(inflight), num_returns=1)
-                ref = done[0]
-                actor, u = inflight.pop(ref)
-                stage = pipe.stages[u.stage_index]
-                try:
-                    marker = ray.get(ref)
-                except Exception as e:
-                    if not _is_worker_death(e):
-                        raise RunError(
-                            f"stage {stage.name} failed on shard {u.shard}: {_root_cause(e)}"
-                        ) from e
-                    key = (u.stage_index, u.shard)
-                    deaths[key] = deaths.get(key, 0) + 1
-                    self.worker_deaths.append((stage.name, u.shard, _root_cause(e)[:200]))
-                    if deaths[key] > max_retries:
-                        raise RunError(
-                            f"stage {stage.name} failed on shard {u.shard}: its worker died {deaths[key]} time(s) "
-                            f"(executor.max_unit_retries={max_retries}); last: {_root_cause(e)}"
-                        ) from e
-                    pipe.progress.warn(
-                        f"[{stage.name}] worker died on shard {u.shard} ({type(e).__name__}); "
-                        f"retrying on a fresh actor ({deaths[key]}/{max_retries})"
-                    )
-                    ray.kill(actor)
-                    pool = actors[u.stage_index]
-                    pool[pool.index(actor)] = replacement = new_actor(u.stage_index)
-                    idle[u.stage_index].append(replacement)
-                    recovering.add(u.stage_index)
-                    enqueue(u, front=True)
-                    release_idle_after(min(recovering))
-                    dispatch()
-                    continue
-                idle[u.stage_index].append(actor)
-                recovering.discard(u.stage_index)
-                pipe.progress.unit_done(stage.name, u.shard, marker)
-                nxt = pipe.plan(u.stage_index + 1, u.shard, marker["output_fingerprint"], last)
-                if nxt:
-                    enqueue(nxt)
-                # Free a stage's actors (and their models) once no shard can reach it any more.
-                for i in list(actors):
-                    if not shards_left_for(i):
-                        for a in actors.pop(i):
-                            ray.kill(a)
-                        idle.pop(i, None)
-                if recovering:
-                    release_idle_after(min(recovering))
-                dispatch()
-        finally:
-            kill_all()
-        left = sum(len(q) for q in queues.values())
-        if left:
-            raise RunError(f"{left} unit(s) were never dispatched (executor bug); rerun to resume")
-        if self.worker_deaths:
-            # Nothing is in flight now: what the dead workers were writing can go.
-            removed = pipe.store.remove_tmp_files()
-            pipe.progress.warn(
-                f"{len(self.worker_deaths)} unit(s) redone after their worker died; "
-                f"removed {removed} temporary file(s) they left"
-            )
+        _RayRun(self, pipe, last).run(units)
 
     def close(self) -> None:
         if self._owns_cluster and self.ray.is_initialized():
             self.ray.shutdown()
+        if self._reaper is not None:
+            self._reaper.close()
+            self._reaper = None
+
+
+class _RayRun:
+    """One ``RayExecutor.run``: the scheduler's decisions turned into Ray calls, results fed back, and
+    the watchdog."""
+
+    TICK_S = 1.0  # how often the watchdog looks when nothing finishes
+    CAPACITY_EVERY_S = 30.0  # how often the cluster's totals are read again (nodes come and go)
+
+    def __init__(self, ex: RayExecutor, pipe: Pipeline, last: int):
+        self.ex, self.pipe, self.last, self.ray = ex, pipe, last, ex.ray
+        self.xcfg = ex.cfg.executor
+        self.stages = pipe.stages
+        self.opts = [ex.actor_options(st) for st in self.stages]
+        requests = [Request(o["num_cpus"], o["num_gpus"], o["memory"]) for o in self.opts]
+        workers = [self.xcfg.stage_workers.get(st.name, 1) for st in self.stages]
+        self.sched = Scheduler(requests, workers, Request.of(self.ray.cluster_resources()))
+        self.build = pipe.stage_builder()
+        self.run_dir = str(pipe.runtime.run_dir)
+        self.actors: dict[int, Any] = {}  # slot id -> actor handle
+        self.refs: dict[Any, tuple[str, Slot]] = {}  # pending call -> (what it is, whose)
+        self.deaths: dict[tuple[int, int | None], int] = {}
+        self.stalled_since: float | None = None
+        self.capacity_read = time.monotonic()
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def run(self, units: list[Unit]) -> None:
+        for i in range(min(u.stage_index for u in units), self.last + 1):
+            self.ex.check_fits(self.stages[i].name, self.opts[i])
+        for u in units:
+            self.sched.submit(u)
+        try:
+            self.apply(self.sched.decide(time.monotonic()))
+            while self.sched.active():
+                if self.refs:
+                    done, _ = self.ray.wait(list(self.refs), num_returns=1, timeout=self.TICK_S)
+                else:
+                    done = []
+                    time.sleep(self.TICK_S)
+                for ref in done:
+                    self.on_ready(ref)
+                now = time.monotonic()
+                self.refresh_capacity(now)
+                self.apply(self.sched.decide(now))
+                self.watch(now)
+        finally:
+            for actor in self.actors.values():
+                self.ray.kill(actor)
+            self.actors.clear()
+        if self.ex.worker_deaths:
+            # Nothing is in flight now: what the dead workers were writing can go.
+            removed = self.pipe.store.remove_tmp_files()
+            self.pipe.progress.warn(
+                f"{len(self.ex.worker_deaths)} unit(s) redone after their worker died; "
+                f"removed {removed} temporary file(s) they left"
+            )
+
+    def apply(self, d) -> None:
+        for slot in d.release:
+            self.drop(slot)
+            if slot.id in d.made_room_for:
+                self.pipe.progress.note(
+                    f"[{self.stages[slot.stage].name}] idle actor released: "
+                    f"{self.stages[d.made_room_for[slot.id]].name} needs its resources"
+                )
+        for slot in d.start:
+            st = self.stages[slot.stage]
+            actor = (
+                self.ex.actor_class(st.name)
+                .options(**self.opts[slot.stage])
+                .remote(slot.stage, self.build, self.run_dir)
+            )
+            self.actors[slot.id] = actor
+            self.refs[actor.where.remote()] = ("placed", slot)
+            self.refs[actor.setup.remote()] = ("loaded", slot)
+            self.pipe.progress.note(
+                f"[{st.name}] starting an actor ({self.sched.requests[slot.stage].describe()})"
+            )
+        for slot, u in d.dispatch:
+            self.pipe.progress.unit_started(self.stages[u.stage_index].name, u.shard)
+            self.refs[self.actors[slot.id].run.remote(u.shard, u.input_fingerprint)] = ("unit", slot)
+
+    def drop(self, slot: Slot) -> None:
+        """Kill a slot's actor and forget its pending calls."""
+        for ref in [r for r, (_, s) in self.refs.items() if s is slot]:
+            del self.refs[ref]
+        actor = self.actors.pop(slot.id, None)
+        if actor is not None:
+            self.ray.kill(actor)
+
+    def on_ready(self, ref: Any) -> None:
+        kind, slot = self.refs.pop(ref)
+        st = self.stages[slot.stage]
+        now = time.monotonic()
+        try:
+            value = self.ray.get(ref)
+        except Exception as e:
+            if not _is_worker_death(e):
+                if kind == "unit":
+                    raise RunError(
+                        f"stage {st.name} failed on shard {slot.unit.shard}: {_root_cause(e)}"
+                    ) from e
+                raise RunError(f"stage {st.name} could not set up its worker: {_root_cause(e)}") from e
+            self.on_death(slot, e)
+            return
+        if kind == "placed":
+            slot.info.update(value)
+            self.sched.placed(slot, now)
+        elif kind == "loaded":
+            self.sched.loaded(slot, now)
+        else:
+            u = self.sched.finished(slot, now)
+            self.pipe.progress.unit_done(st.name, u.shard, value)
+            nxt = self.pipe.plan(u.stage_index + 1, u.shard, value["output_fingerprint"], self.last)
+            if nxt:
+                self.sched.submit(nxt)
+
+    def on_death(self, slot: Slot, e: BaseException) -> None:
+        st = self.stages[slot.stage]
+        unit = slot.unit
+        key = (slot.stage, unit.shard if unit else None)
+        self.deaths[key] = self.deaths.get(key, 0) + 1
+        n, budget = self.deaths[key], self.xcfg.max_unit_retries
+        self.drop(slot)
+        self.sched.lost(slot)  # its unit goes back to the front of the queue
+        if unit is None:
+            if n > budget:
+                raise RunError(
+                    f"stage {st.name}: its worker died {n} time(s) while starting "
+                    f"(executor.max_unit_retries={budget}); last: {_root_cause(e)}"
+                ) from e
+            self.pipe.progress.warn(
+                f"[{st.name}] worker died while starting ({type(e).__name__}); starting another"
+            )
+            return
+        self.ex.worker_deaths.append((st.name, unit.shard, _root_cause(e)[:200]))
+        if n > budget:
+            raise RunError(
+                f"stage {st.name} failed on shard {unit.shard}: its worker died {n} time(s) "
+                f"(executor.max_unit_retries={budget}); last: {_root_cause(e)}"
+            ) from e
+        self.pipe.progress.warn(
+            f"[{st.name}] worker died on shard {unit.shard} ({type(e).__name__}); "
+            f"retrying on a fresh actor ({n}/{budget})"
+        )
+
+    def refresh_capacity(self, now: float) -> None:
+        if now - self.capacity_read >= self.CAPACITY_EVERY_S:
+            self.capacity_read = now
+            self.sched.capacity = Request.of(self.ray.cluster_resources())
+
+    # -- the watchdog -----------------------------------------------------------------------------
+    def watch(self, now: float) -> None:
+        limit = self.xcfg.unit_timeout_s
+        for s in self.sched.slots.values():
+            if limit and s.state in (BUSY, LOADING) and now - s.since > limit:
+                st = self.stages[s.stage]
+                what = f"shard {s.unit.shard} has run" if s.state == BUSY else "its worker has been loading"
+                raise RunError(
+                    f"stage {st.name}: {what} for {now - s.since:.0f} s, past executor.unit_timeout_s={limit:g} "
+                    f"(worker pid {s.info.get('pid', '?')} on node {str(s.info.get('node_id', '?'))[:12]}); "
+                    f"the run stops here, rerunning resumes from the last finished unit"
+                )
+        waiting = any(self.sched.waiting.values())
+        running = any(s.state in (BUSY, LOADING) for s in self.sched.slots.values())
+        if not waiting or running:
+            self.stalled_since = None
+            return
+        self.stalled_since = self.stalled_since or now
+        if now - self.stalled_since > self.xcfg.stall_timeout_s:
+            raise RunError(self.diagnose(now))
+
+    def diagnose(self, now: float) -> str:
+        sched = self.sched
+        lines = [
+            f"no progress for {now - (self.stalled_since or now):.0f} s (executor.stall_timeout_s="
+            f"{self.xcfg.stall_timeout_s:g}): work waits and nothing runs."
+        ]
+        for i, q in sorted(sched.waiting.items()):
+            if not q:
+                continue
+            name = self.stages[i].name
+            mine = sched.stage_slots(i)
+            if mine:
+                state = "; ".join(
+                    f"actor {s.state} for {now - s.since:.0f} s"
+                    + (" (Ray has not found room for it)" if s.state == PLACING else "")
+                    for s in mine
+                )
+            else:
+                state = f"no actor: the run's budget has {sched.room().describe()} free"
+            lines.append(
+                f"  {name}: {len(q)} unit(s) waiting; one actor asks {sched.requests[i].describe()}; {state}"
+            )
+        held = [
+            f"{self.stages[s.stage].name} ({s.state}, {sched.requests[s.stage].describe()})"
+            for s in sorted(sched.slots.values(), key=lambda s: s.stage)
+        ]
+        lines.append("  held by this run: " + (", ".join(held) or "nothing"))
+        try:
+            free = Request.of(self.ray.available_resources()).describe()
+        except Exception:  # pragma: no cover - the cluster itself is going away
+            free = "unknown"
+        lines.append(f"  cluster: {sched.capacity.describe()} in all; free now according to Ray: {free}")
+        lines.append(
+            "What is not free and not held by this run is used by something else on the cluster (another "
+            "job, actors of a run that was killed). Free it, or lower the stage's requests; rerunning resumes."
+        )
+        return "\n".join(lines)
 
 
 def _root_cause(e: BaseException) -> str:

@@ -7,9 +7,11 @@ deletes the markers of S and everything after it; ``--only S`` runs S alone on e
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,11 @@ class RunResult:
 
 def make_stages(cfg: RunConfig, runtime: Runtime) -> list[Stage]:
     return [cls(cfg, runtime) for cls in SHARD_STAGES]
+
+
+def build_stages(cfg_json: dict[str, Any], runtime: Runtime) -> list[Stage]:
+    """The stages of a run, rebuilt from its config in a worker process."""
+    return make_stages(RunConfig.model_validate(cfg_json), runtime)
 
 
 def execute_unit(
@@ -106,6 +113,10 @@ class Pipeline:
         self.stages = make_stages(cfg, self.runtime)
         self.progress = Progress(quiet=quiet)
         self._llm_server = None
+
+    def stage_builder(self) -> Callable[[], list[Stage]]:
+        """What a worker process calls to build the same stages (picklable)."""
+        return functools.partial(build_stages, self.cfg.model_dump(mode="json"), self.runtime)
 
     # -- planning ---------------------------------------------------------------------------
     def input_stage_name(self, i: int) -> str:
