@@ -28,6 +28,13 @@ waiting units, so rule 3 may release all of them; since each stage's actor fits 
 starts, every unit ends, so the run ends. What the rule cannot see (other jobs on a shared cluster,
 resources split across nodes) is caught by the executor's watchdog, which stops the run with a
 diagnosis instead of waiting forever.
+
+Why not Ray Data's streaming executor: it budgets resources the same way, but in Ray 2.60 an
+actor-pool operator keeps at least one actor for the whole execution (``ActorPoolStrategy`` rejects
+``min_size < 1``; every operator scales to its initial size when execution starts), so all stage
+pools would have to fit the cluster at once. The demo's stages ask 3.65 CPUs of a 2-CPU machine.
+Per-shard markers and resume would also have to live inside the UDFs, with the skip decision made
+after the actors were already started.
 """
 
 from __future__ import annotations
