@@ -26,6 +26,7 @@ COLUMN_TYPES: dict[str, pa.DataType] = {
     "filter_notes": pa.string(),
     # spoken
     "spoken_texts": pa.list_(pa.string()),
+    "spoken_notes": pa.string(),
     # assign
     "voice_ids": pa.list_(pa.string()),
     # synthesize

@@ -274,6 +274,42 @@ def test_spoken_answer_that_drifts_in_length_is_reasked(tmp_path, srv):
     assert len(srv.chat_requests()) == 2
 
 
+def test_spoken_drift_is_reasked_then_falls_back_to_the_rewrite_with_the_reason(tmp_path, srv):
+    src = "茶是一种用茶叶泡出来的饮料，最早出现在中国。"
+    drifted = {
+        "turns": [
+            {"role": "user", "text": "茶是什么？"},
+            {"role": "assistant", "text": src + "我理解了你的意思，希望这个回答能够帮到你！"},
+        ]
+    }
+    srv.push(*[FakeReply.json_content(drifted) for _ in range(3)])  # the first reply and both re-asks
+    r = rewritten(row("d-8", ["茶是什么？", src], "zh"))
+    out = make(SpokenStage, config(tmp_path, srv), srv).process(table([r]), 0)
+    (kept,) = out.kept.to_pylist()
+    assert kept["spoken_texts"] == ["茶是什么？", src]
+    assert kept["spoken_notes"].startswith("fallback_to_rewrite: spoken_drift: turn 1: added «")
+    assert out.metrics["spoken_drift_fallbacks"] == 1.0
+    assert len(srv.chat_requests()) == 3
+
+
+def test_spoken_glosses_dropped_and_markup_never_reaches_the_tts(tmp_path, srv):
+    def restyle(role: str, text: str) -> str:
+        return text if role == "user" else text.replace("巴西利斯克", "巴西利斯克（Basilisk）")
+
+    srv.responder = dialogue_responder(restyle)
+    gloss = rewritten(
+        row("d-9", ["巴西利斯克是什么？", "巴西利斯克是传说中的一种蛇怪，据说它的目光能把人变成石头。"], "zh")
+    )
+    listed = rewritten(row("d-10", ["- list this", "Sure, here it is, in a few words."]))
+    out = make(SpokenStage, config(tmp_path, srv), srv).process(table([gloss, listed]), 0)
+    (kept,) = out.kept.to_pylist()
+    assert "Basilisk" not in kept["spoken_texts"][1] and kept["spoken_notes"] is None
+    assert out.metrics["glosses_dropped"] == 1.0
+    (rej,) = out.rejected.to_pylist()
+    assert rej["dialogue_id"] == "d-10" and rej["reject_reason"] == "spoken_markup"
+    assert rej["reject_detail"].startswith("turn 0: list_marker")
+
+
 # --- prompt versions and reruns -------------------------------------------------------------------------
 
 

@@ -4,6 +4,11 @@ The LLM pass touches assistant turns only: user turns are taken from the rewrite
 and an answer whose length moved far from its input is re-asked (see ``parse_spoken``). Text
 normalisation (WeTextProcessing plus tested fixes) then writes numbers, units, dates and symbols
 as words, so the TTS reads them and the ASR check compares like with like.
+
+Guards (``kespeechchat.speakable``): a reply with markup, or one that drifted from the rewrite (a
+sentence added or dropped), is re-asked; still wrong after ``llm.invalid_output_retries``, the
+rule-normalised rewrite is used and ``spoken_notes`` says why. Bracketed glosses in the other script
+are dropped, and a turn that still carries list markers or markdown is rejected (``spoken_markup``).
 """
 
 from __future__ import annotations
@@ -12,18 +17,19 @@ from typing import Any
 
 import pyarrow as pa
 
+from kespeechchat.speakable import check_turns, drop_glosses, markup
 from kespeechchat.stage import Resources, StageOutput, reject
 from pipelines.stages.llm_base import LLMStage
 
 
 class SpokenStage(LLMStage):
     name = "spoken"
-    version = "2"
+    version = "3"
     description = (
         "Spoken-style answers (LLM) and text normalisation (numbers, units, dates, symbols -> words)."
     )
     inputs = ("dialogue_id", "language", "roles", "rewritten_texts")
-    outputs = ("spoken_texts",)
+    outputs = ("spoken_texts", "spoken_notes")
     resources = Resources(cpus=0.25, memory_mb=600)
     prompt_name = "spoken"
 
@@ -44,19 +50,26 @@ class SpokenStage(LLMStage):
 
     def process(self, table: pa.Table, shard: int) -> StageOutput:
         from kespeechchat.llm.tasks import parse_spoken, spoken_request
-        from kespeechchat.textnorm import normalize
 
         self.check_inputs(table)
         rows = table.to_pylist()
         rejected: list[dict[str, Any]] = []
         metrics: dict[str, float] = {}
         texts_by_row: list[list[str] | None] = [list(r["rewritten_texts"]) for r in rows]
+        notes: list[str | None] = [None] * len(rows)
         if self.needs_llm():
 
             def validator(row: dict[str, Any]):
-                return lambda v: parse_spoken(
-                    v, row["roles"], language=row["language"], source_texts=row["rewritten_texts"]
-                )
+                def check(value: Any) -> list[str]:
+                    texts = parse_spoken(
+                        value, row["roles"], language=row["language"], source_texts=row["rewritten_texts"]
+                    )
+                    hit = self.guard(row, texts)
+                    if hit:
+                        raise ValueError(f"{hit[0]}: {hit[1]}")
+                    return texts
+
+                return check
 
             requests = []
             for r in rows:
@@ -71,7 +84,15 @@ class SpokenStage(LLMStage):
                 requests.append(req)
             results, metrics = self.ask_all(requests)
             for i, (r, res) in enumerate(zip(rows, results, strict=True)):
-                if res.error:
+                if res.error == "llm_invalid_output":
+                    # Re-asked and still wrong (drift, markup, a changed user turn, bad JSON): the
+                    # rule-normalised rewrite says what was meant; the note says why it is used.
+                    notes[i] = f"fallback_to_rewrite: {res.detail}"[:500]
+                    metrics["spoken_fallbacks"] = metrics.get("spoken_fallbacks", 0.0) + 1
+                    kind = res.detail.split(":", 1)[0]
+                    if kind in ("spoken_drift", "spoken_markup"):
+                        metrics[f"{kind}_fallbacks"] = metrics.get(f"{kind}_fallbacks", 0.0) + 1
+                elif res.error:
                     rejected.append(reject(r, res.error, res.detail))
                     texts_by_row[i] = None
                 else:
@@ -79,17 +100,46 @@ class SpokenStage(LLMStage):
                         res.value, r["roles"], language=r["language"], source_texts=r["rewritten_texts"]
                     )
         kept: list[dict[str, Any]] = []
-        for r, texts in zip(rows, texts_by_row, strict=True):
+        for r, texts, note in zip(rows, texts_by_row, notes, strict=True):
             if texts is None:
                 continue
             try:
-                spoken = [normalize(t, r["language"]).strip() for t in texts]
+                spoken, glosses = self.finish(texts, r["language"])
             except Exception as e:  # a grammar failure is a bad row, not a dead shard
                 rejected.append(reject(r, "textnorm_error", f"{type(e).__name__}: {e}"))
                 continue
+            if glosses:
+                metrics["glosses_dropped"] = metrics.get("glosses_dropped", 0.0) + glosses
             empty = [i for i, t in enumerate(spoken) if not t]
             if empty:
                 rejected.append(reject(r, "empty_after_normalisation", f"turns {empty} are empty"))
                 continue
-            kept.append({**r, "spoken_texts": spoken})
+            hit = next(((i, m) for i, t in enumerate(spoken) if (m := markup(t))), None)
+            if hit:  # also user turns and fallbacks: markup never reaches the TTS
+                rejected.append(reject(r, "spoken_markup", f"turn {hit[0]}: {hit[1]}"))
+                continue
+            kept.append({**r, "spoken_texts": spoken, "spoken_notes": note})
         return self.build_output(table, kept, rejected, metrics)
+
+    @staticmethod
+    def finish(texts: list[str], language: str) -> tuple[list[str], int]:
+        """Glosses dropped, then text normalisation: the texts the TTS reads; and the glosses dropped."""
+        from kespeechchat.textnorm import normalize
+
+        out, n = [], 0
+        for t in texts:
+            t, k = drop_glosses(t, language)
+            n += k
+            out.append(normalize(t, language).strip())
+        return out, n
+
+    def guard(self, row: dict[str, Any], texts: list[str]) -> tuple[str, str] | None:
+        """Markup in the reply, or drift from the rewrite (both sides normalised alike): the reason to re-ask."""
+        lang = row["language"]
+        for i, t in enumerate(texts):
+            m = markup(t)
+            if m:
+                return "spoken_markup", f"turn {i}: {m}"
+        src, _ = self.finish(list(row["rewritten_texts"]), lang)
+        out, _ = self.finish(texts, lang)
+        return check_turns(row["roles"], src, out, lang)
