@@ -206,6 +206,11 @@ class TTSConfig(_Model):
         le=2,
         description="Silence between the sentences of a long turn (Kokoro speaks sentence by sentence).",
     )
+    zh_frontend: Literal["sandhi", "misaki"] = Field(
+        "sandhi",
+        description="Kokoro's Chinese front end: 'sandhi' (phrase dictionary for polyphonic characters, "
+        "tone sandhi; kespeechchat.backends.zh_g2p) or 'misaki' (misaki's default: per-word pinyin, no sandhi).",
+    )
     source_dir: str | None = Field(
         None,
         description="CosyVoice source checkout (default: $COSYVOICE_ROOT); the PyPI 'cosyvoice' is not it.",

@@ -134,7 +134,8 @@ def _apply_world(audio: np.ndarray, sr: int, voice: VoiceRecipe) -> np.ndarray:
 class KokoroTTS:
     """Kokoro-82M v1.0 int8 ONNX through kokoro-onnx, one onnxruntime session per worker.
 
-    zh text goes through misaki's G2P, en text through espeak-ng phonemes; Latin runs inside
+    zh text goes through ``kespeechchat.backends.zh_g2p`` (misaki's phoneme set with polyphone
+    dictionary and tone sandhi; ``zh_frontend="misaki"`` for misaki's own), en text through espeak-ng phonemes; Latin runs inside
     zh text are phonemised as English and Han runs inside en text as Chinese. Kokoro itself is
     deterministic: ``seed`` only matters for attempts after the first (``retry_perturbation``).
     """
@@ -149,13 +150,17 @@ class KokoroTTS:
         *,
         sentence_pause_s: float = SENTENCE_PAUSE_S,
         speed_jitter: float = 0.06,
+        zh_frontend: str = "sandhi",
     ):
+        if zh_frontend not in ("sandhi", "misaki"):
+            raise ValueError(f"zh_frontend {zh_frontend!r}: expected 'sandhi' or 'misaki'")
+        self.zh_frontend = zh_frontend
         self.model_dir = model_dir
         self.num_threads = int(num_threads)
         self.sentence_pause_s = float(sentence_pause_s)
         self.speed_jitter = float(speed_jitter)
         self._kokoro: Any = None
-        self._zh_g2p: Callable[[str], Any] | None = None
+        self._zh_g2p: Callable[[str], str] | None = None
         self._styles: dict[Any, np.ndarray] = {}
         self._lock = threading.Lock()
 
@@ -205,7 +210,13 @@ class KokoroTTS:
             )
             with np.load(voices) as npz:
                 self._voices = {k: np.asarray(npz[k], dtype=np.float32) for k in npz.files}
-            self._zh_g2p = ZHG2P()
+            if self.zh_frontend == "sandhi":
+                from kespeechchat.backends.zh_g2p import ZhG2P
+
+                self._zh_g2p = ZhG2P()
+            else:
+                legacy = ZHG2P()
+                self._zh_g2p = lambda t: legacy(t)[0]
             self._kokoro = kokoro
 
     def style(self, voice: VoiceRecipe) -> np.ndarray:
@@ -261,7 +272,7 @@ class KokoroTTS:
         if not text.strip():
             return ""
         assert self._zh_g2p is not None
-        phonemes = self._zh_g2p(text)[0] or ""
+        phonemes = self._zh_g2p(text) or ""
         return self._kokoro.tokenizer.known(phonemes)
 
     def _en_phonemes(self, text: str) -> str:
@@ -460,6 +471,7 @@ def make_tts(cfg: TTSConfig, *, speed_jitter: float = 0.06) -> TTSBackend:
             num_threads=cfg.num_threads,
             sentence_pause_s=cfg.sentence_pause_s,
             speed_jitter=speed_jitter,
+            zh_frontend=cfg.zh_frontend,
         )
     if cfg.backend == "cosyvoice":
         if not cfg.model_dir:

@@ -1,0 +1,56 @@
+"""The Chinese front end of the Kokoro backend (kespeechchat/backends/zh_g2p.py): polyphonic
+characters read by their word, and tone sandhi, in Kokoro v1.0's phoneme set."""
+
+from __future__ import annotations
+
+import pytest
+
+from kespeechchat.backends.zh_g2p import ZhG2P
+
+
+@pytest.fixture(scope="module")
+def g2p() -> ZhG2P:
+    return ZhG2P()
+
+
+def syllables(g2p: ZhG2P, text: str) -> list[str]:
+    return [s for _, syl in g2p.pinyin(text) for s in syl]
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        # 一 and 不: second tone before a fourth tone, fourth tone before the others
+        ("一样", ["yi2", "yang4"]),
+        ("一起", ["yi4", "qi3"]),
+        ("不对", ["bu2", "dui4"]),
+        ("不好", ["bu4", "hao3"]),
+        # third tone before a third tone becomes second
+        ("你好", ["ni2", "hao3"]),
+        ("展览馆", ["zhan2", "lan2", "guan3"]),
+        # polyphonic characters by their word
+        ("银行", ["yin2", "hang2"]),
+        ("行走", ["xing2", "zou3"]),
+        ("长大", ["zhang3", "da4"]),
+        ("长度", ["chang2", "du4"]),
+        ("重新", ["chong2", "xin1"]),
+        ("重要", ["zhong4", "yao4"]),
+        ("音乐", ["yin1", "yue4"]),
+        ("快乐", ["kuai4", "le4"]),
+        ("首都", ["shou3", "du1"]),
+        ("我们去银行还钱", ["wo3", "men5", "qu4", "yin2", "hang2", "huan2", "qian2"]),
+        ("他还是来了", ["ta1", "hai2", "shi4", "lai2", "le5"]),
+        ("他高兴地说", ["ta1", "gao1", "xing4", "de5", "shuo1"]),
+        ("地球", ["di4", "qiu2"]),
+    ],
+)
+def test_polyphones_and_tone_sandhi(g2p, text, expected):
+    assert syllables(g2p, text) == expected
+
+
+def test_phonemes_are_kokoro_v1_ipa_with_tone_arrows(g2p):
+    ph = g2p("你好，我们一起去银行。")
+    assert ph.startswith("ni↗xau↓")  # sandhi: ní hǎo
+    assert "i↘ʨʰi↓" in ph and "i↗nxa↗ŋ" in ph
+    assert "," in ph and ph.rstrip().endswith(".")  # punctuation mapped like misaki's
+    assert g2p("我有3本书") == g2p("我有三本书")  # digits read as Chinese numbers
