@@ -478,7 +478,23 @@ def _money_zh(m: re.Match[str]) -> str:
     return f"{amount}{scale}{_CURRENCY_ZH[sym]}"
 
 
+# "（1939-1945）" is a span of years, said digit by digit ("一九三九年到一九四五年"); the grammar
+# read it as a subtraction. "COVID-19": a name with a number, not minus nineteen.
+_YEAR_RANGE_ZH = re.compile(
+    r"(?<![0-9A-Za-z.,-])(1[5-9]\d\d|20\d\d)\s?[-–—~～]\s?(1[5-9]\d\d|20\d\d)(?![0-9A-Za-z.,-])(年)?"
+)
+_NAME_DASH_NUM = re.compile(r"(?<=[A-Za-z])-(?=\d)")
+_ZH_DIGITS = "零一二三四五六七八九"
+
+
+def _year_range_zh(m: re.Match[str]) -> str:
+    a, b = ("".join(_ZH_DIGITS[int(d)] for d in y) for y in (m.group(1), m.group(2)))
+    return f"{a}年到{b}年"
+
+
 def _pre_zh(line: str) -> str:
+    line = _YEAR_RANGE_ZH.sub(_year_range_zh, line)
+    line = _NAME_DASH_NUM.sub(" ", line)
     for k, v in _FRACTIONS.items():
         line = line.replace(k, v)
     line = _THOUSANDS.sub("", line)

@@ -217,3 +217,17 @@ def test_zh_grammar_compiles_into_the_cache_dir_not_site_packages(tmp_path: Path
     assert not any(p.name.startswith(".build-") for p in cache.rglob("*"))
     after = {p: p.stat().st_mtime_ns for p in pkg.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
     assert after == before
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("第二次世界大战（1939-1945）", "第二次世界大战（一九三九年到一九四五年）"),
+        ("他生于1950–2020年", "他生于一九五零年到二零二零年"),
+        ("COVID-19疫情", "COVID十九疫情"),
+        ("需要2-3个小时。", "需要两到三个小时。"),
+        ("温度是-5℃。", "温度是负五摄氏度。"),
+    ],
+)
+def test_zh_year_spans_and_names_with_numbers_are_not_subtractions(text, expected):
+    assert normalize(text, "zh") == expected

@@ -37,7 +37,7 @@ class SpokenStage(LLMStage):
         return self.cfg.spoken.mode == "llm"
 
     def config_section(self) -> dict[str, Any]:
-        section: dict[str, Any] = {"spoken": self.cfg.spoken.model_dump(), "textnorm": "wetext-1"}
+        section: dict[str, Any] = {"spoken": self.cfg.spoken.model_dump(), "textnorm": "wetext-2"}
         if self.needs_llm():
             section["llm"] = self.llm_config_section()
         return section
