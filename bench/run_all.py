@@ -22,7 +22,10 @@ from _common import REPO, machine
 HERE = Path(__file__).resolve().parent
 SKIP = {"run_all.py", "_common.py"}
 # Scripts that read a finished run rather than make one: skipped (and said so) when it is not there.
-NEEDS = {"speech_report.py": REPO / "runs" / "demo" / "dataset"}
+NEEDS = {
+    "speech_report.py": REPO / "runs" / "demo" / "dataset",
+    "spoken_guards.py": REPO / "runs" / "demo" / "spoken" / "_markers",
+}
 
 
 def main() -> int:
