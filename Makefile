@@ -46,7 +46,7 @@ models: $(STAMP)
 demo: models
 	$(VENV)/bin/kespeechchat run --config configs/demo.yaml
 
-# Everything, the fault tests included (about 40 minutes on 2 cores; each fault test is bounded by timeouts).
+# Everything, the fault tests included (25 min of pytest on 2 cores on 2026-12-02; each fault test is bounded by timeouts).
 test: models
 	$(PY) -m pytest -q -ra --durations=15
 
