@@ -18,7 +18,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-_HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+from kespeechchat.langid import HAN_RANGES as _HAN
+
 _CJK_RE = re.compile(f"[{_HAN}\u3040-\u30ff\uac00-\ud7af]")
 _LATIN_RE = re.compile(r"[A-Za-z]")
 

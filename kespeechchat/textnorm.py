@@ -250,7 +250,8 @@ _MONTHS = (
 ).split()
 _US_PHONE = re.compile(r"(?<![\w(-])(?:\((\d{3})\)\s?|(\d{3})[-.])(\d{3})[-.](\d{4})(?![\w-])")
 _LOCAL_PHONE = re.compile(r"(?<![\w-])(\d{3})-(\d{4})(?![\w-])")
-_YEAR_RANGE = re.compile(r"(?<![\w.,-])(1[5-9]\d\d|20\d\d)\s?[-–]\s?(1[5-9]\d\d|20\d\d)(?![\w.,-])")
+_YEAR = r"(1[5-9]\d\d|20\d\d)"
+_YEAR_RANGE = re.compile(rf"(?<![\w.,-]){_YEAR}\s?[-–]\s?{_YEAR}(?![\w.,-])")
 _AMPM = re.compile(r"(?<=\d)\s?([ap])\.m\.?(?=\W|$)", re.IGNORECASE)
 _DIVIDED = re.compile(r"(?<=\d)\s+/\s+(?=\d)")
 # "9 - 6" with spaces is arithmetic (the grammar said "nine to six"); "3-5 days" stays a range
@@ -480,9 +481,8 @@ def _money_zh(m: re.Match[str]) -> str:
 
 # "（1939-1945）" is a span of years, said digit by digit ("一九三九年到一九四五年"); the grammar
 # read it as a subtraction. "COVID-19": a name with a number, not minus nineteen.
-_YEAR_RANGE_ZH = re.compile(
-    r"(?<![0-9A-Za-z.,-])(1[5-9]\d\d|20\d\d)\s?[-–—~～]\s?(1[5-9]\d\d|20\d\d)(?![0-9A-Za-z.,-])(年)?"
-)
+# Han characters count as \w: around a zh span of years only Latin letters, digits and . , - matter.
+_YEAR_RANGE_ZH = re.compile(rf"(?<![0-9A-Za-z.,-]){_YEAR}\s?[-–—~～]\s?{_YEAR}(?![0-9A-Za-z.,-])(年)?")
 _NAME_DASH_NUM = re.compile(r"(?<=[A-Za-z])-(?=\d)")
 _ZH_DIGITS = "零一二三四五六七八九"
 

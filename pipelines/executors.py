@@ -212,9 +212,9 @@ class RayExecutor:
             "memory": stage.resources.memory_mb * 1024 * 1024,
         }
 
-    def check_fits(self, name: str, opts: dict[str, Any]) -> None:
+    def check_fits(self, name: str, opts: dict[str, Any], total: dict[str, float] | None = None) -> None:
         """Fail fast instead of waiting forever for resources the cluster does not have."""
-        total = self.ray.cluster_resources()
+        total = self.ray.cluster_resources() if total is None else total
         for key, need in (("CPU", opts["num_cpus"]), ("GPU", opts["num_gpus"]), ("memory", opts["memory"])):
             if need and total.get(key, 0) < need:
                 have = total.get(key, 0)
@@ -252,7 +252,8 @@ class _RayRun:
         self.opts = [ex.actor_options(st) for st in self.stages]
         requests = [Request(o["num_cpus"], o["num_gpus"], o["memory"]) for o in self.opts]
         workers = [self.xcfg.stage_workers.get(st.name, 1) for st in self.stages]
-        self.sched = Scheduler(requests, workers, Request.of(self.ray.cluster_resources()))
+        self.totals = self.ray.cluster_resources()
+        self.sched = Scheduler(requests, workers, Request.of(self.totals))
         self.build = pipe.stage_builder()
         self.run_dir = str(pipe.runtime.run_dir)
         self.actors: dict[int, Any] = {}  # slot id -> actor handle
@@ -264,7 +265,7 @@ class _RayRun:
     # -- the loop ---------------------------------------------------------------------------------
     def run(self, units: list[Unit]) -> None:
         for i in range(min(u.stage_index for u in units), self.last + 1):
-            self.ex.check_fits(self.stages[i].name, self.opts[i])
+            self.ex.check_fits(self.stages[i].name, self.opts[i], self.totals)
         for u in units:
             self.sched.submit(u)
         try:

@@ -20,9 +20,7 @@ from typing import Any
 import pyarrow as pa
 
 from kespeechchat.config import RunConfig
-from kespeechchat.progress import Progress
 from kespeechchat.stage import Resources, Runtime, Stage, StageOutput
-from kespeechchat.store import RunStore
 from pipelines.runner import Pipeline, Unit
 
 _REJECTED = pa.schema(
@@ -58,7 +56,7 @@ class SleepPipeline(Pipeline):
 
     def __init__(self, spec: dict[str, Any]):
         run_dir = Path(spec["run_dir"]).resolve()
-        self.cfg = RunConfig.model_validate(
+        cfg = RunConfig.model_validate(
             {
                 "name": run_dir.name,
                 "runs_dir": str(run_dir.parent),
@@ -67,13 +65,10 @@ class SleepPipeline(Pipeline):
                 | spec.get("executor", {}),
             }
         )
-        self.store = RunStore(run_dir)
-        self.runtime = Runtime(run_dir=run_dir)
+        super().__init__(cfg, quiet=spec.get("quiet", False))
         self._specs = spec["stages"]
-        self.stages = sleep_stages(self._specs, str(run_dir))
-        self.progress = Progress(quiet=spec.get("quiet", False))
+        self.stages = sleep_stages(self._specs, str(self.runtime.run_dir))
         self._hashes = [st.config_hash() for st in self.stages]
-        self._llm_server = None
         self.n_shards = int(spec.get("shards", 3))
 
     def stage_builder(self):

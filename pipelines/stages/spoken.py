@@ -57,22 +57,24 @@ class SpokenStage(LLMStage):
         metrics: dict[str, float] = {}
         texts_by_row: list[list[str] | None] = [list(r["rewritten_texts"]) for r in rows]
         notes: list[str | None] = [None] * len(rows)
+        # row -> (turns, normalised turns and glosses dropped) of the reply that passed the guard
+        accepted: dict[int, tuple[list[str], tuple[list[str], int] | None]] = {}
         if self.needs_llm():
+            sources: dict[int, list[str] | None] = {}
 
-            def validator(row: dict[str, Any]):
-                def check(value: Any) -> list[str]:
+            def validator(i: int, row: dict[str, Any]):
+                def check(value: Any) -> None:
                     texts = parse_spoken(
                         value, row["roles"], language=row["language"], source_texts=row["rewritten_texts"]
                     )
-                    hit = self.guard(row, texts)
-                    if hit:
-                        raise ValueError(f"{hit[0]}: {hit[1]}")
-                    return texts
+                    if i not in sources:  # the rewrite, normalised once for every reply to this row
+                        sources[i] = self._finish_or_none(row["rewritten_texts"], row["language"])
+                    accepted[i] = (texts, self.guard(row, texts, sources[i]))
 
                 return check
 
             requests = []
-            for r in rows:
+            for i, r in enumerate(rows):
                 req = spoken_request(
                     r["roles"],
                     r["rewritten_texts"],
@@ -80,7 +82,7 @@ class SpokenStage(LLMStage):
                     self.cfg.spoken,
                     text_pattern=self.text_pattern,
                 )
-                req["validate"] = validator(r)
+                req["validate"] = validator(i, r)
                 requests.append(req)
             results, metrics = self.ask_all(requests)
             for i, (r, res) in enumerate(zip(rows, results, strict=True)):
@@ -92,19 +94,19 @@ class SpokenStage(LLMStage):
                     kind = res.detail.split(":", 1)[0]
                     if kind in ("spoken_drift", "spoken_markup"):
                         metrics[f"{kind}_fallbacks"] = metrics.get(f"{kind}_fallbacks", 0.0) + 1
+                    accepted.pop(i, None)
                 elif res.error:
                     rejected.append(reject(r, res.error, res.detail))
                     texts_by_row[i] = None
                 else:
-                    texts_by_row[i] = parse_spoken(
-                        res.value, r["roles"], language=r["language"], source_texts=r["rewritten_texts"]
-                    )
+                    texts_by_row[i] = accepted[i][0]
         kept: list[dict[str, Any]] = []
-        for r, texts, note in zip(rows, texts_by_row, notes, strict=True):
+        for i, (r, texts, note) in enumerate(zip(rows, texts_by_row, notes, strict=True)):
             if texts is None:
                 continue
+            done = accepted.get(i, (None, None))[1]
             try:
-                spoken, glosses = self.finish(texts, r["language"])
+                spoken, glosses = done if done is not None else self.finish(texts, r["language"])
             except Exception as e:  # a grammar failure is a bad row, not a dead shard
                 rejected.append(reject(r, "textnorm_error", f"{type(e).__name__}: {e}"))
                 continue
@@ -133,13 +135,29 @@ class SpokenStage(LLMStage):
             out.append(normalize(t, language).strip())
         return out, n
 
-    def guard(self, row: dict[str, Any], texts: list[str]) -> tuple[str, str] | None:
-        """Markup in the reply, or drift from the rewrite (both sides normalised alike): the reason to re-ask."""
+    def _finish_or_none(self, texts: list[str], language: str) -> list[str] | None:
+        try:
+            return self.finish(list(texts), language)[0]
+        except Exception:  # reported as textnorm_error when the row is built
+            return None
+
+    def guard(
+        self, row: dict[str, Any], texts: list[str], source: list[str] | None
+    ) -> tuple[list[str], int] | None:
+        """Raise ValueError (the reason to re-ask) on markup in the reply or drift from the rewrite
+        (``source``, normalised alike); else the reply's normalised turns and glosses dropped, or None
+        when normalisation itself fails (the row is then rejected with ``textnorm_error``)."""
         lang = row["language"]
         for i, t in enumerate(texts):
             m = markup(t)
             if m:
-                return "spoken_markup", f"turn {i}: {m}"
-        src, _ = self.finish(list(row["rewritten_texts"]), lang)
-        out, _ = self.finish(texts, lang)
-        return check_turns(row["roles"], src, out, lang)
+                raise ValueError(f"spoken_markup: turn {i}: {m}")
+        try:
+            done = self.finish(texts, lang)
+        except Exception:
+            return None
+        if source is not None:
+            hit = check_turns(row["roles"], source, done[0], lang)
+            if hit:
+                raise ValueError(f"{hit[0]}: {hit[1]}")
+        return done
