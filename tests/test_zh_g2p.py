@@ -42,6 +42,17 @@ def syllables(g2p: ZhG2P, text: str) -> list[str]:
         ("他还是来了", ["ta1", "hai2", "shi4", "lai2", "le5"]),
         ("他高兴地说", ["ta1", "gao1", "xing4", "de5", "shuo1"]),
         ("地球", ["di4", "qiu2"]),
+        # found on the demo's rewritten zh turns: 长 alone is the adjective, 散发 fā, verb + 为 wéi
+        ("这条路很长", ["zhe4", "tiao2", "lu4", "hen3", "chang2"]),
+        ("多长时间", ["duo1", "chang2", "shi2", "jian1"]),
+        ("她长得很漂亮", ["ta1", "zhang3", "de5", "hen3", "piao4", "liang5"]),
+        ("他长高了", ["ta1", "zhang3", "gao1", "le5"]),
+        ("校长", ["xiao4", "zhang3"]),
+        ("它散发出香气", ["ta1", "san4", "fa1", "chu1", "xiang1", "qi4"]),
+        ("引申为", ["yin3", "shen1", "wei2"]),
+        ("定为", ["ding4", "wei2"]),
+        ("因为", ["yin1", "wei4"]),
+        ("他得了第一名", ["ta1", "de2", "le5", "di4", "yi1", "ming2"]),
     ],
 )
 def test_polyphones_and_tone_sandhi(g2p, text, expected):

@@ -30,6 +30,30 @@ PHRASE_FIXES: dict[str, list[list[str]]] = {
     "归还": [["gui1"], ["huan2"]],
     "数一数": [["shu3"], ["yi5"], ["shu3"]],
     "一会儿": [["yi2"], ["hui4"], ["er5"]],
+    "散发": [["san4"], ["fa1"]],
+    "得了": [["de2"], ["le5"]],
+    # 长 alone is mostly the adjective cháng (很长, 多长, 更长); the verb zhǎng is in words
+    "长得": [["zhang3"], ["de5"]],
+    "长高": [["zhang3"], ["gao1"]],
+    "长胖": [["zhang3"], ["pang4"]],
+    "长出": [["zhang3"], ["chu1"]],
+    # verb + 为 "as": wéi (pypinyin reads these wèi "for")
+    **{
+        w: [[p] for p in py.split()] + [["wei2"]]
+        for w, py in {
+            "引申": "yin3 shen1",
+            "定": "ding4",
+            "选": "xuan3",
+            "命名": "ming4 ming2",
+            "翻译": "fan1 yi4",
+            "描述": "miao2 shu4",
+            "解释": "jie3 shi4",
+            "理解": "li3 jie3",
+            "化": "hua4",
+            "以此": "yi3 ci3",
+        }.items()
+        for w in [w + "为"]
+    },
 }
 
 _lock = threading.Lock()
@@ -51,6 +75,7 @@ def _load_dictionaries() -> None:
         for word in PHRASE_FIXES:  # one word for the segmenter too, or the fix is never looked up
             jieba.add_word(word)
         load_single_dict({ord("地"): "de,di4"})  # alone, 地 is mostly the adverbial particle
+        load_single_dict({ord("长"): "chang2,zhang3"})  # alone, mostly the adjective
         _ready = True
 
 
