@@ -204,6 +204,45 @@ def cmd_pool(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_clarity(args: argparse.Namespace) -> int:
+    from voice_library.clarity import pool_jobs, run_jobs
+    from voice_library.pool import SEARCHED_POOL_PATH
+
+    pool = _pool_arg(args.pool or str(SEARCHED_POOL_PATH))
+    jobs = pool_jobs(pool, [float(x) for x in args.scales.split(",")])
+    tts, encoder, asr = _models()
+    i, _, n = args.part.partition("/")
+    done = run_jobs(jobs, args.work, tts=tts, encoder=encoder, asr=asr, part=(int(i), int(n or 1)), log=_say)
+    _say(f"{args.work}: " + ("all measured" if done is not None else "this part done; others still running"))
+    return 0
+
+
+def cmd_refine(args: argparse.Namespace) -> int:
+    from voice_library.clarity import load_results, refine_pool, shipped_references, summarise
+    from voice_library.pool import SEARCHED_POOL_PATH, save_pool
+
+    pool = _pool_arg(args.pool or str(SEARCHED_POOL_PATH))
+    measured = summarise(load_results(args.work))
+    refs = shipped_references(measured)
+    if args.refs:
+        from kespeechchat.backends.speaker import ResemblyzerEncoder
+        from voice_library.privacy import reference_embeddings
+
+        refs.update(reference_embeddings(args.refs, ResemblyzerEncoder()))
+    new = refine_pool(
+        pool,
+        measured,
+        refs,
+        max_identity_cosine=args.max_identity_cosine,
+        privacy_max_cosine=args.privacy_max_cosine,
+        max_error=args.max_error,
+    )
+    save_pool(new, args.out)
+    print(json.dumps(new.meta["counts"], indent=1))
+    _say(f"wrote {args.out}: {len(new.identities)} identities")
+    return 0
+
+
 def cmd_privacy(args: argparse.Namespace) -> int:
     from kespeechchat.backends.speaker import ResemblyzerEncoder
     from voice_library.privacy import check_library_privacy, format_report, reference_embeddings
@@ -335,6 +374,27 @@ def register(subparsers: Any) -> None:
     po.add_argument("--order", choices=["min_degree", "random"], default="min_degree")
     po.add_argument("--out", required=True, help="identity pool Parquet to write")
     po.set_defaults(func=cmd_pool)
+
+    cl = vs.add_parser(
+        "clarity", help="measure each pool identity on held-out sentences per language (resumable, slow)"
+    )
+    cl.add_argument("--pool", help="identity pool (default: the shipped pool as the search accepted it)")
+    cl.add_argument("--work", required=True, help="directory for the measurements")
+    cl.add_argument("--scales", default="1,0.5", help="warp scales to measure (1: as searched, 0: no warp)")
+    cl.add_argument("--part", default="0/1", help="i/n: this process takes chunks i mod n")
+    cl.set_defaults(func=cmd_clarity)
+
+    rf = vs.add_parser(
+        "refine", help="a pool of identities clear first, distinct second, from `voices clarity`"
+    )
+    rf.add_argument("work", help="directory of `voices clarity` measurements")
+    rf.add_argument("--pool", help="the pool that was measured (default: the shipped searched pool)")
+    rf.add_argument("--max-identity-cosine", type=float, default=0.9)
+    rf.add_argument("--privacy-max-cosine", type=float, default=0.85)
+    rf.add_argument("--max-error", type=float, default=0.05, help="mean CER/WER for a language to be served")
+    rf.add_argument("--refs", help="real recordings the identities must stay away from")
+    rf.add_argument("--out", required=True, help="identity pool Parquet to write")
+    rf.set_defaults(func=cmd_refine)
 
     pr = vs.add_parser("privacy", help="closest library identity to each real reference recording")
     pr.add_argument("library")

@@ -29,6 +29,8 @@ import pyarrow.parquet as pq
 
 POOL_META_KEY = b"kespeechchat.identity_pool"
 DEFAULT_POOL_PATH = Path(__file__).resolve().parent / "data" / "kokoro_identities.parquet"
+# what the identity search accepted, before the clarity measurement refined it into the default
+SEARCHED_POOL_PATH = Path(__file__).resolve().parent / "data" / "kokoro_searched_identities.parquet"
 F0_RANGE_HZ = (85.0, 330.0)
 MAX_PROBE_ERROR = 0.10
 # Shipped Kokoro voices are voiced in 79-93 % of their audible frames; some extreme styles fall
@@ -61,6 +63,12 @@ class Identity:
     nearest_reference_cosine: float = float("nan")
     candidate_id: int = -1
     centroid: list[float] | None = field(default=None, compare=False, repr=False)
+    # the languages it speaks clearly (None: not measured, both); see voice_library.clarity
+    languages: list[str] | None = None
+    warp_scale: float = 1.0  # how much of the searched warp it keeps (clarity.soften)
+
+    def serves(self, language: str) -> bool:
+        return self.languages is None or language in self.languages
 
     def conditioning(self) -> dict[str, Any]:
         """The fields that define the timbre (hashed into ``identity_id``)."""
@@ -437,6 +445,8 @@ POOL_SCHEMA = pa.schema(
         ("nearest_reference_cosine", pa.float64()),
         ("candidate_id", pa.int64()),
         ("centroid", pa.list_(pa.float32())),
+        ("languages", pa.list_(pa.string())),
+        ("warp_scale", pa.float64()),
     ]
 )
 
@@ -466,7 +476,7 @@ def load_pool(path: str | Path | None = None) -> IdentityPool:
             f"identity pool {p} not found; build one with `kespeechchat voices search` and `voices pool`"
         )
     t = pq.read_table(p)
-    missing = set(POOL_SCHEMA.names) - set(t.column_names) - {"voiced_share"}
+    missing = set(POOL_SCHEMA.names) - set(t.column_names) - {"voiced_share", "languages", "warp_scale"}
     raw = (t.schema.metadata or {}).get(POOL_META_KEY)
     if missing or raw is None:
         raise ValueError(f"{p}: not an identity pool (missing columns {sorted(missing)} or metadata)")
@@ -476,6 +486,8 @@ def load_pool(path: str | Path | None = None) -> IdentityPool:
         try:
             r["base_weights"] = _pairs(r["base_weights"]) or {}
             r["prosody_weights"] = _pairs(r["prosody_weights"])
+            if r.get("warp_scale") is None:
+                r.pop("warp_scale", None)
             ids.append(Identity(**r))
         except (TypeError, ValueError) as e:
             raise ValueError(f"{p}: identity row {k}: {e}") from e

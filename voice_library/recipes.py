@@ -7,18 +7,21 @@ embedding) and its WORLD pitch ratio and formant warp. Identities in a pool were
 when the speaker encoder told them apart from every other at the pool's cosine bound
 (``max_identity_cosine``); that count, never the number of recipes, is the number of speakers.
 
-Variants of one identity change prosody only: speed (0.9–1.1) and a pitch jitter of ±4 %.
-Variant 0 of every identity is its canonical voice (speed 1, no jitter). Each variant speaks one
-language (zh or en, alternating by identity and by variant), so languages are balanced within
-each gender and an identity with two or more variants speaks both.
+Variants of one identity change prosody only: speed and a pitch jitter within the ranges the
+clarity measurement allows (``SPEED_RANGE``, ``VARIANT_PITCH_JITTER``). Variant 0 of every
+identity is its canonical voice (speed 1, no jitter). Each voice speaks one language, and only a
+language its identity serves (``Identity.languages``: measured clear on held-out sentences, see
+``voice_library.clarity``).
 
 Build (``build_library``), deterministic from (pool, seed, size), in seconds for 42,002 voices:
 
 * Four identities become the assistant's agent voices (zh/en × female/male, the lowest probe
-  CER/WER of their gender and language) and are kept out of the user voices.
+  CER/WER of their gender among the identities serving the language) and are kept out of the
+  user voices.
 * Voices alternate female/male, so either gender gets half of the library (an odd size gives
-  the extra voice to female); within a gender, voice k belongs to identity k mod n (identities in
-  a seeded order), so identities are used evenly and a smaller library is a prefix of a larger one.
+  the extra voice to female); within a gender they alternate zh/en, and each language cycles over
+  the identities (seeded order) that serve it, so languages balance within each gender,
+  identities are used evenly and a smaller library is a prefix of a larger one.
 * Gender comes from the identity's measured median F0 (< 165 Hz: male); age band is a heuristic
   from F0 and formant warp (nobody listened).
 """
@@ -68,7 +71,7 @@ SPEED_RANGE = (0.9, 1.1)
 VARIANT_PITCH_JITTER = 0.04
 AGENT_SLOTS = (("zh", "female"), ("zh", "male"), ("en", "female"), ("en", "male"))
 LIBRARY_META_KEY = b"kespeechchat.voice_library"
-LIBRARY_VERSION = 2
+LIBRARY_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -261,18 +264,20 @@ def _processing(ident: Identity) -> float:
 
 
 def agent_identities(pool: IdentityPool) -> dict[tuple[str, str], Identity]:
-    """(language, gender) -> the identity with the lowest probe error there (clearest voice);
-    probe errors are from one sentence per language and many identities score 0, so ties go to
-    the lower mean error, then the least processed voice (``_processing``), then the identity id.
-    Four distinct identities."""
+    """(language, gender) -> the clearest identity there: among the identities that serve the
+    language (``Identity.languages``), the lowest probe error in it; ties go to the lower error in
+    the other language, then the least processed voice (``_processing``), then the identity id.
+    Four distinct identities. A gender with no identity serving the language falls back to all of
+    its identities (the clearest of them still speaks best)."""
     chosen: dict[tuple[str, str], Identity] = {}
     used: set[str] = set()
     for language, gender in AGENT_SLOTS:
         cands = [i for i in pool.identities if i.gender == gender and i.identity_id not in used]
         if not cands:
             raise ValueError(f"identity pool has no {gender} identity left for the {language} agent voice")
+        serving = [i for i in cands if i.serves(language)]
         best = min(
-            cands,
+            serving or cands,
             key=lambda i: (
                 _error(i, language),
                 _error(i, "zh") + _error(i, "en"),
@@ -335,17 +340,32 @@ def build_library(
     genders = [g for g in GENDERS if by_gender[g]]
     if not genders:
         raise ValueError("identity pool has no identities left for user voices")
+    # within a gender, user voices alternate zh/en; each voice goes to the least used identity
+    # (seeded order breaks ties) among those that serve its language: an identity clear in one
+    # language only never speaks the other, and identities are used as evenly as that allows
+    serving = {
+        (g, lang): np.flatnonzero([i.serves(lang) for i in by_gender[g]])
+        for g in genders
+        for lang in ("zh", "en")
+    }
+    for lang in ("zh", "en"):
+        if not any(serving[(g, lang)].size for g in genders):
+            raise ValueError(f"identity pool has no user identity that serves {lang}")
+    used = {g: np.zeros(len(by_gender[g]), dtype=np.int64) for g in genders}
+    # voices per identity in each language: among the least used, one that has not yet spoken it
+    spoke = {(g, lang): np.zeros(len(by_gender[g]), dtype=np.int64) for g in genders for lang in ("zh", "en")}
     voices = []
     for pos in range(size):
         g = genders[pos % len(genders)]
-        k = pos // len(genders)
-        group = by_gender[g]
-        ident = group[k % len(group)]
-        variant = k // len(group)
-        # alternate by identity and by variant: languages balance within each gender and every
-        # identity with two or more variants speaks both
-        lang = ("zh", "en")[(k % len(group) + variant) % 2]
-        voices.append(_voice(ident, role="user", language=lang, seed=seed, variant=variant))
+        lang = ("zh", "en")[(pos // len(genders)) % 2]
+        if not serving[(g, lang)].size:  # no identity of this gender serves the language
+            g = next(h for h in genders if serving[(h, lang)].size)
+        cand = serving[(g, lang)]
+        j = int(cand[np.argmin(used[g][cand] * (size + 1) + spoke[(g, lang)][cand])])
+        variant = int(used[g][j])
+        used[g][j] += 1
+        spoke[(g, lang)][j] += 1
+        voices.append(_voice(by_gender[g][j], role="user", language=lang, seed=seed, variant=variant))
     if len({v.voice_id for v in voices}) != len(voices):  # pragma: no cover - a 48-bit hash collision
         raise RuntimeError("voice id collision; rebuild with another seed")
     return voices
@@ -362,6 +382,12 @@ def library_meta_for(
         "user_voices": len(users),
         "identities": len({v.identity_id for v in voices}),
         "user_identities": len({v.identity_id for v in users}),
+        # identities whose voices speak each language (an identity serves only the languages it
+        # was measured clear in)
+        "identities_by_language": {
+            lang: len({v.identity_id for v in voices if v.language == lang})
+            for lang in sorted({v.language for v in voices})
+        },
     }
     if pool is not None:
         meta["distinct"] = {
@@ -371,6 +397,12 @@ def library_meta_for(
             "pool_sha": pool.sha(),
             "pool_identities": len(pool.identities),
         }
+        clarity = pool.meta.get("clarity")
+        if clarity:
+            meta["clarity"] = {
+                "max_error": clarity.get("max_error"),
+                "probes_per_language": len(clarity.get("probes") or []) // 2,
+            }
     meta.update(extra)
     return meta
 
@@ -381,11 +413,21 @@ def distinctness_statement(meta: Mapping[str, Any]) -> str:
     n = meta.get("identities", "?")
     if not d:
         return f"{meta.get('voices', '?')} voice recipes from {n} identities (distinctness not measured)."
-    return (
+    out = (
         f"{meta.get('voices', '?')} voice recipes from {n} distinct identities: every pair of identities "
         f"has centroid cosine ≤ {d['max_identity_cosine']} under the {d.get('encoder')} speaker encoder "
         f"({d.get('measured')}); voices of one identity differ only in prosody and count as one speaker."
     )
+    by_lang = meta.get("identities_by_language")
+    clarity = meta.get("clarity")
+    if by_lang and clarity:
+        out += (
+            " Identities speaking each language: "
+            + ", ".join(f"{k} {v}" for k, v in by_lang.items())
+            + f"; an identity speaks only the languages in which its mean CER (zh) / WER (en) on "
+            f"{clarity['probes_per_language']} held-out sentences was ≤ {clarity['max_error']}."
+        )
+    return out
 
 
 # --- storage ----------------------------------------------------------------------------------

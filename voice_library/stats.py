@@ -65,6 +65,11 @@ def library_stats(voices: Sequence[Any], meta: Mapping[str, Any] | None = None) 
         "voices_by_gender": dict(Counter(v.gender for v in users)),
         "identities_by_gender_age": {f"{g}/{a}": n for (g, a), n in sorted(ident_ga.items())},
         "identities_by_gender": dict(Counter(v.gender for v in first.values())),
+        # an identity speaks only the languages it was measured clear in
+        "identities_by_language": {
+            lang: len({v.identity_id for v in users if v.language == lang})
+            for lang in sorted({v.language for v in users})
+        },
         "identity_families": dict(families),
         "variants_per_identity": _summary(list(variants.values())),
         "speed": _summary([v.speed for v in users]),
@@ -82,6 +87,8 @@ def format_stats(s: Mapping[str, Any]) -> str:
         s["statement"],
         f"user voices {s['user_voices']} ({s['user_identities']} identities), agent voices {s['agent_voices']}",
         f"identities by gender: {s['identities_by_gender']}; by family: {s['identity_families']}",
+        "identities serving each language: "
+        + ", ".join(f"{k} {v}" for k, v in s.get("identities_by_language", {}).items()),
         "variants per identity: " + ", ".join(f"{k} {v}" for k, v in s["variants_per_identity"].items()),
         "",
         "user voices by language × gender × age band:",

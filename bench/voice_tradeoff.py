@@ -1,0 +1,153 @@
+"""The voice library's distinctness / intelligibility trade-off, measured (see voice_library/clarity.py).
+
+    python bench/voice_tradeoff.py measure --work WORK --part 0/2   # one process per core
+    python bench/voice_tradeoff.py measure --work WORK --part 1/2
+    python bench/voice_tradeoff.py report --work WORK [--png curve.png]
+
+Jobs, in this order (a partial measurement still reports what it has):
+  1. Kokoro's shipped voices (the TTS's own floor, and the privacy references on these probes);
+  2. every identity of the shipped pool at warp scale 1 (as searched) and 0.5;
+  3. a seeded sample of identities at scale 0 (plain convex blends, no WORLD) and 0.75;
+  4. prosodic extremes (speed 0.9 / pitch -4 %, speed 1.1 / pitch +4 %) of a smaller sample
+     at scales 0.5 and 1, for the variant bounds.
+
+The checker's own error on real speech is bench/asr_real_speech.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+SAMPLE = 48
+VARIANT_SAMPLE = 12
+SCALES_ALL = (1.0, 0.5)
+SCALES_SAMPLE = (0.0, 0.75)
+EXTREMES = ((0.9, 0.96), (1.1, 1.04))
+
+
+def plan(pool):
+    from voice_library.clarity import job, shipped_jobs
+    from voice_library.recipes import KOKORO_BASE_F0_HZ
+
+    ids = sorted(pool.identities, key=lambda i: i.identity_id)
+    rng = np.random.default_rng(0)
+    sample = [ids[k] for k in sorted(rng.permutation(len(ids))[:SAMPLE])]
+    vsample = sample[:VARIANT_SAMPLE]
+    jobs = shipped_jobs(KOKORO_BASE_F0_HZ)
+    jobs += [job(i, s) for s in SCALES_ALL for i in ids]
+    jobs += [job(i, 0.0) for i in sample]
+    jobs += [job(i, s, sp, pf) for s in (0.5, 1.0) for i in vsample for sp, pf in EXTREMES]
+    jobs += [job(i, 0.75) for i in sample]
+    return jobs, sample, vsample
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    m = sub.add_parser("measure")
+    m.add_argument("--work", required=True)
+    m.add_argument("--part", default="0/1")
+    m.add_argument("--pool", default=None)
+    r = sub.add_parser("report")
+    r.add_argument("--work", required=True)
+    r.add_argument("--pool", default=None)
+    r.add_argument("--png", default=None)
+    args = ap.parse_args()
+    from voice_library.pool import SEARCHED_POOL_PATH, load_pool
+
+    pool = load_pool(args.pool or SEARCHED_POOL_PATH)
+    jobs, sample, vsample = plan(pool)
+    if args.cmd == "measure":
+        from voice_library.clarity import run_jobs
+        from voice_library.cli import _models, _say
+
+        tts, enc, asr = _models()
+        i, _, n = args.part.partition("/")
+        run_jobs(jobs, args.work, tts=tts, encoder=enc, asr=asr, part=(int(i), int(n)), log=_say)
+        return 0
+    return report(args, pool, jobs, sample, vsample)
+
+
+def report(args, pool, jobs, sample, vsample) -> int:
+    import json
+
+    from voice_library.clarity import LANGS, curve_point, load_results, summarise
+
+    m = summarise(load_results(args.work))
+    done = lambda keys: [m[k] for k in keys if k in m]  # noqa: E731
+    key = {(j.source_id, j.scale, j.speed, j.pitch_factor): j.key for j in jobs}
+    out: dict = {"measured_jobs": len(m), "planned_jobs": len(jobs)}
+    shipped = [v for v in m.values() if v.source_id.startswith("kokoro:")]
+    out["tts_floor_shipped_voices"] = {
+        v.source_id: {lang: round(v.error[lang], 4) for lang in LANGS} for v in shipped
+    }
+    ids = sorted(i.identity_id for i in pool.identities)
+    sample_ids = [i.identity_id for i in sample]
+    out["curve_sample"] = {}
+    for s in (0.0, 0.5, 0.75, 1.0):
+        vs = done(key.get((i, s, 1.0, 1.0)) for i in sample_ids)
+        if len(vs) == len(sample_ids):
+            out["curve_sample"][f"{s:g}"] = curve_point(vs)
+    out["curve_pool"] = {}
+    fam = {i.identity_id: i.family for i in pool.identities}
+    for s in (0.5, 1.0):
+        vs = done(key.get((i, s, 1.0, 1.0)) for i in ids)
+        if len(vs) == len(ids):
+            out["curve_pool"][f"{s:g}"] = curve_point(vs)
+            out["curve_pool"][f"{s:g}"]["by_family"] = {
+                f: curve_point([v for v in vs if fam[v.source_id] == f]) for f in sorted(set(fam.values()))
+            }
+    out["variants"] = {}
+    for s in (0.5, 1.0):
+        rows = {}
+        for sp, pf in [(1.0, 1.0), *EXTREMES]:
+            vs = done(key.get((i.identity_id, s, sp, pf)) for i in vsample)
+            if len(vs) == len(vsample):
+                rows[f"speed {sp:g} pitch x{pf:g}"] = {
+                    lang: round(float(np.mean([v.error[lang] for v in vs])), 4) for lang in LANGS
+                }
+        out["variants"][f"{s:g}"] = rows
+    text = json.dumps(out, indent=1, ensure_ascii=False)
+    print(text)
+    Path(args.work, "report.json").write_text(text, encoding="utf-8")
+    if args.png and out["curve_sample"]:
+        plot(out, args.png)
+    return 0
+
+
+def plot(out: dict, png: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = sorted(out["curve_sample"].items(), key=lambda kv: float(kv[0]))
+    s = [float(k) for k, _ in pts]
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
+    n = pts[0][1]["identities"]
+    ax[0].plot(s, [p["distinct"] / n for _, p in pts], "o-", label="distinct at cos ≤ 0.90 (share)")
+    ax[0].plot(s, [p["distinct_clear_both"] / n for _, p in pts], "o--", label="distinct and clear in zh+en")
+    ax[0].plot(s, [p["speaker_id_accuracy"] for _, p in pts], "s-", label="speaker-ID accuracy")
+    ax[0].plot(s, [p["speaker_id_eer"] for _, p in pts], "^-", label="EER")
+    ax[0].set_xlabel("warp scale (0 = plain convex blend, 1 = as searched)")
+    ax[0].set_title(f"distinctness ({n} identities)")
+    ax[0].legend(fontsize=7)
+    ax[1].plot(s, [p["mean_error_zh"] for _, p in pts], "o-", label="mean CER zh")
+    ax[1].plot(s, [p["mean_error_en"] for _, p in pts], "o-", label="mean WER en")
+    ax[1].plot(s, [p["share_over_zh"] for _, p in pts], "s--", label="share of voices CER zh > 0.10")
+    ax[1].plot(s, [p["share_over_en"] for _, p in pts], "s--", label="share of voices WER en > 0.10")
+    ax[1].set_xlabel("warp scale")
+    ax[1].set_title("intelligibility (four held-out probes per language)")
+    ax[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
