@@ -71,10 +71,16 @@ def _strip_punctuation(text: str) -> str:
     return "".join(out)
 
 
+# Written forms that sound the same, so no listener (and no recogniser) can tell them apart: the
+# third-person pronouns are all "tā". A mismatch between them is not an error of the audio.
+_ZH_SAME_SOUND = str.maketrans({"她": "他", "它": "他", "祂": "他", "牠": "他"})
+
+
 def normalize_for_scoring(text: str, language: str) -> str:
     """Canonical form for scoring: NFKC, traditional->simplified, TN, lowercase, no punctuation.
 
-    zh: all spaces removed (scored per character); en: single spaces between words.
+    zh: all spaces removed (scored per character), and 她/它 written as 他 (``_ZH_SAME_SOUND``);
+    en: single spaces between words.
     """
     kind = error_kind(language)
     s = unicodedata.normalize("NFKC", text or "")
@@ -85,7 +91,7 @@ def normalize_for_scoring(text: str, language: str) -> str:
         s = unicodedata.normalize("NFKC", s)
     s = _strip_punctuation(s.lower())
     if kind == "cer":
-        return _SPACES.sub("", s)
+        return _SPACES.sub("", s).translate(_ZH_SAME_SOUND)
     return _SPACES.sub(" ", s).strip()
 
 

@@ -303,11 +303,17 @@ class Measured:
 
 
 def summarise(results: pa.Table) -> dict[str, Measured]:
-    """Measured versions by job key."""
+    """Measured versions by job key. Error rates are scored again from the stored transcripts, so
+    a measurement is always read with the current scoring (``kespeechchat.metrics``)."""
+    from kespeechchat.metrics import error_rate
+
     out = {}
     langs = [lang for lang, _ in CLARITY_PROBES]
     for r in results.to_pylist():
-        e = r["errors"]
+        e = [
+            round(float(error_rate(text, h, lang)), 4)
+            for (lang, text), h in zip(CLARITY_PROBES, r["hypotheses"], strict=True)
+        ]
         out[r["key"]] = Measured(
             key=r["key"],
             source_id=r["source_id"],
