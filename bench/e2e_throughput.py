@@ -3,6 +3,11 @@ run twice in the same process: with the LLM text stages (the real recipe) and, a
 the same inputs but rule-based text stages (speech stages only cost). The ratio is what the LLM costs.
 
     .venv/bin/python bench/e2e_throughput.py [--zh 3] [--en 3]
+    .venv/bin/python bench/e2e_throughput.py --baseline-pool voice_library/data/kokoro_searched_identities.parquet
+
+With ``--baseline-pool`` both runs use the rule-based text stages and differ only in the identity
+pool the voices come from (baseline: the given pool; measured: the configured one): what the
+voices cost in rejected and re-synthesised audio.
 
 Core-hours = wall time x the CPUs the run was given (the whole machine here). Audio is counted twice:
 accepted (what lands in the dataset) and synthesised (everything TTS produced, retries included).
@@ -70,6 +75,8 @@ def run_one(label: str, cfg, tmp: Path, cores: int) -> dict:
         "accepted_audio_s": accepted,
         "synth_audio_s": synthesised,
         "accepted_per_core_h": accepted / 3600 / core_h,
+        # TTS output that did not land in the dataset: rejected turns and renderings redone by repair
+        "rejected_or_redone_share": 1.0 - accepted / synthesised if synthesised else float("nan"),
         "synth_per_core_h": synthesised / 3600 / core_h,
         "dialogues_in": s.get("dialogues_in", 0),
         "dialogues_out": (s.get("dataset") or {}).get("dialogues", 0),
@@ -77,7 +84,8 @@ def run_one(label: str, cfg, tmp: Path, cores: int) -> dict:
     }
     print(
         f"{label}: {out['dialogues_in']} dialogues in, {out['dialogues_out']} accepted, {wall:.0f} s wall; "
-        f"audio accepted {accepted:.1f} s, synthesised {synthesised:.1f} s; "
+        f"audio accepted {accepted:.1f} s, synthesised {synthesised:.1f} s "
+        f"({out['rejected_or_redone_share']:.1%} rejected or redone); "
         f"{out['accepted_per_core_h']:.4f} accepted audio h per core-h; stage busy seconds {stage_s}",
         flush=True,
     )
@@ -89,6 +97,7 @@ def main() -> None:
     ap.add_argument("--zh", type=int, default=2)
     ap.add_argument("--en", type=int, default=2)
     ap.add_argument("--config", default=str(REPO / "configs" / "demo.yaml"))
+    ap.add_argument("--baseline-pool", help="compare voice pools instead of text stages (see above)")
     args = ap.parse_args()
     cores = os.cpu_count() or 1
     print(f"machine: {machine()}")
@@ -112,6 +121,8 @@ def main() -> None:
     rules["filter"] = {**data["filter"], "llm_judge": False}
     rules["spoken"] = {**data["spoken"], "mode": "rules"}
     rules_cfg = type(base).model_validate(rules)
+    if args.baseline_pool:
+        return compare_pools(rules, args.baseline_pool, tmp, cores)
 
     base_run = run_one("speech stages only (rule-based text stages)", rules_cfg, tmp, cores)
     full_run = run_one("full recipe (embedded LLM text stages)", llm_cfg, tmp, cores)
@@ -147,6 +158,38 @@ def main() -> None:
             ratio=rate / base_rate if base_rate else None,
             note=f"{st['audio_s'] / st['busy_s']:.2f} audio s/s" if st["audio_s"] else "",
         )
+
+
+def compare_pools(rules: dict, baseline_pool: str, tmp: Path, cores: int) -> None:
+    from kespeechchat.config import RunConfig
+
+    old = {
+        **rules,
+        "name": "e2e-baseline-pool",
+        "voices": {**rules["voices"], "pool": str(Path(baseline_pool).resolve())},
+    }
+    new = {**rules, "name": "e2e-configured-pool"}
+    base_run = run_one(f"voices from {baseline_pool}", RunConfig.model_validate(old), tmp, cores)
+    new_run = run_one("voices from the configured pool", RunConfig.model_validate(new), tmp, cores)
+    report(
+        "share of synthesised audio rejected or redone",
+        new_run["rejected_or_redone_share"],
+        "share",
+        baseline=base_run["rejected_or_redone_share"],
+        baseline_unit=f"share with {Path(baseline_pool).name}",
+        ratio=new_run["rejected_or_redone_share"] / max(base_run["rejected_or_redone_share"], 1e-12),
+        note=f"accepted {new_run['dialogues_out']}/{new_run['dialogues_in']} vs "
+        f"{base_run['dialogues_out']}/{base_run['dialogues_in']} dialogues",
+    )
+    report(
+        "accepted audio hours per core-hour, speech stages",
+        new_run["accepted_per_core_h"],
+        "audio h/core-h",
+        baseline=base_run["accepted_per_core_h"],
+        baseline_unit=f"audio h/core-h with {Path(baseline_pool).name}",
+        ratio=new_run["accepted_per_core_h"] / max(base_run["accepted_per_core_h"], 1e-12),
+        note=f"{new_run['wall_s']:.0f} s vs {base_run['wall_s']:.0f} s wall on {cores} cores",
+    )
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ Build (``build_library``), deterministic from (pool, seed, size), in seconds for
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -351,20 +352,28 @@ def build_library(
     for lang in ("zh", "en"):
         if not any(serving[(g, lang)].size for g in genders):
             raise ValueError(f"identity pool has no user identity that serves {lang}")
-    used = {g: np.zeros(len(by_gender[g]), dtype=np.int64) for g in genders}
-    # voices per identity in each language: among the least used, one that has not yet spoken it
-    spoke = {(g, lang): np.zeros(len(by_gender[g]), dtype=np.int64) for g in genders for lang in ("zh", "en")}
+    used = {g: [0] * len(by_gender[g]) for g in genders}
+    spoke = {(g, lang): [0] * len(by_gender[g]) for g in genders for lang in ("zh", "en")}
+    # per (gender, language): a heap of (voices of the identity, voices of it in this language,
+    # seeded position); entries go stale when the identity speaks the other language and are
+    # refreshed when they surface
+    heaps = {key: [(0, 0, int(j)) for j in idx] for key, idx in serving.items()}
     voices = []
     for pos in range(size):
         g = genders[pos % len(genders)]
         lang = ("zh", "en")[(pos // len(genders)) % 2]
         if not serving[(g, lang)].size:  # no identity of this gender serves the language
             g = next(h for h in genders if serving[(h, lang)].size)
-        cand = serving[(g, lang)]
-        j = int(cand[np.argmin(used[g][cand] * (size + 1) + spoke[(g, lang)][cand])])
-        variant = int(used[g][j])
+        heap = heaps[(g, lang)]
+        while True:
+            n_used, n_lang, j = heap[0]
+            if (n_used, n_lang) == (used[g][j], spoke[(g, lang)][j]):
+                break
+            heapq.heapreplace(heap, (used[g][j], spoke[(g, lang)][j], j))
+        variant = used[g][j]
         used[g][j] += 1
         spoke[(g, lang)][j] += 1
+        heapq.heapreplace(heap, (used[g][j], spoke[(g, lang)][j], j))
         voices.append(_voice(by_gender[g][j], role="user", language=lang, seed=seed, variant=variant))
     if len({v.voice_id for v in voices}) != len(voices):  # pragma: no cover - a 48-bit hash collision
         raise RuntimeError("voice id collision; rebuild with another seed")
