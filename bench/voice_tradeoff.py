@@ -9,7 +9,9 @@ Jobs, in this order (a partial measurement still reports what it has):
   2. every identity of the shipped pool at warp scale 1 (as searched) and 0.5;
   3. a seeded sample of identities at scale 0 (plain convex blends, no WORLD) and 0.75;
   4. prosodic extremes (speed 0.9 / pitch -4 %, speed 1.1 / pitch +4 %) of a smaller sample
-     at scales 0.5 and 1, for the variant bounds.
+     at scales 0.5 and 1, for the variant bounds;
+  5. when 1-4 are done (run `measure` again): scale 0.25 for every identity that neither scale 1
+     nor 0.5 made clear in both languages.
 
 The checker's own error on real speech is bench/asr_real_speech.py.
 """
@@ -31,7 +33,7 @@ SCALES_SAMPLE = (0.0, 0.75)
 EXTREMES = ((0.9, 0.96), (1.1, 1.04))
 
 
-def plan(pool):
+def plan(pool, work: str | None = None):
     from voice_library.clarity import job, shipped_jobs
     from voice_library.recipes import KOKORO_BASE_F0_HZ
 
@@ -44,6 +46,25 @@ def plan(pool):
     jobs += [job(i, 0.0) for i in sample]
     jobs += [job(i, s, sp, pf) for s in (0.5, 1.0) for i in vsample for sp, pf in EXTREMES]
     jobs += [job(i, 0.75) for i in sample]
+    # 5. once 1-4 are measured: scale 0.25 for every identity that neither 1 nor 0.5 made clear in
+    #    both languages (a last chance before it serves one language or none)
+    if work is not None:
+        from voice_library.clarity import LANGS, load_results, summarise
+
+        try:
+            m = summarise(load_results(work))
+        except FileNotFoundError:
+            m = {}
+        if all(j.key in m for j in jobs):
+            clear = {
+                x.source_id
+                for x in m.values()
+                if x.scale in SCALES_ALL
+                and x.speed == 1.0
+                and x.pitch_factor == 1.0
+                and len(x.serves()) == len(LANGS)
+            }
+            jobs += [job(i, 0.25) for i in ids if i.identity_id not in clear]
     return jobs, sample, vsample
 
 
@@ -62,7 +83,7 @@ def main() -> int:
     from voice_library.pool import SEARCHED_POOL_PATH, load_pool
 
     pool = load_pool(args.pool or SEARCHED_POOL_PATH)
-    jobs, sample, vsample = plan(pool)
+    jobs, sample, vsample = plan(pool, args.work)
     if args.cmd == "measure":
         from voice_library.clarity import run_jobs
         from voice_library.cli import _models, _say
@@ -103,6 +124,15 @@ def report(args, pool, jobs, sample, vsample) -> int:
             out["curve_pool"][f"{s:g}"]["by_family"] = {
                 f: curve_point([v for v in vs if fam[v.source_id] == f]) for f in sorted(set(fam.values()))
             }
+    from voice_library.pool import DEFAULT_POOL_PATH, load_pool
+
+    refined = load_pool(DEFAULT_POOL_PATH)
+    if refined.meta.get("clarity"):
+        by_cand = {i.candidate_id: i.identity_id for i in pool.identities}
+        chosen = [key.get((by_cand[i.candidate_id], i.warp_scale, 1.0, 1.0)) for i in refined.identities]
+        serves = {k: i.languages for k, i in zip(chosen, refined.identities, strict=True)}
+        out["shipped_pool"] = curve_point(done(chosen), languages=serves)
+        out["shipped_pool"]["by_warp_scale"] = refined.meta["counts"].get("by_warp_scale")
     out["variants"] = {}
     for s in (0.5, 1.0):
         rows = {}

@@ -106,6 +106,10 @@ _EN_FREE = frozenset(
 _ZH_FREE = frozenset("的了是在和就都也还而且那么其实对吧呢啊呀嘛哦嗯这那个们我你他她它吗么一有不很")
 MIN_SENTENCE_UNITS = 4  # shorter sentences ("好的。", "Sure.") are connectors, never drift
 DRIFT_COVERAGE = 0.34  # a sentence with less than this share of its content in the other side is new / gone
+# a spoken turn longer than its source by more than this share of the source's content units (and
+# at least GROWTH_MIN_UNITS) restates or adds: e.g. a closing sentence made of the turn's own words
+GROWTH_SHARE = 0.2
+GROWTH_MIN_UNITS = 8
 
 
 def _units(text: str, language: str) -> list[str]:
@@ -139,6 +143,10 @@ def drift(source: str, spoken: str, language: str) -> str | None:
     added = _uncovered(spoken, source, language)
     if added:
         return f"added «{added[0][:60]}»"
+    n_src, n_out = len(_units(source, language)), len(_units(spoken, language))
+    if n_out - n_src > max(GROWTH_MIN_UNITS, GROWTH_SHARE * n_src):
+        tail = _sentences(spoken)[-1] if _sentences(spoken) else spoken
+        return f"longer by {n_out - n_src} content units than its source (ends «{tail[:60]}»)"
     dropped = _uncovered(source, spoken, language)
     if dropped:
         return f"dropped «{dropped[0][:60]}»"

@@ -65,6 +65,17 @@ def test_a_sentence_added_by_the_spoken_pass_is_drift():
     assert got is not None and got.startswith("added «I hope this helps")
 
 
+def test_a_restating_sentence_made_of_the_turn_s_own_words_is_drift():
+    # from a demo run: the spoken pass appended a sentence that re-explains the pun with its words
+    src = (
+        "当然可以。我的发型叫海浪，因为它每天都有蓬勃的浪头。这个双关语中，“浪头”一词具有双重含义："
+        "它可以指发型中的浪卷，也可以引申为精力旺盛的样子。"
+    )
+    got = drift(src, src + "“浪头”在这里既指头发，也指的是能量和活力。", "zh")
+    assert got is not None and got.startswith("longer by 12 content units")
+    assert drift(src, "嗯，" + src, "zh") is None  # a filler is not content
+
+
 def test_a_sentence_dropped_by_the_spoken_pass_is_drift():
     src = "Tea comes from one plant. Green tea is not oxidised, black tea is fully oxidised."
     got = drift(src, "So, tea comes from one plant.", "en")

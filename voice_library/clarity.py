@@ -360,9 +360,16 @@ def distinct_count(versions: Sequence[Measured], max_cosine: float, seed: int = 
 
 
 def curve_point(
-    versions: Sequence[Measured], max_cosine: float = 0.90, max_error: float = 0.10
+    versions: Sequence[Measured],
+    max_cosine: float = 0.90,
+    max_error: float = 0.10,
+    languages: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
-    """What one warp budget gives on a set of identities: distinctness and intelligibility."""
+    """What one warp budget gives on a set of identities: distinctness and intelligibility.
+
+    ``languages`` (key -> languages served): error figures of a language count only the versions
+    that serve it (a refined pool); by default every version counts in both.
+    """
     out: dict[str, Any] = {"identities": len(versions)}
     out["distinct"] = distinct_count(versions, max_cosine)
     clear = [v for v in versions if set(v.serves(MAX_CLARITY_ERROR)) == set(LANGS)]
@@ -370,9 +377,10 @@ def curve_point(
     out["distinct_clear_both"] = distinct_count(clear, max_cosine)
     out.update({f"speaker_id_{k}": v for k, v in speaker_id(versions).items()})
     for lang in LANGS:
-        e = np.asarray([v.error[lang] for v in versions])
-        out[f"mean_error_{lang}"] = round(float(e.mean()), 4)
-        out[f"share_over_{lang}"] = round(float(np.mean(e > max_error)), 4)
+        e = np.asarray([v.error[lang] for v in versions if languages is None or lang in languages[v.key]])
+        out[f"serving_{lang}"] = int(e.size)
+        out[f"mean_error_{lang}"] = round(float(e.mean()), 4) if e.size else math.nan
+        out[f"share_over_{lang}"] = round(float(np.mean(e > max_error)), 4) if e.size else math.nan
     return out
 
 
