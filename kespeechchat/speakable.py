@@ -166,3 +166,29 @@ def check_turns(
             if d:
                 return "spoken_drift", f"turn {i}: {d}"
     return None
+
+
+def finish_spoken(texts: Sequence[str], language: str) -> tuple[list[str], int]:
+    """Glosses dropped, then text normalisation: the texts the TTS reads; and the glosses dropped."""
+    from kespeechchat.textnorm import normalize
+
+    out, n = [], 0
+    for t in texts:
+        t, k = drop_glosses(t, language)
+        n += k
+        out.append(normalize(t, language).strip())
+    return out, n
+
+
+def guard_spoken(
+    roles: Sequence[str], rewritten: Sequence[str], reply: Sequence[str], language: str
+) -> tuple[list[str], str]:
+    """The turns to speak and a note, for one spoken-style reply without a second ask: the reply
+    finished (``finish_spoken``) when it has no markup and did not drift from the rewrite, else the
+    rule-finished rewrite with ``fallback_to_rewrite: <reason>`` as the note."""
+    source = finish_spoken(rewritten, language)[0]
+    done = finish_spoken(reply, language)[0]
+    hit = check_turns(roles, source, done, language)
+    if hit:
+        return source, f"fallback_to_rewrite: {hit[0]}: {hit[1]}"[:500]
+    return done, ""

@@ -140,6 +140,32 @@ def test_postprocess_judge_and_spoken():
         "How much is tea?",
         "Well, it costs three dollars and fifty cents a cup, more or less.",
     ]
+    assert (out["reject_reason"], out["spoken_notes"]) == ("", "")
+
+
+def test_spoken_guards_hold_on_the_engine_path_too():
+    """No re-ask in one engine pass: a drifted reply falls back to the rule-normalised rewrite, with
+    the reason as a note; a parenthetical gloss is dropped."""
+    spoken = make_postprocess("spoken", cfg(), KEEP)
+    drifted = spoken(
+        ray_row(
+            generated_text=reply(
+                "x", "Well, it costs $3.50 a cup. I hope this helps you plan your shopping trip today!"
+            )
+        )
+    )
+    assert drifted["reject_reason"] == ""
+    assert drifted["spoken_notes"].startswith("fallback_to_rewrite: spoken_drift")
+    assert drifted["spoken_texts"][1] == "It costs three dollars and fifty cents a cup, more or less."
+    zh = {
+        "language": "zh",
+        "source_texts": np.array(["它是什么？", "巴西利斯克是一种传说中的生物。"], dtype=object),
+        "rewritten_texts": np.array(["它是什么？", "巴西利斯克是一种传说中的生物。"], dtype=object),
+    }
+    glossed = spoken(
+        ray_row(**zh, generated_text=reply("它是什么？", "巴西利斯克（Basilisk）是一种传说中的生物。"))
+    )
+    assert glossed["spoken_texts"][1] == "巴西利斯克是一种传说中的生物。" and glossed["spoken_notes"] == ""
 
 
 def test_finalize_turns_engine_errors_into_rejects():

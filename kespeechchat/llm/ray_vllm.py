@@ -100,20 +100,30 @@ def make_preprocess(task: str, cfg: RunConfig) -> Callable[[dict[str, Any]], dic
     return preprocess
 
 
-def _parse(task: str, row: dict[str, Any], value: dict) -> tuple[Any, str]:
-    """(output column value, reject reason or "") of one checked reply."""
+def _parse(task: str, row: dict[str, Any], value: dict) -> tuple[Any, str, str]:
+    """(output column value, reject reason or "", note) of one checked reply.
+
+    Spoken replies pass the spoken stage's guards (``kespeechchat.speakable.guard_spoken``): glosses
+    dropped, and a reply with markup or drift replaced by the rule-normalised rewrite, with the
+    reason as the note (there is no re-ask in one engine pass); markup left after that rejects the
+    row as ``spoken_markup``.
+    """
     from kespeechchat.llm.tasks import parse_judge, parse_rewrite, parse_spoken
+    from kespeechchat.speakable import guard_spoken, markup
 
     roles, lang = _as_list(row["roles"]), str(row["language"])
     if task == "rewrite":
-        return parse_rewrite(value, roles, language=lang), ""
+        return parse_rewrite(value, roles, language=lang), "", ""
     if task == "judge":
         keep, why = parse_judge(value)
-        return (why, "") if keep else (None, f"judge_{why}")
-    from kespeechchat.textnorm import normalize
-
-    texts = parse_spoken(value, roles, language=lang, source_texts=_as_list(row["rewritten_texts"]))
-    return [normalize(t, lang).strip() for t in texts], ""
+        return (why, "", "") if keep else (None, f"judge_{why}", "")
+    rewritten = _as_list(row["rewritten_texts"])
+    texts = parse_spoken(value, roles, language=lang, source_texts=rewritten)
+    spoken, note = guard_spoken(roles, rewritten, texts, lang)
+    hit = next(((i, m) for i, t in enumerate(spoken) if (m := markup(t))), None)
+    if hit:
+        return None, "spoken_markup", f"turn {hit[0]}: {hit[1]}"
+    return spoken, "", note
 
 
 def _schema(task: str, n_turns: int, cfg: RunConfig) -> dict:
@@ -141,6 +151,7 @@ def make_postprocess(
         out.update(
             {
                 out_col: None,
+                **({"spoken_notes": ""} if task == "spoken" else {}),
                 "reject_reason": "",
                 "reject_detail": "",
                 "tokens_in": int(row.get("num_input_tokens") or 0),
@@ -154,13 +165,15 @@ def make_postprocess(
         try:
             schema = _schema(task, len(_as_list(row["roles"])), cfg)
             value = parse_reply(row.get("generated_text"), row.get("finish_reason"), schema)
-            result, reason = _parse(task, row, value)
+            result, reason, note = _parse(task, row, value)
         except ValueError as e:
             out.update(reject_reason="llm_invalid_output", reject_detail=f"{e}"[:2000])
             return out
         out[out_col] = result
         if reason:
-            out.update(reject_reason=reason, reject_detail=str(row.get("generated_text"))[:500])
+            out.update(reject_reason=reason, reject_detail=(note or str(row.get("generated_text")))[:500])
+        elif task == "spoken":
+            out["spoken_notes"] = note
         return out
 
     return postprocess

@@ -17,7 +17,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from kespeechchat.speakable import check_turns, drop_glosses, markup
+from kespeechchat.speakable import check_turns, finish_spoken, markup
 from kespeechchat.stage import Resources, StageOutput, reject
 from pipelines.stages.llm_base import LLMStage
 
@@ -126,14 +126,7 @@ class SpokenStage(LLMStage):
     @staticmethod
     def finish(texts: list[str], language: str) -> tuple[list[str], int]:
         """Glosses dropped, then text normalisation: the texts the TTS reads; and the glosses dropped."""
-        from kespeechchat.textnorm import normalize
-
-        out, n = [], 0
-        for t in texts:
-            t, k = drop_glosses(t, language)
-            n += k
-            out.append(normalize(t, language).strip())
-        return out, n
+        return finish_spoken(texts, language)
 
     def _finish_or_none(self, texts: list[str], language: str) -> list[str] | None:
         try:
