@@ -88,6 +88,26 @@ def test_summary_counts_identities_not_voices():
     assert "| speaker-ID accuracy (identity) | 1.0 |" in md and "baseline" in md
 
 
+def test_error_rates_count_only_the_voices_whose_identity_serves_the_language():
+    d = 16
+    ids = ["a", "b", "c"]
+    emb = np.stack([[np.eye(d)[k] for _ in AUDIT_PROBES] for k in range(3)])
+    t = _table(emb, ids).to_pylist()
+    t[2]["errors"] = [0.9, 0.9, 0.0, 0.0]  # identity c garbles Chinese, and does not speak it
+    table = pa.Table.from_pylist(t, schema=RESULT_SCHEMA)
+    assert summarize(table)["error_rates"]["zh"]["share_voices_over_max"] == round(1 / 3, 4)
+    s = summarize(table, serves={"a": {"zh", "en"}, "b": {"zh", "en"}, "c": {"en"}})
+    assert s["error_rates"]["zh"]["voices"] == 2 and s["error_rates"]["zh"]["share_voices_over_max"] == 0.0
+    assert s["error_rates"]["en"]["voices"] == 3
+    from voice_library.audit import served_languages
+    from voice_library.recipes import build_library
+
+    voices = build_library(40, seed=0)
+    served = served_languages(voices)
+    assert set(served) == {v.identity_id for v in voices}
+    assert all(v.language in served[v.identity_id] for v in voices)
+
+
 @pytest.mark.slow
 def test_real_audit_of_a_few_voices_with_baseline(tmp_path, shared_data, models_dir):
     import torch
