@@ -173,11 +173,11 @@ def test_libraries_speak_only_the_languages_an_identity_serves():
 def test_curve_point_and_speaker_id_on_separable_voices():
     vs = [_measured(f"i-{k}", 1.0, _direction(k), 0.0 if k % 2 else 0.2, 0.0) for k in range(10)]
     p = curve_point(vs)
-    assert p["identities"] == 10 and p["distinct"] == 10
+    assert p["identities"] == 10 and p["distinct_0.9"] == 10 and p["distinct_clear_both_0.9"] == 5
     assert p["clear_both"] == 5 and p["share_over_zh"] == 0.5
     assert speaker_id(vs)["accuracy"] == 1.0 and speaker_id(vs)["eer"] < 0.05
     same = [_measured(f"i-{k}", 1.0, _direction(0), 0.0, 0.0) for k in range(4)]
-    assert curve_point(same)["distinct"] == 1
+    assert curve_point(same)["distinct_0.9"] == 1
 
 
 def test_measurement_is_real_and_resumable(tmp_path):

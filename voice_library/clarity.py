@@ -371,10 +371,11 @@ def curve_point(
     that serve it (a refined pool); by default every version counts in both.
     """
     out: dict[str, Any] = {"identities": len(versions)}
-    out["distinct"] = distinct_count(versions, max_cosine)
     clear = [v for v in versions if set(v.serves(MAX_CLARITY_ERROR)) == set(LANGS)]
     out["clear_both"] = len(clear)
-    out["distinct_clear_both"] = distinct_count(clear, max_cosine)
+    for bound in sorted({0.90, max_cosine}):
+        out[f"distinct_{bound:g}"] = distinct_count(versions, bound)
+        out[f"distinct_clear_both_{bound:g}"] = distinct_count(clear, bound)
     out.update({f"speaker_id_{k}": v for k, v in speaker_id(versions).items()})
     for lang in LANGS:
         e = np.asarray([v.error[lang] for v in versions if languages is None or lang in languages[v.key]])
@@ -407,7 +408,7 @@ def refine_pool(
     measured: Mapping[str, Measured],
     references: Mapping[str, np.ndarray],
     *,
-    max_identity_cosine: float = 0.90,
+    max_identity_cosine: float = 0.94,
     privacy_max_cosine: float = 0.85,
     max_error: float = MAX_CLARITY_ERROR,
     min_voiced_share: float = 0.5,

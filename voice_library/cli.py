@@ -389,7 +389,13 @@ def register(subparsers: Any) -> None:
     )
     rf.add_argument("work", help="directory of `voices clarity` measurements")
     rf.add_argument("--pool", help="the pool that was measured (default: the shipped searched pool)")
-    rf.add_argument("--max-identity-cosine", type=float, default=0.9)
+    rf.add_argument(
+        "--max-identity-cosine",
+        type=float,
+        default=0.94,
+        help="bound on eight-sentence centroids (default 0.94: about what 0.90 was on the search's "
+        "two-sentence centroids; see voice_library/README.md)",
+    )
     rf.add_argument("--privacy-max-cosine", type=float, default=0.85)
     rf.add_argument("--max-error", type=float, default=0.05, help="mean CER/WER for a language to be served")
     rf.add_argument("--refs", help="real recordings the identities must stay away from")

@@ -10,8 +10,12 @@ fewest too-close neighbours goes first (a maximal-independent-set heuristic), wh
 identities under the same bound than a random order; both counts are recorded.
 
 The pool is a small Parquet file (one row per identity, with its centroid) and metadata saying
-how it was measured; ``voice_library/data/kokoro_identities.parquet`` ships with the package so
-``voices build`` takes seconds. Libraries are identities × prosodic variants built from it.
+how it was measured. What the search accepted ships as
+``voice_library/data/kokoro_searched_identities.parquet``; ``voice_library.clarity`` measures
+those identities again on held-out sentences and refines them into the default pool
+``voice_library/data/kokoro_identities.parquet`` (identities clear first and distinct second,
+each with the languages it serves), so ``voices build`` takes seconds. Libraries are identities ×
+prosodic variants built from it.
 """
 
 from __future__ import annotations
