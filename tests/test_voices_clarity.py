@@ -220,3 +220,67 @@ def test_shipped_pool_is_refined_from_the_searched_one():
             assert e <= pool.meta["clarity"]["max_error"]
     assert set(LANGS) <= {lang for i in pool.identities for lang in i.languages}
     assert len(searched.identities) >= 100
+
+
+def test_refine_cli_writes_a_pool_that_libraries_build_from(tmp_path, capsys):
+    """`voices refine` on stored measurements (eight identities, one of them clear only in English)."""
+    import pyarrow as pa
+
+    from kespeechchat.cli import main
+    from kespeechchat.store import write_parquet_atomic
+    from voice_library.clarity import RESULT_SCHEMA
+    from voice_library.pool import save_pool
+
+    idents = [_ident(f"i-f{k}", 220.0 + k) for k in range(3)] + [_ident(f"i-m{k}", 110.0 + k) for k in range(4)]
+    idents.append(_ident("i-r", 230.0))  # the agents take two per gender; i-r speaks only English
+    save_pool(_pool(*idents), tmp_path / "searched.parquet")
+    rows = []
+    for k, ident in enumerate(idents):
+        emb = np.tile(_direction(k), (N_PROBES, 1)).astype(np.float32)
+        hyps = [
+            t if (lang == "en" or ident.identity_id != "i-r") else "完全不对的句子"
+            for lang, t in CLARITY_PROBES
+        ]
+        j = job(ident)
+        rows.append(
+            {
+                "key": j.key,
+                "source_id": ident.identity_id,
+                "identity_id": ident.identity_id,
+                "scale": 1.0,
+                "speed": 1.0,
+                "pitch_factor": 1.0,
+                "embeddings": emb.tolist(),
+                "errors": [0.0] * N_PROBES,  # rescored from the transcripts when read
+                "hypotheses": hyps,
+                "f0_median_hz": ident.f0_median_hz,
+                "voiced_share": 0.8,
+                "audio_s": 20.0,
+            }
+        )
+    (tmp_path / "w" / "chunks").mkdir(parents=True)
+    write_parquet_atomic(
+        tmp_path / "w" / "chunks" / "clarity-00000.parquet", pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)
+    )
+    out = tmp_path / "refined.parquet"
+    args = [
+        "voices",
+        "refine",
+        str(tmp_path / "w"),
+        "--pool",
+        str(tmp_path / "searched.parquet"),
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 0
+    pool = load_pool(out)
+    assert {tuple(i.languages) for i in pool.identities} == {("zh", "en"), ("en",)}
+    assert pool.meta["counts"]["serving_zh"] == 7 and pool.meta["max_identity_cosine"] == 0.94
+    lib = tmp_path / "lib.parquet"
+    assert (
+        main(["voices", "build", "--size", "60", "--pool", str(out), "--no-agents", "--out", str(lib)]) == 0
+    )
+    from voice_library.recipes import load_library
+
+    r_id = next(i.identity_id for i in pool.identities if i.languages == ["en"])
+    assert {v.language for v in load_library(lib) if v.identity_id == r_id} == {"en"}

@@ -373,12 +373,23 @@ def audit_library(
     baseline: bool = False,
     references: Mapping[str, np.ndarray] | None = None,
     max_identity_cosine: float | None = None,
+    part: tuple[int, int] = (0, 1),
     log: Callable[[str], None] = print,
-) -> dict[str, Any]:
-    """Audit ``n`` sampled user voices (and, with ``baseline``, ``n`` naive blends the same way)."""
+) -> dict[str, Any] | None:
+    """Audit ``n`` sampled user voices (and, with ``baseline``, ``n`` naive blends the same way).
+
+    ``part=(i, n)``: this process probes chunks i mod n; None until every chunk is done (run the
+    last part again, or once more with ``(0, 1)``, to get the report)."""
     work = Path(work_dir)
     sample = sample_voices(voices, n, seed)
-    lib = run_probes(sample, work / "library", tts=tts, encoder=encoder, asr=asr, log=log)
+    lib = run_probes(sample, work / "library", tts=tts, encoder=encoder, asr=asr, part=part, log=log)
+    naive = None
+    if baseline:
+        naive = run_probes(
+            naive_voices(n, seed), work / "naive", tts=tts, encoder=encoder, asr=asr, part=part, log=log
+        )
+    if lib is None or (baseline and naive is None):
+        return None
     report: dict[str, Any] = {
         "library": summarize(
             lib,
@@ -388,8 +399,7 @@ def audit_library(
         ),
         "seed": seed,
     }
-    if baseline:
-        naive = run_probes(naive_voices(n, seed), work / "naive", tts=tts, encoder=encoder, asr=asr, log=log)
+    if naive is not None:
         report["baseline_naive_blends"] = summarize(
             naive, max_identity_cosine=max_identity_cosine, references=references
         )

@@ -31,6 +31,17 @@ def _models() -> tuple[Any, Any, Any]:
     return KokoroTTS(), ResemblyzerEncoder(), FasterWhisperASR()
 
 
+def _part(text: str) -> tuple[int, int]:
+    i, _, n = text.partition("/")
+    try:
+        part = (int(i), int(n or 1))
+    except ValueError:
+        raise SystemExit(f"--part must look like i/n (e.g. 0/2), got {text!r}") from None
+    if not 0 <= part[0] < part[1]:
+        raise SystemExit(f"--part {text}: need 0 <= i < n")
+    return part
+
+
 def _pool_arg(path: str | None) -> Any:
     from voice_library.pool import load_pool
 
@@ -95,8 +106,12 @@ def cmd_audit(args: argparse.Namespace) -> int:
         baseline=args.baseline,
         references=refs,
         max_identity_cosine=bound,
+        part=_part(args.part),
         log=_say,
     )
+    if report is None:
+        _say(f"{work}: this part is done; run the audit again when the other parts are, for the report")
+        return 0
     report["library_file"] = str(args.library)
     report["distinct"] = meta.get("distinct")
     print(format_summary("library", report["library"]))
@@ -150,7 +165,6 @@ def cmd_search(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
         emb = shipped_voice_embeddings(tts, encoder)
         write_json_atomic(shipped, {k: v.tolist() for k, v in emb.items()})
-    i, _, n = args.part.partition("/")
     run_search(
         out,
         seed=args.seed,
@@ -158,7 +172,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         world_per_blend=args.world_per_blend,
         tts=tts,
         encoder=encoder,
-        part=(int(i), int(n or 1)),
+        part=_part(args.part),
         log=_say,
     )
     return 0
@@ -211,8 +225,7 @@ def cmd_clarity(args: argparse.Namespace) -> int:
     pool = _pool_arg(args.pool or str(SEARCHED_POOL_PATH))
     jobs = pool_jobs(pool, [float(x) for x in args.scales.split(",")])
     tts, encoder, asr = _models()
-    i, _, n = args.part.partition("/")
-    done = run_jobs(jobs, args.work, tts=tts, encoder=encoder, asr=asr, part=(int(i), int(n or 1)), log=_say)
+    done = run_jobs(jobs, args.work, tts=tts, encoder=encoder, asr=asr, part=_part(args.part), log=_say)
     _say(f"{args.work}: " + ("all measured" if done is not None else "this part done; others still running"))
     return 0
 
@@ -347,6 +360,7 @@ def register(subparsers: Any) -> None:
     a.add_argument("--refs", help="real recordings (file or directory): report the closest voice to each")
     a.add_argument("--work", help="directory for resumable probe results (default: next to the library)")
     a.add_argument("--out", help="write the report as JSON (and Markdown next to it)")
+    a.add_argument("--part", default="0/1", help="i/n: this process takes chunks i mod n")
     a.set_defaults(func=cmd_audit)
 
     li = vs.add_parser("listen", help="write a sample WAV of one voice")
