@@ -231,7 +231,9 @@ def test_refine_cli_writes_a_pool_that_libraries_build_from(tmp_path, capsys):
     from voice_library.clarity import RESULT_SCHEMA
     from voice_library.pool import save_pool
 
-    idents = [_ident(f"i-f{k}", 220.0 + k) for k in range(3)] + [_ident(f"i-m{k}", 110.0 + k) for k in range(4)]
+    idents = [_ident(f"i-f{k}", 220.0 + k) for k in range(3)] + [
+        _ident(f"i-m{k}", 110.0 + k) for k in range(4)
+    ]
     idents.append(_ident("i-r", 230.0))  # the agents take two per gender; i-r speaks only English
     save_pool(_pool(*idents), tmp_path / "searched.parquet")
     rows = []
