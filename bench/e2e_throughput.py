@@ -58,7 +58,7 @@ def stage_throughput(run_dir: Path) -> dict[str, dict[str, float]]:
 
 
 def run_one(label: str, cfg, tmp: Path, cores: int) -> dict:
-    path = write_config(cfg, tmp / f"{label}.yaml")
+    path = write_config(cfg, tmp / f"{cfg.name}.yaml")
     t0 = time.perf_counter()
     r = subprocess.run(cli_run_command(path), capture_output=True, text=True)
     wall = time.perf_counter() - t0
