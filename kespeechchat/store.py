@@ -15,6 +15,7 @@ leaves either the old file or the new one, never half of one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -261,3 +262,8 @@ def _drop_unchanged_heavy(
         out_sources[col] = stage
     out_sources = {c: s for c, s in out_sources.items() if c not in kept.column_names}
     return with_heavy_sources(kept, out_sources)
+
+
+# Errors of the machine (a full disk, a read-only or failing filesystem), not of a row: a stage lets
+# them fail the unit, which a rerun redoes, instead of recording a rejected row a resumed run keeps.
+ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})

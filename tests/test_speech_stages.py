@@ -74,6 +74,10 @@ def voices(cfg) -> dict[str, Any]:
         agents = [v for v in lib if v.role == "agent" and v.language == lang and v.gender == "male"]
         assert users and agents, f"library lacks voices for {lang}"
         out[f"{lang}_user"], out[f"{lang}_agent"] = users[0], agents[0]
+    # the wrong voice: a male user voice of the lowest F0, far from the female user voice (the
+    # clearest agents are the least processed identities and can sound alike)
+    males = [v for v in lib if v.role == "user" and v.language == "zh" and v.gender == "male"]
+    out["zh_wrong"] = min(males, key=lambda v: (v.pitch_ratio, v.voice_id))
     return out
 
 
@@ -102,7 +106,7 @@ def synthesized(cfg, voices) -> pa.Table:
         _dialogue("wrong-voice", "zh", [ZH_SHORT], [zu]),
         _dialogue("wrong-text", "en", [EN_LONG], [eu]),
         _dialogue("clipped", "zh", [ZH_LONG], [zu]),
-        _dialogue("helpers", "zh", [ZH_SHORT], [za]),  # sources of the "wrong" audio
+        _dialogue("helpers", "zh", [ZH_SHORT], [voices["zh_wrong"].voice_id]),  # sources of the "wrong" audio
         _dialogue("helpers-en", "en", [EN_OTHER], [eu]),
     ]
     stage = SynthesizeStage(cfg, Runtime(run_dir=cfg.run_dir))
@@ -132,7 +136,7 @@ def _broken(synthesized: pa.Table) -> pa.Table:
     x = audio("looped")
     put("looped", 0, np.concatenate([x, np.zeros(int(0.3 * sr), np.float32), x]))  # said twice
     # the male agent's voice where the female user's voice was assigned
-    put("wrong-voice", 0, audio("helpers"))  # ZH_SHORT in the zh agent's (male) voice
+    put("wrong-voice", 0, audio("helpers"))  # ZH_SHORT in a male user's voice
     put("wrong-text", 0, audio("helpers-en"))  # other words, same voice
     x = audio("clipped")
     put("clipped", 0, np.clip(x * 12.0, -1.0, 1.0))

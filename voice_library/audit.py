@@ -289,7 +289,15 @@ def summarize(
     for lang in ("zh", "en"):
         cols = [k for k, lg in enumerate(langs) if lg == lang]
         rows_l = np.asarray([serves is None or lang in serves.get(i, ()) for i in ident.tolist()])
-        if not rows_l.any():
+        if not rows_l.any():  # no sampled voice speaks it
+            err[lang] = {
+                "kind": "CER" if lang == "zh" else "WER",
+                "voices": 0,
+                "mean": math.nan,
+                "p95": math.nan,
+                "share_over_max": math.nan,
+                "share_voices_over_max": math.nan,
+            }
             continue
         e = errors[np.ix_(rows_l, cols)]
         err[lang] = {

@@ -18,6 +18,7 @@ from typing import Any
 import pyarrow as pa
 
 from kespeechchat.stage import Resources, Stage, StageOutput, reject
+from kespeechchat.store import ENVIRONMENT_ERRNOS
 
 # A shard whose every dialogue fails with an exception has a broken model, not bad rows.
 SYSTEMIC_MIN_ROWS = 3
@@ -120,6 +121,12 @@ class SynthesizeStage(Stage):
                     attempts.append(attempt)
             except TurnSynthesisError as e:
                 rejected.append(reject(row, e.reason, f"turn {len(flacs)}: {e}"))
+                continue
+            except OSError as e:
+                if e.errno in ENVIRONMENT_ERRNOS:  # a full disk fails the unit, it is not the row's fault
+                    raise
+                errors.append(f"{type(e).__name__}: {e}")
+                rejected.append(reject(row, "tts_error", f"turn {len(flacs)}: {type(e).__name__}: {e}"))
                 continue
             except Exception as e:  # one bad row must not sink the shard
                 errors.append(f"{type(e).__name__}: {e}")

@@ -33,6 +33,7 @@ import pyarrow as pa
 
 from kespeechchat.config import RunConfig
 from kespeechchat.stage import Resources, Stage, StageOutput, reject
+from kespeechchat.store import ENVIRONMENT_ERRNOS
 
 ASR_RATE_HZ = 16000
 # Less speech than this gives a speaker embedding too noisy to judge a voice by.
@@ -255,6 +256,10 @@ class SpeechScorer:
                         repeat_ratio=repetition_ratio(x16, ASR_RATE_HZ) if s.finite else NAN,
                     )
                 )
+            except OSError as e:  # the machine (a full disk), not the clip: the unit fails and is redone
+                if e.errno in ENVIRONMENT_ERRNOS:
+                    raise
+                out.append(e)
             except Exception as e:  # one clip's failure must not sink the shard
                 out.append(e)
         return out
