@@ -129,7 +129,9 @@ def test_real_audit_of_a_few_voices_with_baseline(tmp_path, shared_data, models_
     assert lib_s["voices"] == lib_s["identities"] == 3 and base_s["voices"] == 3
     for s in (lib_s, base_s):
         assert 0.0 <= s["speaker_id_accuracy_identity"] <= 1.0 and 0.0 <= s["eer"] <= 1.0
-        assert s["error_rates"]["zh"]["mean"] <= 0.5 and s["error_rates"]["en"]["mean"] <= 0.5
+        # a language counts only voices whose identity speaks it (in a 3-voice sample maybe none)
+        rates = [e for e in s["error_rates"].values() if e.get("voices", 1)]
+        assert rates and all(e["mean"] <= 0.5 for e in rates)
     assert lib_s["gender_label_agrees_with_f0"] == 1.0
     assert lib_s["privacy"][0]["reference"] == "zh_cosyvoice_zero_shot_prompt.wav"
     assert -1.0 <= lib_s["privacy"][0]["cosine"] < 0.9
