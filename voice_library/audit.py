@@ -176,7 +176,7 @@ def run_probes(
     ``part=(i, n)`` probes only the chunks whose number is i mod n (several processes can share
     one audit) and returns None unless every chunk is then finished.
     """
-    from kespeechchat.store import write_json_atomic, write_parquet_atomic
+    from kespeechchat.store import write_json_atomic
 
     work = Path(work_dir)
     (work / "chunks").mkdir(parents=True, exist_ok=True)
@@ -190,27 +190,51 @@ def run_probes(
                 f"{work}: holds an audit of other voices or probes; use another --work directory"
             )
     write_json_atomic(mpath, manifest)
-    n_chunks = math.ceil(len(voices) / CHUNK_VOICES)
+    return run_chunks(
+        len(voices),
+        CHUNK_VOICES,
+        work / "chunks",
+        "probes",
+        lambda lo, hi: pa.Table.from_pylist(
+            _probe_voices(tts, encoder, asr, voices[lo:hi]), schema=RESULT_SCHEMA
+        ),
+        part=part,
+        log=lambda c, n, rate, eta: log(
+            f"audit {work.name}: chunk {c}/{n} done; {rate:.0f}s/chunk, ETA {eta:.0f} min"
+        ),
+    )
+
+
+def run_chunks(
+    n_items: int,
+    chunk_size: int,
+    chunk_dir: Path,
+    prefix: str,
+    make: Callable[[int, int], pa.Table],
+    *,
+    part: tuple[int, int] = (0, 1),
+    log: Callable[[int, int, float, float], None] = lambda *a: None,
+) -> pa.Table | None:
+    """Resumable work in chunk files ``<prefix>-NNNNN.parquet``: this process makes the missing
+    chunks whose number is i mod n (``part``), each from ``make(lo, hi)``, written atomically.
+    Returns all chunks concatenated once every one exists, else None. ``log(chunk, chunks,
+    seconds per chunk, ETA minutes)`` after each chunk made here."""
+    from kespeechchat.store import write_parquet_atomic
+
+    n_chunks = math.ceil(n_items / chunk_size)
+    path = lambda c: chunk_dir / f"{prefix}-{c:05d}.parquet"  # noqa: E731
     t0 = time.perf_counter()
     done_now = 0
     tables = []
     for c in range(n_chunks):
-        path = work / "chunks" / f"probes-{c:05d}.parquet"
-        if not path.exists() and c % part[1] == part[0]:
-            rows = _probe_voices(tts, encoder, asr, voices[c * CHUNK_VOICES : (c + 1) * CHUNK_VOICES])
-            write_parquet_atomic(path, pa.Table.from_pylist(rows, schema=RESULT_SCHEMA))
+        if not path(c).exists() and c % part[1] == part[0]:
+            write_parquet_atomic(path(c), make(c * chunk_size, min((c + 1) * chunk_size, n_items)))
             done_now += 1
-            el = time.perf_counter() - t0
-            left = sum(
-                1
-                for k in range(c + 1, n_chunks)
-                if k % part[1] == part[0] and not (work / "chunks" / f"probes-{k:05d}.parquet").exists()
-            )
-            log(
-                f"audit {work.name}: chunk {c + 1}/{n_chunks} done; {el / done_now:.0f}s/chunk, ETA {el / done_now * left / 60:.0f} min"
-            )
-        if path.exists():
-            tables.append(pq.read_table(path))
+            rate = (time.perf_counter() - t0) / done_now
+            left = sum(1 for k in range(c + 1, n_chunks) if k % part[1] == part[0] and not path(k).exists())
+            log(c + 1, n_chunks, rate, rate * left / 60)
+        if path(c).exists():
+            tables.append(pq.read_table(path(c)))
     return pa.concat_tables(tables) if len(tables) == n_chunks else None
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -218,7 +217,8 @@ def run_jobs(
 ) -> pa.Table | None:
     """Measure ``jobs`` in chunks under ``work_dir`` (resumable; ``part=(i, n)`` takes chunks
     i mod n so several processes share the work). Returns all rows once every chunk is done."""
-    from kespeechchat.store import write_json_atomic, write_parquet_atomic
+    from kespeechchat.store import write_json_atomic
+    from voice_library.audit import run_chunks
 
     work = Path(work_dir)
     (work / "chunks").mkdir(parents=True, exist_ok=True)
@@ -233,28 +233,15 @@ def run_jobs(
         if old["probes"] != manifest["probes"] or old["jobs"] != manifest["jobs"][: len(old["jobs"])]:
             raise ValueError(f"{work}: holds measurements of other jobs or probes; use another directory")
     write_json_atomic(mpath, manifest)
-    n_chunks = math.ceil(len(jobs) / CHUNK_JOBS)
-    t0 = time.perf_counter()
-    done_now = 0
-    tables = []
-    for c in range(n_chunks):
-        path = work / "chunks" / f"clarity-{c:05d}.parquet"
-        if not path.exists() and c % part[1] == part[0]:
-            rows = measure(tts, encoder, asr, jobs[c * CHUNK_JOBS : (c + 1) * CHUNK_JOBS])
-            write_parquet_atomic(path, pa.Table.from_pylist(rows, schema=RESULT_SCHEMA))
-            done_now += 1
-            el = time.perf_counter() - t0
-            left = sum(
-                1
-                for k in range(c + 1, n_chunks)
-                if k % part[1] == part[0] and not (work / "chunks" / f"clarity-{k:05d}.parquet").exists()
-            )
-            log(
-                f"clarity: chunk {c + 1}/{n_chunks}; {el / done_now:.0f} s/chunk, ETA {el / done_now * left / 60:.0f} min"
-            )
-        if path.exists():
-            tables.append(pq.read_table(path))
-    return pa.concat_tables(tables) if len(tables) == n_chunks else None
+    return run_chunks(
+        len(jobs),
+        CHUNK_JOBS,
+        work / "chunks",
+        "clarity",
+        lambda lo, hi: pa.Table.from_pylist(measure(tts, encoder, asr, jobs[lo:hi]), schema=RESULT_SCHEMA),
+        part=part,
+        log=lambda c, n, rate, eta: log(f"clarity: chunk {c}/{n}; {rate:.0f} s/chunk, ETA {eta:.0f} min"),
+    )
 
 
 def load_results(work_dir: str | Path) -> pa.Table:
