@@ -184,3 +184,39 @@ def test_building_without_the_gpu_extra_names_it():
     with pytest.raises(ImportError) as e:
         build_task_processor("rewrite", cfg(), KEEP)
     assert INSTALL_HINT in str(e.value)
+
+
+def test_ray_engine_stage_reads_the_structured_outputs_key():
+    """The installed Ray's vLLM engine stage turns ``sampling_params["structured_outputs"]`` into
+    vLLM's StructuredOutputsParams (vLLM itself needs a GPU build, so Ray's own source is read):
+    a Ray that reads another key (older releases: ``guided_decoding``) fails here, not at run time."""
+    import inspect
+
+    from ray.llm._internal.batch.stages.vllm_engine_stage import vLLMEngineWrapper
+
+    src = inspect.getsource(vLLMEngineWrapper._prepare_llm_request)
+    assert '"structured_outputs" in sampling_params' in src
+    assert 'sampling_params.pop("structured_outputs")' in src
+    assert "StructuredOutputsParams(" in src and "guided_decoding" not in src
+    row = make_preprocess("rewrite", cfg())(ray_row())
+    assert set(row["sampling_params"]) == {"temperature", "max_tokens", "seed", "structured_outputs"}
+
+
+def test_reply_at_max_tokens_is_reported_as_cut():
+    """Ray's output rows have no finish_reason: a reply that used every allowed token is cut."""
+    c = cfg()
+    post = make_postprocess("rewrite", c, KEEP)
+    limit = make_preprocess("rewrite", c)(ray_row())["sampling_params"]["max_tokens"]
+    cut = post(
+        ray_row(generated_text='{"turns": [{"role": "user", "text": "How mu', num_generated_tokens=limit)
+    )
+    assert cut["reject_reason"] == "llm_invalid_output"
+    assert "cut at max_tokens" in cut["reject_detail"]
+    broken = post(ray_row(generated_text='{"turns": [1', num_generated_tokens=limit - 1))
+    assert "not JSON" in broken["reject_reason"] + broken["reject_detail"]
+    ok = post(
+        ray_row(
+            generated_text=reply("How much does tea cost?", "About three."), num_generated_tokens=limit - 1
+        )
+    )
+    assert ok["reject_reason"] == ""

@@ -16,8 +16,12 @@ Each row gets ``reject_reason`` ("" when kept) and ``reject_detail``; a row the 
 (``__inference_error__``, with ``should_continue_on_error``) is ``llm_unavailable``, a reply that
 fails the checks is ``llm_invalid_output`` (one pass, no re-ask: send those rows through again
 with another seed if they matter). Structured output goes in ``sampling_params`` as
-``structured_outputs={"json": schema}`` (vLLM's StructuredOutputsParams; xgrammar or guidance
-enforce the schema, ``pattern`` included).
+``structured_outputs={"json": schema}``: Ray 2.60's engine stage pops that key and builds vLLM's
+``StructuredOutputsParams`` from it (``ray/llm/_internal/batch/stages/vllm_engine_stage.py``;
+older Ray releases read ``guided_decoding`` instead, and those are not supported). xgrammar or
+guidance enforce the schema, ``pattern`` included. Ray's output rows carry no ``finish_reason``:
+a reply whose ``num_generated_tokens`` reached the request's ``max_tokens`` is reported as cut
+there (``finish_reason``), not as broken JSON.
 
 Building the config (:func:`engine_processor_config`) and the row functions is plain Python and
 is tested on CPU; ``build_processor`` imports transformers and vLLM and needs the ``gpu`` extra.
@@ -126,6 +130,15 @@ def _parse(task: str, row: dict[str, Any], value: dict) -> tuple[Any, str, str]:
     return spoken, "", note
 
 
+def finish_reason(task: str, row: dict[str, Any], cfg: RunConfig) -> str | None:
+    """The row's ``finish_reason`` when the engine gave one, else "length" when the reply used
+    all of its ``max_tokens`` (Ray's vLLM output rows carry only ``num_generated_tokens``)."""
+    if row.get("finish_reason"):
+        return str(row["finish_reason"])
+    n = int(row.get("num_generated_tokens") or 0)
+    return "length" if n and n >= int(_request(task, row, cfg)["max_tokens"]) else None
+
+
 def _schema(task: str, n_turns: int, cfg: RunConfig) -> dict:
     from kespeechchat.llm.tasks import SPOKEN_TEXT_PATTERN, judge_schema, turns_schema
 
@@ -164,7 +177,7 @@ def make_postprocess(
             return out
         try:
             schema = _schema(task, len(_as_list(row["roles"])), cfg)
-            value = parse_reply(row.get("generated_text"), row.get("finish_reason"), schema)
+            value = parse_reply(row.get("generated_text"), finish_reason(task, row, cfg), schema)
             result, reason, note = _parse(task, row, value)
         except ValueError as e:
             out.update(reject_reason="llm_invalid_output", reject_detail=f"{e}"[:2000])
