@@ -257,17 +257,21 @@ class ASRConfig(_Model):
 
 
 class SpeakerConfig(_Model):
-    backend: Literal["resemblyzer", "pyannote"] = Field(
+    backend: Literal["resemblyzer", "pyannote", "campplus"] = Field(
         "resemblyzer", description="Speaker-embedding backend."
     )
     model_dir: str | None = Field(
-        None, description="Local model directory (pyannote/WeSpeaker); unused by resemblyzer."
+        None,
+        description="Local model: a pyannote/WeSpeaker checkpoint, or campplus.onnx / the CosyVoice model "
+        "directory holding it; unused by resemblyzer.",
     )
     device: str | None = Field(
         None, description="'cpu' or 'cuda[:N]'; default: cpu for resemblyzer, cuda for pyannote."
     )
     num_threads: int = Field(
-        1, ge=1, description="torch CPU threads of the encoder per worker (resemblyzer)."
+        1,
+        ge=1,
+        description="CPU threads of the encoder per worker (resemblyzer: torch; campplus: onnxruntime).",
     )
 
 

@@ -18,6 +18,23 @@ def library_path(run_dir: Path) -> Path:
     return Path(run_dir) / "voices" / "library.parquet"
 
 
+def _check_embeddings(backend: str, voices: list, encoder: str, source: str) -> None:
+    """An embedding-conditioned backend gets voices from its own encoder, each of its size
+    (else every turn fails in the TTS, or worse, speaks in a voice from another space)."""
+    from voice_library.embeddings import BACKEND_ENCODERS, check_encoder
+
+    if backend not in BACKEND_ENCODERS:
+        return
+    name, dim = BACKEND_ENCODERS[backend]
+    for x in voices:
+        n = 0 if x.speaker_embedding is None else len(x.speaker_embedding)
+        if n != dim:
+            raise ValueError(
+                f"{source}: voice {x.voice_id} has {n} embedding values; {backend} takes {dim} ({name})"
+            )
+    check_encoder(backend, encoder, dim, source)
+
+
 def _run_voices(cfg: RunConfig) -> tuple[list, dict[str, Any]]:
     from voice_library.pool import load_pool
     from voice_library.recipes import (
@@ -47,6 +64,9 @@ def _run_voices(cfg: RunConfig) -> tuple[list, dict[str, Any]]:
                     f"{v.library}: no agent voices in the library and no voices.pool to choose them from"
                 )
             agents = agent_voices(backend, pool=pool, max_identity_cosine=v.max_identity_cosine)
+        _check_embeddings(
+            backend, users + agents, (meta.get("distinct") or {}).get("encoder") or "", str(v.library)
+        )
         return users + agents, {**meta, "source": str(v.library)}
     if backend != "kokoro" and not v.pool:
         raise ValueError(
@@ -64,6 +84,9 @@ def _run_voices(cfg: RunConfig) -> tuple[list, dict[str, Any]]:
     users = build_library(v.size, v.seed, backend, pool=pool)
     agents = agent_voices(backend, pool=pool)
     voices = users + agents
+    _check_embeddings(
+        backend, voices, (pool.meta.get("measured_with") or {}).get("encoder") or "", str(v.pool)
+    )
     return voices, library_meta_for(voices, pool, seed=v.seed, source="built for the run")
 
 

@@ -32,3 +32,66 @@ def models_dir() -> Path:
     d = default_models_dir()
     prepare_embedded(d, log=lambda s: None)
     return d
+
+
+@pytest.fixture(scope="session")
+def recordings(shared_data):
+    """The real recordings as (file, audio, sample_rate_hz, language, transcript)."""
+    import csv
+
+    from kespeechchat.audio import load_audio
+
+    d = shared_data / "audio"
+    with open(d / "transcripts.tsv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    out = []
+    for r in rows:
+        x, sr = load_audio(d / r["file"])
+        out.append((r["file"], x, sr, r["language"], r["transcript"]))
+    assert {r[3] for r in out} == {"zh", "en"}
+    return out
+
+
+def _campplus_like(path, out_dim: int = 192, seed: int = 0):
+    """max over frames, then a fixed random projection: (B, T, 80) -> (B, out_dim). The projection
+    ignores what all bins share (columns sum to zero), so recordings spread as speakers do."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    w = np.random.default_rng(seed).standard_normal((80, out_dim))
+    w = (w - w.mean(axis=0)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMax", ["input", "axes"], ["pooled"], keepdims=0),
+            helper.make_node("MatMul", ["pooled", "w"], ["output"]),
+        ],
+        "campplus_like",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["B", "T", 80])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["B", out_dim])],
+        initializer=[
+            helper.make_tensor("axes", TensorProto.INT64, [1], [1]),
+            helper.make_tensor("w", TensorProto.FLOAT, w.shape, w.ravel().tolist()),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return w
+
+
+@pytest.fixture(scope="session")
+def campplus_like():
+    """Writes an ONNX graph with CAM++'s signature (input (B, T, 80) -> output (B, 192)) to a
+    path: ``campplus_like(path, out_dim=192, seed=0)`` returns its projection matrix."""
+    pytest.importorskip("onnx", reason="needs the 'contract' extra")
+    return _campplus_like
+
+
+@pytest.fixture(scope="session")
+def campplus_dir(tmp_path_factory, campplus_like):
+    """A CosyVoice-like model directory holding only such a campplus.onnx."""
+    d = tmp_path_factory.mktemp("cosyvoice") / "CosyVoice2-0.5B"
+    d.mkdir()
+    campplus_like(d / "campplus.onnx")
+    return d

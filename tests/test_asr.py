@@ -1,29 +1,21 @@
 from __future__ import annotations
 
-import csv
 import importlib.util
 
 import numpy as np
 import pytest
 
-from kespeechchat.audio import load_audio
-from kespeechchat.backends.asr import ASRBackend, FasterWhisperASR, FunASRASR, make_asr, pack_windows
+from kespeechchat.backends.asr import (
+    ASRBackend,
+    FasterWhisperASR,
+    FunASRASR,
+    _finish_text,
+    make_asr,
+    match_results,
+    pack_windows,
+)
 from kespeechchat.config import ASRConfig
 from kespeechchat.metrics import error_rate, normalize_for_scoring
-
-
-@pytest.fixture(scope="module")
-def recordings(shared_data):
-    """The real recordings as (file, audio, sample_rate_hz, language, transcript)."""
-    d = shared_data / "audio"
-    with open(d / "transcripts.tsv", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f, delimiter="\t"))
-    out = []
-    for r in rows:
-        x, sr = load_audio(d / r["file"])
-        out.append((r["file"], x, sr, r["language"], r["transcript"]))
-    assert {r[3] for r in out} == {"zh", "en"}
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -180,12 +172,9 @@ tokenizer_conf: {unk_symbol: <unk>, split_with_space: true}
 """
 
 
-def test_funasr_loads_a_local_paraformer_directory(tmp_path, recordings):
-    """A tiny randomly initialised Paraformer in FunASR's local-directory layout (runs where funasr is installed).
-
-    Random weights say nothing about accuracy; this checks the loading path (no hub), batching and
-    the order of results.
-    """
+@pytest.fixture(scope="module")
+def tiny_paraformer(tmp_path_factory):
+    """A tiny randomly initialised Paraformer in FunASR's local-directory layout (where funasr is installed)."""
     pytest.importorskip("funasr")
     import json
 
@@ -193,17 +182,26 @@ def test_funasr_loads_a_local_paraformer_directory(tmp_path, recordings):
     import yaml
     from funasr import AutoModel
 
-    d = tmp_path / "paraformer-tiny"
+    d = tmp_path_factory.mktemp("funasr") / "paraformer-tiny"
     d.mkdir()
     (d / "config.yaml").write_text(_TINY_PARAFORMER_YAML, encoding="utf-8")
     tokens = ["<blank>", "<s>", "</s>", *dict.fromkeys("欢迎大家来体验达摩院推出的语音识别模型"), "<unk>"]
     (d / "tokens.json").write_text(json.dumps(tokens, ensure_ascii=False), encoding="utf-8")
     cfg = yaml.safe_load(_TINY_PARAFORMER_YAML)
     cfg["tokenizer_conf"]["token_list"] = str(d / "tokens.json")
+    threads = torch.get_num_threads()
     built = AutoModel(**cfg, device="cpu", disable_update=True, disable_pbar=True, log_level="ERROR")
     torch.save(built.model.state_dict(), d / "model.pt")
+    torch.set_num_threads(threads)
+    return d
 
-    asr = FunASRASR(str(d), device="cpu")
+
+def test_funasr_loads_a_local_paraformer_directory(tiny_paraformer, recordings):
+    """FunASR's own AutoModel on a local directory: no hub, batching, the order of results.
+
+    Random weights say nothing about accuracy; this checks the loading path.
+    """
+    asr = FunASRASR(str(tiny_paraformer), device="cpu", batch_size=2)
     zh = [(x, sr, lang) for _, x, sr, lang, _ in recordings if lang == "zh"]
     texts = asr.transcribe(zh)
     assert len(texts) == len(zh) and all(isinstance(t, str) for t in texts)
@@ -213,8 +211,46 @@ def test_funasr_loads_a_local_paraformer_directory(tmp_path, recordings):
     for i, t in enumerate(texts):
         distances = [error_rate(a, t, "zh") for a in alone]
         assert int(np.argmin(distances)) == i, (t, alone)
+    assert all(" " not in t for t in texts)  # characters of a zh transcript are not space-separated
     with pytest.raises(ValueError, match="en_model_dir"):
         asr.transcribe([(x, sr, lang) for _, x, sr, lang, _ in recordings if lang == "en"])
+
+
+def test_funasr_keeps_our_thread_count_and_refuses_a_missing_gpu(tiny_paraformer):
+    """FunASR's model builder sets torch's threads for the whole worker (4 unless told) and runs a
+    'cuda' model on CPU with batch size 1 when there is no GPU; neither may happen silently."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        FunASRASR(str(tiny_paraformer), device="cpu", num_threads=1).setup()
+        assert torch.get_num_threads() == 1
+        FunASRASR(str(tiny_paraformer), device="cpu", num_threads=2).setup()
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="no CUDA device"):
+            FunASRASR(str(tiny_paraformer), device="cuda").setup()
+    fun = make_asr(ASRConfig(backend="funasr", model_dir=str(tiny_paraformer), num_threads=3, device="cpu"))
+    assert fun.num_threads == 3
+
+
+def test_funasr_results_of_a_batch_that_decoded_to_nothing():
+    """The shapes FunASR's AutoModel.inference returns (funasr/auto/auto_model.py): one result
+    per clip, or for a batch with no output one empty result (or none)."""
+    assert match_results([{"key": "k", "text": "你好"}, {"key": "k", "text": ""}], 2) == ["你好", ""]
+    assert match_results([{"text": ""}], 3) == ["", "", ""]
+    assert match_results([], 2) == ["", ""]
+    with pytest.raises(RuntimeError, match="1 results for 2 inputs"):
+        match_results([{"text": "你好"}], 2)
+
+
+def test_zh_transcripts_carry_no_spaces_between_characters():
+    """SeacoParaformer writes Chinese characters separated by spaces; Latin words keep theirs."""
+    assert _finish_text("你 好 ， 我 用 iPhone 拍 照", "zh") == "你好，我用iPhone拍照"
+    assert _finish_text("他 買 了 two new books", "zh") == "他买了two new books"
+    assert _finish_text("  two   new books ", "en") == "two new books"
 
 
 def test_make_asr_passes_packing_and_device_settings(tmp_path):

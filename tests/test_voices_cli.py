@@ -86,7 +86,8 @@ def test_privacy_command_passes_on_the_shipped_library(lib, shared_data, capsys)
     assert "PASSED" in capsys.readouterr().out
 
 
-def test_embed_and_sample_embeddings_commands(tmp_path, shared_data, capsys):
+def test_embed_and_sample_embeddings_commands(tmp_path, shared_data, capsys, campplus_dir):
+    """The CosyVoice route: CAM++ embeddings of recordings -> a sampled pool -> a library -> privacy."""
     emb = tmp_path / "real.parquet"
     assert (
         main(
@@ -98,10 +99,15 @@ def test_embed_and_sample_embeddings_commands(tmp_path, shared_data, capsys):
                 str(emb),
                 "--segment-s",
                 "1.6",
+                "--encoder",
+                "campplus",
+                "--model-dir",
+                str(campplus_dir),
             ]
         )
         == 0
     )
+    assert "192 dimensions" in capsys.readouterr().out
     t = pq.read_table(emb)
     genders = {"zh_funasr_asr_example.wav": "male", "en_whisper_jfk.flac": "male"}
     t = t.append_column(
@@ -146,6 +152,13 @@ def test_embed_and_sample_embeddings_commands(tmp_path, shared_data, capsys):
         == 0
     )
     assert {v.backend for v in load_library(lib)} == {"cosyvoice"}
+    # privacy: the references are embedded by the pool's encoder (CAM++), not resemblyzer
+    argv = ["voices", "privacy", str(lib), "--pool", str(pool), "--refs", str(shared_data / "audio")]
+    with pytest.raises(SystemExit, match="--model-dir"):
+        main_debug(argv)
+    # (sampled at ≤ 0.8 to 1.6 s pieces; whole recordings embed a little differently)
+    assert main(argv + ["--model-dir", str(campplus_dir), "--max-cosine", "0.9"]) == 0
+    assert "PASSED" in capsys.readouterr().out
 
 
 def test_usage_command_on_a_run_without_assign_fails(tmp_path):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from voice_library.embeddings import (
+    ENCODER_META_KEY,
     EmbeddingModel,
     embed_recordings,
     fit_embedding_model,
@@ -28,18 +31,19 @@ GENDERS = {
 
 
 @pytest.fixture(scope="module")
-def real(shared_data, tmp_path_factory):
-    """Resemblyzer embeddings of 1.6 s pieces of the five real recordings, as a Parquet file."""
-    from kespeechchat.backends.speaker import ResemblyzerEncoder
+def real(shared_data, tmp_path_factory, campplus_dir):
+    """CAM++ embeddings (CosyVoice's front end, an ONNX graph of CAM++'s signature) of 1.6 s
+    pieces of the five real recordings, as a Parquet file that names its encoder."""
+    from kespeechchat.backends.speaker import CAMPlusEncoder
 
     files = [shared_data / "audio" / n for n in GENDERS]
-    vecs, names = embed_recordings(files, ResemblyzerEncoder(), segment_s=1.6)
+    vecs, names = embed_recordings(files, CAMPlusEncoder(str(campplus_dir)), segment_s=1.6)
     rows = [
         {"speaker_id": n.split("#")[0], "gender": GENDERS[n.split("#")[0]], "embedding": v.tolist()}
         for n, v in zip(names, vecs, strict=True)
     ]
     path = tmp_path_factory.mktemp("emb") / "real.parquet"
-    pq.write_table(pa.Table.from_pylist(rows), path)
+    pq.write_table(pa.Table.from_pylist(rows).replace_schema_metadata({ENCODER_META_KEY: "campplus"}), path)
     return path, vecs
 
 
@@ -115,6 +119,8 @@ def test_pool_of_sampled_embeddings_builds_a_cosyvoice_library(real):
     assert len(pool.identities) == 24
     assert sum(i.gender == "male" for i in pool.identities) == 12
     assert pool.meta["closest_reference_cosine"] <= 0.8 and pool.meta["backend"] == "cosyvoice"
+    assert pool.meta["measured_with"] == {"encoder": "campplus", "dim": 192}
+    assert all(len(i.speaker_embedding) == 192 for i in pool.identities)
     users = build_library(60, seed=0, backend="cosyvoice", pool=pool)
     agents = agent_voices("cosyvoice", pool=pool)
     by_id = {i.identity_id: i for i in pool.identities}
@@ -124,3 +130,57 @@ def test_pool_of_sampled_embeddings_builds_a_cosyvoice_library(real):
     assert not {v.identity_id for v in agents} & {v.identity_id for v in users}
     with pytest.raises(ValueError, match="no shipped identity pool"):
         build_library(5, seed=0, backend="cosyvoice")
+
+
+def test_a_cosyvoice_pool_is_sampled_only_from_campplus_embeddings(real, tmp_path, shared_data):
+    """A 256-d resemblyzer vector, or a 192-d one from an encoder the file does not name, is not a
+    voice CosyVoice can speak: sampling refuses it and says how to embed the recordings."""
+    from kespeechchat.backends.speaker import ResemblyzerEncoder
+
+    vecs, _ = embed_recordings([shared_data / "audio" / n for n in GENDERS], ResemblyzerEncoder())
+    np.save(tmp_path / "ge2e.npy", vecs)
+    with pytest.raises(ValueError, match=r"192-d campplus.*256-d.*--encoder campplus"):
+        sample_pool(read_embeddings(tmp_path / "ge2e.npy"), 4, seed=0)
+    path, cam = real
+    np.save(tmp_path / "unnamed.npy", cam)
+    with pytest.raises(ValueError, match="an encoder the file does not name"):
+        sample_pool(read_embeddings(tmp_path / "unnamed.npy"), 4, seed=0)
+    assert read_embeddings(path).encoder == "campplus"
+
+
+def test_a_cosyvoice_run_loads_only_campplus_voices(real, tmp_path):
+    """The voices of a CosyVoice run are checked when the run's library is made: from a CAM++
+    pool they are 192-d; a pool or library from another encoder stops the run before any TTS."""
+    from kespeechchat.testing import small_config
+    from pipelines.voices import prepare_run_library
+    from voice_library.pool import save_pool
+    from voice_library.recipes import library_meta_for, load_library, save_library
+
+    path, _ = real
+    pool = sample_pool(read_embeddings(path), 12, seed=1, privacy_max_cosine=0.8)
+    save_pool(pool, tmp_path / "cam.parquet")
+
+    def cfg(name, **voices):
+        return small_config(
+            tmp_path / "runs",
+            [{"path": "x.jsonl"}],
+            name=name,
+            tts={"backend": "cosyvoice", "model_dir": "/models/CosyVoice2-0.5B"},
+            voices={"size": 8, **voices},
+        )
+
+    c = cfg("ok", pool=str(tmp_path / "cam.parquet"))
+    lib = load_library(prepare_run_library(c, c.run_dir))
+    assert lib and all(len(v.speaker_embedding) == 192 for v in lib)
+
+    pool.meta["measured_with"] = {"encoder": "resemblyzer", "dim": 192}
+    save_pool(pool, tmp_path / "ge2e.parquet")
+    c = cfg("wrong-encoder", pool=str(tmp_path / "ge2e.parquet"))
+    with pytest.raises(ValueError, match="192-d campplus.*from resemblyzer"):
+        prepare_run_library(c, c.run_dir)
+
+    short = [replace(v, speaker_embedding=v.speaker_embedding[:128]) for v in lib]
+    save_library(short, tmp_path / "short.parquet", library_meta_for(short, None))
+    c = cfg("short", library=str(tmp_path / "short.parquet"))
+    with pytest.raises(ValueError, match="has 128 embedding values; cosyvoice takes 192"):
+        prepare_run_library(c, c.run_dir)

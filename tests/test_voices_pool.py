@@ -68,7 +68,8 @@ def test_shipped_pool_is_measured_and_consistent():
     assert len({i.identity_id for i in pool.identities}) == len(pool.identities)
     for i in pool.identities:  # clear in every language it serves
         assert i.languages and all(
-            (i.error_zh if lang == "zh" else i.error_en) <= pool.meta["max_probe_error"] for lang in i.languages
+            (i.error_zh if lang == "zh" else i.error_en) <= pool.meta["max_probe_error"]
+            for lang in i.languages
         )
         assert i.nearest_reference_cosine <= pool.meta["privacy_max_cosine"]
         assert (i.gender == "male") == (i.f0_median_hz < 165.0)

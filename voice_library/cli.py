@@ -230,6 +230,54 @@ def cmd_clarity(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_confirm(args: argparse.Namespace) -> int:
+    from voice_library.clarity import (
+        CONFIRM_PROBES,
+        confirm_pool,
+        job,
+        load_probes,
+        load_results,
+        run_jobs,
+        summarise,
+    )
+    from voice_library.pool import save_pool
+
+    pool = _pool_arg(args.pool)
+    jobs = [job(i) for i in sorted(pool.identities, key=lambda i: i.identity_id)]
+    tts, encoder, asr = _models()
+    done = run_jobs(
+        jobs,
+        args.work,
+        tts=tts,
+        encoder=encoder,
+        asr=asr,
+        part=_part(args.part),
+        log=_say,
+        probes=CONFIRM_PROBES,
+    )
+    if done is None:
+        _say(f"{args.work}: this part done; others still running")
+        return 0
+    new = confirm_pool(pool, summarise(load_results(args.work), load_probes(args.work)), args.max_error)
+    if args.out:
+        save_pool(new, args.out)
+    print(
+        json.dumps(
+            {
+                k: v
+                for k, v in new.meta["counts"].items()
+                if "on_confirmation" in k or k.startswith("serving")
+            },
+            indent=1,
+        )
+    )
+    _say(
+        f"{len(new.identities)} of {len(pool.identities)} identities confirmed"
+        + (f"; wrote {args.out}" if args.out else "")
+    )
+    return 0
+
+
 def cmd_refine(args: argparse.Namespace) -> int:
     from voice_library.clarity import load_results, refine_pool, shipped_references, summarise
     from voice_library.pool import SEARCHED_POOL_PATH, save_pool
@@ -256,14 +304,31 @@ def cmd_refine(args: argparse.Namespace) -> int:
     return 0
 
 
+def _encoder(name: str, model_dir: str | None) -> Any:
+    """The speaker encoder a pool was measured with: resemblyzer (embedded) or campplus (CosyVoice's)."""
+    from kespeechchat.backends.speaker import CAMPlusEncoder, ResemblyzerEncoder
+
+    if name == "campplus":
+        if not model_dir:
+            raise SystemExit(
+                "the campplus encoder needs --model-dir (campplus.onnx or the CosyVoice model directory)"
+            )
+        return CAMPlusEncoder(model_dir)
+    if name in ("resemblyzer", ""):
+        return ResemblyzerEncoder()
+    raise SystemExit(f"unknown speaker encoder {name!r} (resemblyzer or campplus)")
+
+
 def cmd_privacy(args: argparse.Namespace) -> int:
-    from kespeechchat.backends.speaker import ResemblyzerEncoder
     from voice_library.privacy import check_library_privacy, format_report, reference_embeddings
     from voice_library.recipes import load_library
 
     voices = load_library(args.library)
-    refs = reference_embeddings(args.refs, ResemblyzerEncoder())
-    rep = check_library_privacy(voices, _pool_arg(args.pool), refs, args.max_cosine)
+    pool = _pool_arg(args.pool)
+    # the references are embedded by the encoder that measured the pool's centroids
+    encoder = (pool.meta.get("measured_with") or {}).get("encoder", "resemblyzer")
+    refs = reference_embeddings(args.refs, _encoder(encoder, args.model_dir))
+    rep = check_library_privacy(voices, pool, refs, args.max_cosine)
     print(json.dumps(rep, indent=2) if args.json else format_report(rep))
     return 0 if rep["passed"] else 2
 
@@ -282,19 +347,18 @@ def cmd_usage(args: argparse.Namespace) -> int:
 def cmd_embed(args: argparse.Namespace) -> int:
     import pyarrow as pa
 
-    from kespeechchat.backends.speaker import ResemblyzerEncoder
     from kespeechchat.store import write_parquet_atomic
-    from voice_library.embeddings import embed_recordings
+    from voice_library.embeddings import ENCODER_META_KEY, embed_recordings
     from voice_library.privacy import reference_files
 
-    vecs, names = embed_recordings(
-        reference_files(args.audio), ResemblyzerEncoder(), segment_s=args.segment_s
-    )
+    encoder = _encoder(args.encoder, args.model_dir)
+    vecs, names = embed_recordings(reference_files(args.audio), encoder, segment_s=args.segment_s)
     rows = [
         {"speaker_id": n.split("#")[0], "segment": n, "embedding": v.tolist()}
         for n, v in zip(names, vecs, strict=True)
     ]
-    write_parquet_atomic(Path(args.out), pa.Table.from_pylist(rows))
+    table = pa.Table.from_pylist(rows)
+    write_parquet_atomic(Path(args.out), table.replace_schema_metadata({ENCODER_META_KEY: encoder.name}))
     print(f"wrote {args.out}: {len(rows)} embeddings of {vecs.shape[1]} dimensions")
     return 0
 
@@ -416,11 +480,27 @@ def register(subparsers: Any) -> None:
     rf.add_argument("--out", required=True, help="identity pool Parquet to write")
     rf.set_defaults(func=cmd_refine)
 
+    cf = vs.add_parser(
+        "confirm",
+        help="measure a refined pool on longer held-out sentences; keep only the languages it still speaks clearly",
+    )
+    cf.add_argument("pool", help="identity pool to confirm (e.g. from `voices refine`)")
+    cf.add_argument("--work", required=True, help="directory for the measurements (resumable)")
+    cf.add_argument("--part", default="0/1", help="i/n: this process takes chunks i mod n")
+    cf.add_argument(
+        "--max-error", type=float, default=0.05, help="mean CER/WER for a language to stay served"
+    )
+    cf.add_argument("--out", help="confirmed identity pool Parquet to write")
+    cf.set_defaults(func=cmd_confirm)
+
     pr = vs.add_parser("privacy", help="closest library identity to each real reference recording")
     pr.add_argument("library")
     pr.add_argument("--refs", required=True, help="real recordings (file or directory)")
     pr.add_argument("--pool", help="identity pool with the measured centroids (default: the shipped pool)")
     pr.add_argument("--max-cosine", type=float, default=0.85)
+    pr.add_argument(
+        "--model-dir", help="CAM++ model (campplus.onnx or CosyVoice directory) for a CosyVoice pool"
+    )
     pr.add_argument("--json", action="store_true")
     pr.set_defaults(func=cmd_privacy)
 
@@ -434,6 +514,13 @@ def register(subparsers: Any) -> None:
     e.add_argument("audio", help="recording or directory of recordings")
     e.add_argument("--out", required=True)
     e.add_argument("--segment-s", type=float, help="one embedding per piece of this length")
+    e.add_argument(
+        "--encoder",
+        choices=["campplus", "resemblyzer"],
+        default="resemblyzer",
+        help="campplus: the 192-d x-vectors CosyVoice 2 speaks from (needs --model-dir); resemblyzer: the embedded encoder",
+    )
+    e.add_argument("--model-dir", help="campplus.onnx or the CosyVoice model directory holding it")
     e.set_defaults(func=cmd_embed)
 
     sm = vs.add_parser("sample-embeddings", help="identity pool of speaker embeddings sampled from real ones")

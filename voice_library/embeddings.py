@@ -12,9 +12,11 @@ they are plausible voices that belong to nobody:
   every kept draw ≤ ``max_identity_cosine`` (distinct in embedding space — whether the TTS
   renders them distinct is for the audit to measure on synthesised speech).
 
-Embeddings come from ``.npy`` (n, d), ``.npz`` (``embeddings`` [+ ``gender``]) or Parquet
-(``embedding`` list column [+ ``gender``, ``speaker_id``]); with genders, one distribution is fitted
-per gender and the pool is half female, half male.
+Embeddings come from ``.npy`` (n, d), ``.npz`` (``embeddings`` [+ ``gender``, ``encoder``]) or
+Parquet (``embedding`` list column [+ ``gender``, ``speaker_id``]; the encoder in the schema
+metadata, as ``voices embed-recordings`` writes it); with genders, one distribution is fitted per
+gender and the pool is half female, half male. A CosyVoice pool is sampled only from CAM++
+embeddings (``check_encoder``): a 192-d vector from another encoder is another space.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class EmbeddingSet:
     genders: list[str] | None = None
     speaker_ids: list[str] | None = None
     source: str = ""
+    encoder: str = ""  # the speaker encoder that made them ("" when the file does not say)
 
 
 def read_embeddings(path: str | Path) -> EmbeddingSet:
@@ -47,6 +50,7 @@ def read_embeddings(path: str | Path) -> EmbeddingSet:
     if not p.is_file():
         raise FileNotFoundError(f"embedding file {p} not found")
     genders = speakers = None
+    encoder = ""
     suffix = p.suffix.lower()
     if suffix == ".npy":
         x = np.load(p, allow_pickle=False)
@@ -57,6 +61,8 @@ def read_embeddings(path: str | Path) -> EmbeddingSet:
             x = z["embeddings"]
             if "gender" in z.files:
                 genders = [str(g) for g in z["gender"]]
+            if "encoder" in z.files:
+                encoder = str(z["encoder"])
     elif suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -75,6 +81,7 @@ def read_embeddings(path: str | Path) -> EmbeddingSet:
             genders = [str(g) for g in t.column("gender").to_pylist()]
         if "speaker_id" in t.column_names:
             speakers = [str(s) for s in t.column("speaker_id").to_pylist()]
+        encoder = (t.schema.metadata or {}).get(ENCODER_META_KEY, b"").decode()
     else:
         raise ValueError(f"{p}: unsupported embedding file type {suffix!r} (use .npy, .npz or .parquet)")
     x = np.asarray(x, dtype=np.float64)
@@ -89,7 +96,27 @@ def read_embeddings(path: str | Path) -> EmbeddingSet:
             raise ValueError(f"{p}: row {wrong[0]}: gender {genders[wrong[0]]!r} is not 'female' or 'male'")
         if len(genders) != x.shape[0]:
             raise ValueError(f"{p}: {len(genders)} genders for {x.shape[0]} embeddings")
-    return EmbeddingSet(x, genders, speakers, str(p))
+    return EmbeddingSet(x, genders, speakers, str(p), encoder)
+
+
+ENCODER_META_KEY = b"kespeechchat.encoder"
+# the speaker encoder each embedding-conditioned backend speaks from, and its dimension
+BACKEND_ENCODERS = {"cosyvoice": ("campplus", 192)}
+
+
+def check_encoder(backend: str, encoder: str, dim: int, source: str) -> None:
+    """Embeddings from ``encoder`` (``dim`` values) can condition ``backend``, or ValueError saying
+    what to do instead."""
+    want = BACKEND_ENCODERS.get(backend)
+    if want is None:
+        return
+    name, size = want
+    if encoder != name or dim != size:
+        raise ValueError(
+            f"{source}: {backend} speaks from {size}-d {name} embeddings, but these are "
+            f"{dim}-d from {encoder or 'an encoder the file does not name'}; embed the recordings with "
+            f"`kespeechchat voices embed-recordings --encoder {name} --model-dir <CosyVoice model dir>`"
+        )
 
 
 @dataclass(frozen=True)
@@ -240,6 +267,7 @@ def sample_pool(
     from voice_library.pool import Identity, IdentityPool, identity_id_for
 
     x = embeddings.vectors
+    check_encoder(backend, embeddings.encoder, int(x.shape[1]), embeddings.source)
     if embeddings.genders is None:
         groups: dict[str, np.ndarray] = {"female": x}
         quota = {"female": n_identities}
@@ -305,7 +333,7 @@ def sample_pool(
         "privacy_max_cosine": privacy_max_cosine,
         "identities": len(identities),
         "measured": "speaker-embedding space (sampled, not synthesised)",
-        "measured_with": {"encoder": "the encoder of the fitted embeddings"},
+        "measured_with": {"encoder": embeddings.encoder or "unnamed", "dim": int(x.shape[1])},
         "fitted_on": {"source": embeddings.source, "embeddings": int(x.shape[0])},
         "closest_reference_cosine": float(closest.max()) if closest.size else None,
         "models": json.dumps(models),

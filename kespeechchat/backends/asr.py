@@ -13,6 +13,7 @@ On 12 short Kokoro clips this was about 3x faster than one clip at a time and no
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -55,10 +56,16 @@ def _t2s() -> Any:
     return opencc.OpenCC("t2s")
 
 
+_CJK = r"\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uff00-\uffef"
+_SPACE_NEXT_TO_CJK = re.compile(rf"(?<=[{_CJK}]) (?=[{_CJK}])|(?<=[{_CJK}]) (?=\w)|(?<=\w) (?=[{_CJK}])")
+
+
 def _finish_text(text: str, language: str) -> str:
+    """One space between words; Chinese: simplified, and no space next to a Chinese character
+    (SeacoParaformer writes "你 好 iPhone 手 机"; that is "你好iPhone手机")."""
     text = " ".join(text.split())
     if language == "zh":
-        text = _t2s().convert(text)
+        text = _SPACE_NEXT_TO_CJK.sub("", _t2s().convert(text))
     return text
 
 
@@ -257,6 +264,13 @@ class FunASRASR:
 
     ``model_dir`` is a local FunASR model directory (config.yaml, model.pt, tokens…); it must
     exist, because FunASR would otherwise read the name as a hub id and download it.
+
+    What FunASR's ``AutoModel`` does that the adapter corrects (read in ``funasr/auto/auto_model.py``):
+    it sets torch's thread count for the whole process (``ncpu``, default 4), so ours is passed;
+    asked for ``cuda`` without a GPU it silently runs on CPU with batch size 1, so that is an
+    error here; a batch that decodes to nothing comes back as one ``{"text": ""}`` instead of one
+    result per clip, so each model batch is one call and such a batch is all empty; and
+    SeacoParaformer separates characters by spaces, which Chinese text does not carry.
     """
 
     name = "funasr"
@@ -269,14 +283,18 @@ class FunASRASR:
         *,
         batch_size: int = 32,
         en_beam_size: int = 1,
+        num_threads: int = 1,
     ):
         self.model_dir = model_dir
         self.en_model_dir = en_model_dir
         self.device = device
         self.batch_size = int(batch_size)
+        self.num_threads = int(num_threads)
         self._zh: Any = None
         self._en: FasterWhisperASR | None = (
-            FasterWhisperASR(en_model_dir, beam_size=en_beam_size, device=device) if en_model_dir else None
+            FasterWhisperASR(en_model_dir, beam_size=en_beam_size, device=device, num_threads=num_threads)
+            if en_model_dir
+            else None
         )
         self._lock = threading.Lock()
 
@@ -295,15 +313,34 @@ class FunASRASR:
                 ) from e
             if not Path(self.model_dir).is_dir():
                 raise FileNotFoundError(f"FunASR model directory not found: {self.model_dir}")
+            if self.device.startswith("cuda"):
+                import torch
+
+                if not torch.cuda.is_available():
+                    raise RuntimeError(
+                        f"asr.device is {self.device!r} but torch sees no CUDA device on this worker "
+                        "(FunASR would fall back to CPU with batch size 1); set asr.device: cpu to run on CPU"
+                    )
             self._zh = AutoModel(
                 model=str(self.model_dir),
                 device=self.device,
+                ncpu=self.num_threads,
                 disable_update=True,
                 disable_pbar=True,
                 log_level="ERROR",
             )
             if self._en is not None:
                 self._en.setup()
+
+    def _decode_zh(self, inputs: list[np.ndarray]) -> list[str]:
+        """One text per input, in order: one ``generate`` call per model batch, so that a batch
+        FunASR returns as a single empty result is known to be all empty."""
+        out: list[str] = []
+        for lo in range(0, len(inputs), self.batch_size):
+            chunk = inputs[lo : lo + self.batch_size]
+            results = self._zh.generate(input=chunk, batch_size=self.batch_size, fs=ASR_SAMPLE_RATE_HZ)
+            out.extend(match_results(results, len(chunk)))
+        return out
 
     def transcribe(self, batch: list[tuple[np.ndarray, int, str]]) -> list[str]:
         self.setup()
@@ -314,18 +351,31 @@ class FunASRASR:
         if other:
             raise ValueError(f"funasr backend: unsupported language {batch[other[0]][2]!r} (zh and en only)")
         if zh:
-            inputs = [_to_16k(batch[i][0], batch[i][1]) for i in zh]
-            results = self._zh.generate(input=inputs, batch_size=self.batch_size, fs=ASR_SAMPLE_RATE_HZ)
-            if len(results) != len(zh):
-                raise RuntimeError(f"funasr returned {len(results)} results for {len(zh)} inputs")
-            for i, r in zip(zh, results, strict=True):
-                out[i] = _finish_text(str(r.get("text", "")), "zh")
+            texts = self._decode_zh([_to_16k(batch[i][0], batch[i][1]) for i in zh])
+            for i, text in zip(zh, texts, strict=True):
+                out[i] = _finish_text(text, "zh")
         if en:
             if self._en is None:
                 raise ValueError("funasr backend got English audio but asr.en_model_dir is not set")
             for i, text in zip(en, self._en.transcribe([batch[i] for i in en]), strict=True):
                 out[i] = text
         return out
+
+
+def match_results(results: list[dict[str, Any]], n: int) -> list[str]:
+    """FunASR's results of one model batch of ``n`` clips -> one text per clip, in order.
+
+    One result per clip is the normal case. A batch that decoded to nothing comes back as one
+    empty result (``[{"text": ""}]``) or none: every clip is empty. FunASR gives every clip of a
+    list input the same random key, so results cannot be matched by key; any other count is an
+    error.
+    """
+    texts = [str(r.get("text", "") or "") for r in results]
+    if len(texts) == n:
+        return texts
+    if not any(t.strip() for t in texts):
+        return [""] * n
+    raise RuntimeError(f"funasr returned {len(results)} results for {n} inputs")
 
 
 def make_asr(cfg: ASRConfig) -> ASRBackend:
@@ -348,5 +398,6 @@ def make_asr(cfg: ASRConfig) -> ASRBackend:
             device=cfg.device or "cuda",
             batch_size=cfg.batch_size,
             en_beam_size=cfg.beam_size,
+            num_threads=cfg.num_threads,
         )
     raise ValueError(f"unknown ASR backend {cfg.backend!r}")

@@ -1,4 +1,5 @@
-"""Speaker-embedding backends: resemblyzer (embedded, CPU) and pyannote / WeSpeaker (production, GPU).
+"""Speaker-embedding backends: resemblyzer (embedded, CPU), pyannote / WeSpeaker (production, GPU)
+and CAM++ (``campplus.onnx`` of a CosyVoice model directory: the embedding CosyVoice 2 speaks from).
 
 The verify stage compares each utterance with its voice's reference by cosine similarity, and the
 voice library measures how far apart voices are; both only need unit-norm vectors from one
@@ -170,6 +171,119 @@ class PyannoteEncoder:
         return _unit(out)
 
 
+CAMPLUS_DIM = 192
+CAMPLUS_FILE = "campplus.onnx"
+CAMPLUS_MEL_BINS = 80
+
+
+def kaldi_fbank(wav16k: np.ndarray, num_mel_bins: int = CAMPLUS_MEL_BINS) -> np.ndarray:
+    """(frames, bins) log-mel filterbank as ``torchaudio.compliance.kaldi.fbank(speech,
+    num_mel_bins=80, dither=0, sample_frequency=16000)`` computes it (Kaldi's defaults: 25 ms
+    Povey windows every 10 ms, pre-emphasis 0.97, DC removed, power spectrum, 20 Hz to Nyquist),
+    here by kaldi-native-fbank; the waveform is used at its float scale, as CosyVoice loads it."""
+    try:
+        import kaldi_native_fbank as knf
+    except ImportError as e:
+        raise ImportError(
+            "the CAM++ speaker encoder needs kaldi-native-fbank; pip install 'kespeechchat[contract]'"
+        ) from e
+    opts = knf.FbankOptions()
+    opts.frame_opts.samp_freq = float(ENCODER_SAMPLE_RATE_HZ)
+    opts.frame_opts.dither = 0.0
+    opts.frame_opts.frame_length_ms = 25.0
+    opts.frame_opts.frame_shift_ms = 10.0
+    opts.frame_opts.window_type = "povey"
+    opts.frame_opts.preemph_coeff = 0.97
+    opts.frame_opts.remove_dc_offset = True
+    opts.frame_opts.round_to_power_of_two = True
+    opts.frame_opts.snip_edges = True
+    opts.mel_opts.num_bins = int(num_mel_bins)
+    opts.mel_opts.low_freq = 20.0
+    opts.mel_opts.high_freq = 0.0
+    opts.use_energy = False
+    opts.use_log_fbank = True
+    opts.use_power = True
+    fb = knf.OnlineFbank(opts)
+    fb.accept_waveform(float(ENCODER_SAMPLE_RATE_HZ), np.asarray(wav16k, dtype=np.float32).ravel())
+    fb.input_finished()
+    n = fb.num_frames_ready
+    if n == 0:
+        return np.zeros((0, int(num_mel_bins)), dtype=np.float32)
+    return np.stack([fb.get_frame(i) for i in range(n)]).astype(np.float32)
+
+
+class CAMPlusEncoder:
+    """CAM++ x-vectors (192-d) exactly as CosyVoice 2's frontend makes them: 16 kHz mono, 80-bin
+    Kaldi fbank (``kaldi_fbank``), minus its mean over time, through ``campplus.onnx``.
+
+    CosyVoice speaks in the voice of such a vector; a vector from another encoder, even of the
+    same size, is a different space. ``model_path`` is the onnx file or the CosyVoice model
+    directory that holds it. Embeddings are unit-norm (CosyVoice normalises them itself).
+    """
+
+    name = "campplus"
+    dim = CAMPLUS_DIM
+
+    def __init__(self, model_path: str, num_threads: int = 1):
+        self.model_path = model_path
+        self.num_threads = int(num_threads)
+        self._session: Any = None
+        self._input = ""
+        self._lock = threading.Lock()
+
+    def onnx_path(self) -> Path:
+        p = Path(self.model_path)
+        if p.is_dir():
+            p = p / CAMPLUS_FILE
+        if not p.is_file():
+            raise FileNotFoundError(
+                f"no CAM++ model at {self.model_path} (a {CAMPLUS_FILE} file or a CosyVoice model directory holding one)"
+            )
+        return p
+
+    def setup(self) -> None:
+        if self._session is not None:
+            return
+        with self._lock:
+            if self._session is not None:
+                return
+            import onnxruntime as ort
+
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = self.num_threads
+            opts.inter_op_num_threads = 1
+            sess = ort.InferenceSession(
+                str(self.onnx_path()), sess_options=opts, providers=["CPUExecutionProvider"]
+            )
+            inp, out = sess.get_inputs()[0], sess.get_outputs()[0]
+            shape = list(inp.shape)
+            if len(shape) != 3 or (isinstance(shape[2], int) and shape[2] != CAMPLUS_MEL_BINS):
+                raise ValueError(
+                    f"{self.model_path}: input {inp.name} has shape {shape}; CAM++ takes (batch, frames, {CAMPLUS_MEL_BINS})"
+                )
+            last = out.shape[-1] if out.shape else None
+            if isinstance(last, int) and last != CAMPLUS_DIM:
+                raise ValueError(
+                    f"{self.model_path}: output has {last} dimensions; CAM++ gives {CAMPLUS_DIM}"
+                )
+            self._input = inp.name
+            self._session = sess
+
+    def features(self, x: np.ndarray, sr: int) -> np.ndarray:
+        """(1, frames, 80) float32: the model input for one utterance."""
+        feat = kaldi_fbank(_mono_16k(x, sr))
+        if feat.shape[0] == 0:
+            raise ValueError("utterance shorter than one 25 ms frame: nothing to embed")
+        return (feat - feat.mean(axis=0, keepdims=True))[None, :, :]
+
+    def embed(self, x: np.ndarray, sr: int) -> np.ndarray:
+        self.setup()
+        out = np.asarray(self._session.run(None, {self._input: self.features(x, sr)})[0]).ravel()
+        if out.size != CAMPLUS_DIM:
+            raise ValueError(f"{self.model_path}: gave {out.size} dimensions; CAM++ gives {CAMPLUS_DIM}")
+        return _unit(out)
+
+
 def make_speaker(cfg: SpeakerConfig) -> SpeakerEncoder:
     """The speaker encoder named in the config."""
     if cfg.backend == "resemblyzer":
@@ -178,4 +292,10 @@ def make_speaker(cfg: SpeakerConfig) -> SpeakerEncoder:
         if not cfg.model_dir:
             raise ValueError("speaker.backend 'pyannote' needs speaker.model_dir (a local checkpoint)")
         return PyannoteEncoder(cfg.model_dir, device=cfg.device or "cuda")
+    if cfg.backend == "campplus":
+        if not cfg.model_dir:
+            raise ValueError(
+                "speaker.backend 'campplus' needs speaker.model_dir (campplus.onnx or the CosyVoice model directory)"
+            )
+        return CAMPlusEncoder(cfg.model_dir, num_threads=cfg.num_threads)
     raise ValueError(f"unknown speaker backend {cfg.backend!r}")

@@ -209,10 +209,15 @@ def finalize(
 
 def build_task_processor(task: str, cfg: RunConfig, keep_columns: list[str]) -> Any:
     """The Ray Data processor of one task (needs vLLM, transformers and GPUs to build and run)."""
+    import importlib.util
+
     try:
         from ray.data.llm import build_processor
     except ImportError as e:
         raise ImportError(f"{INSTALL_HINT} ({e})") from None
+    missing = [m for m in ("vllm", "transformers") if importlib.util.find_spec(m) is None]
+    if missing:  # checked first: without them Ray would start a cluster and fail deep inside
+        raise ImportError(f"{INSTALL_HINT} ({', '.join(missing)} missing)")
     _check_task(task)
     try:
         return build_processor(
