@@ -286,3 +286,77 @@ def test_refine_cli_writes_a_pool_that_libraries_build_from(tmp_path, capsys):
 
     r_id = next(i.identity_id for i in pool.identities if i.languages == ["en"])
     assert {v.language for v in load_library(lib) if v.identity_id == r_id} == {"en"}
+
+
+def test_confirm_cli_narrows_languages_on_the_longer_sentences(tmp_path, capsys):
+    """`voices confirm` on stored measurements: an identity that misreads the longer zh sentences
+    keeps only English; one that misreads both languages is dropped; the rest keep theirs."""
+    import json
+
+    import pyarrow as pa
+
+    from kespeechchat.cli import main
+    from kespeechchat.store import write_parquet_atomic
+    from voice_library.clarity import CONFIRM_PROBES, RESULT_SCHEMA
+    from voice_library.pool import save_pool
+
+    idents = [_ident(f"i-{k}", 200.0 + k, languages=["zh", "en"]) for k in range(4)]
+    idents.append(_ident("i-en", 150.0, languages=["en"]))
+    pool = _pool(*idents)
+    save_pool(pool, tmp_path / "refined.parquet")
+    wrong = {"i-1": {"zh"}, "i-2": {"zh", "en"}, "i-en": {"zh"}}  # i-en: zh not served anyway
+    rows = []
+    for ident in sorted(pool.identities, key=lambda i: i.identity_id):
+        j = job(ident)
+        bad = wrong.get(ident.identity_id, set())
+        hyps = [
+            ("完全不对的句子" if lang == "zh" else "nothing like it") if lang in bad else t
+            for lang, t in CONFIRM_PROBES
+        ]
+        rows.append(
+            {
+                "key": j.key,
+                "source_id": ident.identity_id,
+                "identity_id": ident.identity_id,
+                "scale": 1.0,
+                "speed": 1.0,
+                "pitch_factor": 1.0,
+                "embeddings": np.tile(_direction(len(rows)), (len(CONFIRM_PROBES), 1))
+                .astype(np.float32)
+                .tolist(),
+                "errors": [0.0] * len(CONFIRM_PROBES),
+                "hypotheses": hyps,
+                "f0_median_hz": ident.f0_median_hz,
+                "voiced_share": 0.8,
+                "audio_s": 30.0,
+            }
+        )
+    w = tmp_path / "w"
+    (w / "chunks").mkdir(parents=True)
+    (w / "clarity.json").write_text(
+        json.dumps(
+            {"version": 1, "probes": [list(p) for p in CONFIRM_PROBES], "jobs": [r["key"] for r in rows]}
+        )
+    )
+    write_parquet_atomic(
+        w / "chunks" / "clarity-00000.parquet", pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)
+    )
+    out = tmp_path / "confirmed.parquet"
+    assert (
+        main(["voices", "confirm", str(tmp_path / "refined.parquet"), "--work", str(w), "--out", str(out)])
+        == 0
+    )
+    got = {i.identity_id: i.languages for i in load_pool(out).identities}
+    assert got == {"i-0": ["zh", "en"], "i-1": ["en"], "i-3": ["zh", "en"], "i-en": ["en"]}
+    meta = load_pool(out).meta
+    assert (
+        meta["counts"]["lost_zh_on_confirmation"] == 2
+        and meta["counts"]["dropped_unclear_on_confirmation"] == 1
+    )
+    assert meta["confirmation"]["probes"] == [list(p) for p in CONFIRM_PROBES]
+    # every confirmation sentence is new: not a search, clarity or audit probe
+    from voice_library.audit import AUDIT_PROBES
+    from voice_library.search import SEARCH_PROBES
+
+    used = {t for _, t in AUDIT_PROBES} | set(SEARCH_PROBES.values()) | {t for _, t in CLARITY_PROBES}
+    assert not used & {t for _, t in CONFIRM_PROBES}

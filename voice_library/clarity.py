@@ -549,8 +549,18 @@ def refine_pool(
 def confirm_pool(pool: Any, confirmed: Mapping[str, Measured], max_error: float = MAX_CLARITY_ERROR) -> Any:
     """``pool`` with each identity's languages narrowed to those it also speaks clearly on the
     longer CONFIRM_PROBES (mean error ≤ ``max_error``; ``confirmed`` by job key at scale 1). An
-    identity left with no language is dropped; one that was not measured is an error."""
+    identity left with no language is dropped; one that was not measured is an error. The
+    identity's error in a language becomes the mean over both sets of sentences (what the agent
+    choice ranks by)."""
     from voice_library.pool import IdentityPool
+
+    n_short = {lang: sum(1 for lg, _ in CLARITY_PROBES if lg == lang) for lang in LANGS}
+    n_long = {lang: sum(1 for lg, _ in CONFIRM_PROBES if lg == lang) for lang in LANGS}
+
+    def combined(old: float, new: float, lang: str) -> float:
+        if math.isnan(old):
+            return new
+        return round((old * n_short[lang] + new * n_long[lang]) / (n_short[lang] + n_long[lang]), 4)
 
     kept, dropped, narrowed = [], 0, {lang: 0 for lang in LANGS}
     errors: dict[str, list[float]] = {lang: [] for lang in LANGS}
@@ -559,6 +569,7 @@ def confirm_pool(pool: Any, confirmed: Mapping[str, Measured], max_error: float 
         if m is None:
             raise ValueError(f"identity {ident.identity_id} has no confirmation measurement")
         langs = []
+        err = {"zh": ident.error_zh, "en": ident.error_en}
         for lang in ident.languages or LANGS:
             e = m.error.get(lang, math.nan)
             if math.isnan(e):
@@ -566,10 +577,11 @@ def confirm_pool(pool: Any, confirmed: Mapping[str, Measured], max_error: float 
             elif e <= max_error:
                 langs.append(lang)
                 errors[lang].append(e)
+                err[lang] = combined(float(err[lang]), e, lang)
             else:
                 narrowed[lang] += 1
         if langs:
-            kept.append(replace(ident, languages=langs))
+            kept.append(replace(ident, languages=langs, error_zh=err["zh"], error_en=err["en"]))
         else:
             dropped += 1
     counts = dict(pool.meta.get("counts") or {})
