@@ -58,6 +58,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from kespeechchat.config import load_config
+    from kespeechchat.doctor import format_checks, run_checks
+
+    cfg = load_config(args.config, args.set)
+    if args.address:
+        cfg.executor.address = args.address
+    checks = run_checks(cfg, probe=not args.no_probe)
+    if args.json:
+        print(json.dumps([c.__dict__ for c in checks], indent=2, ensure_ascii=False))
+    else:
+        print(format_checks(checks))
+    return 1 if any(c.ok is False for c in checks) else 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from kespeechchat.progress import format_summary
     from kespeechchat.report import run_summary
@@ -135,6 +150,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="no progress lines")
     r.add_argument("--json", action="store_true", help="print the summary as JSON at the end")
     r.set_defaults(func=cmd_run)
+
+    dr = sub.add_parser(
+        "doctor", help="before a long run: models, LLM endpoints, voices, Ray resources and storage, checked"
+    )
+    dr.add_argument("--config", "-c", required=True, help="YAML recipe")
+    dr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    dr.add_argument("--address", help="the Ray cluster the run will join")
+    dr.add_argument(
+        "--no-probe", action="store_true", help="files only: contact no endpoint and no Ray cluster"
+    )
+    dr.add_argument("--json", action="store_true")
+    dr.set_defaults(func=cmd_doctor)
 
     s = sub.add_parser("status", help="what is done in a run: shards, rows in/out/rejected per stage")
     s.add_argument("run", help="run directory or run name")

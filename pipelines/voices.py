@@ -35,7 +35,7 @@ def _check_embeddings(backend: str, voices: list, encoder: str, source: str) -> 
     check_encoder(backend, encoder, dim, source)
 
 
-def _run_voices(cfg: RunConfig) -> tuple[list, dict[str, Any]]:
+def resolve_voices(cfg: RunConfig) -> tuple[list, dict[str, Any]]:
     from voice_library.pool import load_pool
     from voice_library.recipes import (
         agent_voices,
@@ -95,7 +95,7 @@ def prepare_run_library(cfg: RunConfig, run_dir: Path) -> Path:
     from voice_library.recipes import load_library, save_library
 
     path = library_path(run_dir)
-    voices, meta = _run_voices(cfg)
+    voices, meta = resolve_voices(cfg)
     if path.exists():
         old = load_library(path)
         if [v.to_dict() for v in old] == [v.to_dict() for v in voices]:
