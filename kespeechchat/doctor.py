@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import uuid
 from collections.abc import Callable
@@ -23,6 +24,15 @@ if TYPE_CHECKING:
     from kespeechchat.config import RunConfig
 
 MIN_FREE_GB = 5.0
+# what CosyVoice 2's loader reads from its model directory (alternatives in a tuple)
+COSYVOICE_FILES: list[str | tuple[str, ...]] = [
+    "cosyvoice2.yaml",
+    "llm.pt",
+    "flow.pt",
+    ("hift.pt", "hifigan.pt"),
+    "campplus.onnx",
+    ("speech_tokenizer_v2.onnx", "speech_tokenizer_v1.onnx"),
+]
 
 
 @dataclass
@@ -80,18 +90,20 @@ def check_tts(cfg: RunConfig) -> list[Check]:
         return [
             Check("tts", "kokoro (embedded)", ok, str(kokoro_dir(check=False)) if ok else "run `make models`")
         ]
-    out = _files("tts", t.model_dir, ["cosyvoice2.yaml", "llm.pt", "flow.pt", ("hift.pt", "hifigan.pt"),
-                                      "campplus.onnx", ("speech_tokenizer_v2.onnx", "speech_tokenizer_v1.onnx")])  # fmt: skip
+    out = _files("tts", t.model_dir, COSYVOICE_FILES)
     if t.model_dir and (Path(t.model_dir) / "campplus.onnx").is_file():
         out += _guard("tts", "campplus.onnx", lambda: _campplus(str(t.model_dir)))
-    import os
-
     src = t.source_dir or os.environ.get("COSYVOICE_ROOT")
-    checkout = bool(src) and (Path(str(src)) / "cosyvoice" / "cli" / "cosyvoice.py").is_file()
-    installed = importlib.util.find_spec("cosyvoice") is not None
-    out.append(Check("tts", "CosyVoice source", checkout or installed,
-                     str(src) if checkout else "importable" if installed else
-                     "tts.source_dir (or $COSYVOICE_ROOT) must be a CosyVoice checkout"))  # fmt: skip
+    if src and (Path(src) / "cosyvoice" / "cli" / "cosyvoice.py").is_file():
+        out.append(Check("tts", "CosyVoice source", True, src))
+    elif importlib.util.find_spec("cosyvoice") is not None:
+        out.append(Check("tts", "CosyVoice source", True, "importable"))
+    else:
+        out.append(
+            Check(
+                "tts", "CosyVoice source", False, "tts.source_dir (or $COSYVOICE_ROOT): a CosyVoice checkout"
+            )
+        )
     if t.sample_rate_hz != 24000:
         out.append(
             Check(
@@ -128,9 +140,18 @@ def check_asr(cfg: RunConfig) -> list[Check]:
         return _files("asr", a.model_dir, whisper)
     out = _files("asr", a.model_dir, ["config.yaml", "model.pt", ("tokens.json", "tokens.txt")])
     out.append(_module("asr", "funasr", "pip install 'kespeechchat[gpu]'"))
-    out += _files("asr (en)", a.en_model_dir, whisper) if a.en_model_dir else [
-        Check("asr (en)", "en_model_dir", False, "funasr reads only Chinese; set asr.en_model_dir to a Whisper directory")
-    ]  # fmt: skip
+    out += (
+        _files("asr (en)", a.en_model_dir, whisper)
+        if a.en_model_dir
+        else [
+            Check(
+                "asr (en)",
+                "en_model_dir",
+                False,
+                "funasr reads only Chinese; set asr.en_model_dir to a Whisper directory",
+            )
+        ]
+    )
     out += _cuda("asr", a.device or "cuda")
     return out
 
@@ -218,20 +239,23 @@ def check_llm(cfg: RunConfig, *, probe: bool = True, timeout_s: float = 20.0) ->
 
 def _probe_endpoint(cfg: RunConfig, endpoint: str, timeout_s: float) -> list[Check]:
     """GET /models, then one tiny chat request with the structured output the stages use."""
-    import os
-
     from openai import OpenAI
 
     llm = cfg.llm
-    client = OpenAI(base_url=endpoint, api_key=os.environ.get(llm.api_key_env) or "none", timeout=timeout_s,
-                    max_retries=0)  # fmt: skip
+    client = OpenAI(
+        base_url=endpoint, api_key=os.environ.get(llm.api_key_env) or "none", timeout=timeout_s, max_retries=0
+    )
     models = [m.id for m in client.models.list().data]
     model = models[0] if llm.model == "auto" and models else llm.model
     out = [Check("llm", f"{endpoint} reachable", True, f"serves {', '.join(models[:3]) or 'no models'}")]
     if model not in models:
         return out + [Check("llm", f"{endpoint} model", False, f"{model!r} not among {models}")]
-    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
-              "additionalProperties": False}  # fmt: skip
+    schema = {
+        "type": "object",
+        "properties": {"ok": {"type": "boolean"}},
+        "required": ["ok"],
+        "additionalProperties": False,
+    }
     if llm.structured_output == "json_object_schema":
         fmt: dict[str, Any] = {"type": "json_object", "schema": schema}
     else:
@@ -290,8 +314,10 @@ def check_resources(cfg: RunConfig, totals: dict[str, float]) -> list[Check]:
         want = ", ".join(
             f"{v / 2**30:.1f} GiB {k}" if k == "memory" else f"{v:g} {k}" for k, v in need.items() if v
         )
-        have = ", ".join(f"{totals.get(k, 0) / 2**30:.1f} GiB" if k == "memory" else f"{totals.get(k, 0):g} {k}"
-                         for k in short)  # fmt: skip
+        have = ", ".join(
+            f"{totals.get(k, 0) / 2**30:.1f} GiB" if k == "memory" else f"{totals.get(k, 0):g} {k}"
+            for k in short
+        )
         out.append(
             Check(
                 "resources",
@@ -373,9 +399,13 @@ def _same_on_every_node(ray: Any, marker: Path, token: str) -> list[Check]:
 def run_checks(cfg: RunConfig, *, probe: bool = True) -> list[Check]:
     """Every check of the config. ``probe``: contact LLM endpoints and Ray (else files only)."""
     checks: list[Check] = []
-    for name, item, fn in (("tts", "model", check_tts), ("asr", "model", check_asr),
-                           ("speaker", "model", check_speaker), ("quality", "model", check_quality),
-                           ("voices", "library", check_voices)):  # fmt: skip
+    for name, item, fn in (
+        ("tts", "model", check_tts),
+        ("asr", "model", check_asr),
+        ("speaker", "model", check_speaker),
+        ("quality", "model", check_quality),
+        ("voices", "library", check_voices),
+    ):
         checks += _guard(name, item, lambda fn=fn: fn(cfg))
     checks += check_llm(cfg, probe=probe)
     ray = None
@@ -385,15 +415,19 @@ def run_checks(cfg: RunConfig, *, probe: bool = True) -> list[Check]:
 
             ray = init_ray(cfg)
             totals = dict(ray.cluster_resources())
-            checks.append(Check("ray", "cluster", True, f"{len(ray.nodes())} node(s), {totals.get('CPU', 0):g} CPU, "
-                                                       f"{totals.get('GPU', 0):g} GPU"))  # fmt: skip
+            checks.append(
+                Check(
+                    "ray",
+                    "cluster",
+                    True,
+                    f"{len(ray.nodes())} node(s), {totals.get('CPU', 0):g} CPU, {totals.get('GPU', 0):g} GPU",
+                )
+            )
         except Exception as e:
             checks.append(Check("ray", "cluster", False, f"{type(e).__name__}: {e}"[:300]))
     if ray is not None:
         checks += _guard("resources", "stages", lambda: check_resources(cfg, totals))
     else:
-        import os
-
         local = {
             "CPU": float(cfg.executor.num_cpus or os.cpu_count() or 1),
             "GPU": _local_gpus(),
@@ -416,8 +450,6 @@ def _local_gpus() -> float:
 
 
 def _local_memory() -> float:
-    import os
-
     return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
@@ -428,6 +460,8 @@ def format_checks(checks: list[Check]) -> str:
     lines = [f"{'component':<{w1}}  {'check':<{w2}}  {'status':<7}  detail"]
     lines += [f"{c.component:<{w1}}  {c.item[:w2]:<{w2}}  {mark[c.ok]:<7}  {c.detail}" for c in checks]
     bad = sum(1 for c in checks if c.ok is False)
-    lines.append(f"{len(checks)} checks: {sum(1 for c in checks if c.ok)} ready, {bad} missing, "
-                 f"{sum(1 for c in checks if c.ok is None)} notes")  # fmt: skip
+    lines.append(
+        f"{len(checks)} checks: {sum(1 for c in checks if c.ok)} ready, {bad} missing, "
+        f"{sum(1 for c in checks if c.ok is None)} notes"
+    )
     return "\n".join(lines)
