@@ -138,6 +138,9 @@ def test_save_load_roundtrip_with_metadata(tmp_path, pool):
     assert meta["distinct"]["max_identity_cosine"] == pool.max_identity_cosine
     text = distinctness_statement(meta)
     assert f"≤ {pool.max_identity_cosine}" in text and "distinct identities" in text
+    by_lang = meta["identities_by_language"]
+    assert f"zh {by_lang['zh']}" in text and f"en {by_lang['en']}" in text
+    assert "12 (zh) / 8 (en) held-out sentences" in text  # 4 short + 8 longer zh, 4 + 4 en
     one = voices[0]
     assert VoiceRecipe.from_dict(one.to_dict()) == one
     # an older library without the split/offset columns still loads

@@ -411,12 +411,24 @@ def library_meta_for(
         }
         clarity = pool.meta.get("clarity")
         if clarity:
+            sentences = [lang for lang, _ in clarity.get("probes") or []]
+            sentences += [lang for lang, _ in (pool.meta.get("confirmation") or {}).get("probes") or []]
             meta["clarity"] = {
                 "max_error": clarity.get("max_error"),
                 "probes_per_language": len(clarity.get("probes") or []) // 2,
+                "sentences_by_language": {
+                    lang: sentences.count(lang) for lang in ("zh", "en") if lang in sentences
+                },
             }
     meta.update(extra)
     return meta
+
+
+def _sentences(clarity: Mapping[str, Any]) -> str:
+    by_lang = clarity.get("sentences_by_language")
+    if not by_lang:
+        return str(clarity["probes_per_language"])
+    return " / ".join(f"{n} ({lang})" for lang, n in by_lang.items())
 
 
 def distinctness_statement(meta: Mapping[str, Any]) -> str:
@@ -436,8 +448,9 @@ def distinctness_statement(meta: Mapping[str, Any]) -> str:
         out += (
             " Identities speaking each language: "
             + ", ".join(f"{k} {v}" for k, v in by_lang.items())
-            + f"; an identity speaks only the languages in which its mean CER (zh) / WER (en) on "
-            f"{clarity['probes_per_language']} held-out sentences was ≤ {clarity['max_error']}."
+            + "; an identity speaks only the languages in which its mean CER (zh) / WER (en) on "
+            + _sentences(clarity)
+            + f" held-out sentences was ≤ {clarity['max_error']}."
         )
     return out
 
