@@ -159,6 +159,12 @@ def test_embed_and_sample_embeddings_commands(tmp_path, shared_data, capsys, cam
     # (sampled at ≤ 0.8 to 1.6 s pieces; whole recordings embed a little differently)
     assert main(argv + ["--model-dir", str(campplus_dir), "--max-cosine", "0.9"]) == 0
     assert "PASSED" in capsys.readouterr().out
+    # the audit of a CosyVoice library speaks with CosyVoice and embeds with its CAM++ encoder
+    audit = ["voices", "audit", str(lib), "--sample", "2", "--work", str(tmp_path / "audit")]
+    with pytest.raises(SystemExit, match="--model-dir"):
+        main_debug(audit)
+    with pytest.raises(FileNotFoundError, match="cosyvoice2.yaml"):  # the directory holds only campplus.onnx
+        main_debug(audit + ["--model-dir", str(campplus_dir)])
 
 
 def test_usage_command_on_a_run_without_assign_fails(tmp_path):

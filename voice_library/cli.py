@@ -19,15 +19,23 @@ def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def _models() -> tuple[Any, Any, Any]:
-    """The embedded TTS, speaker encoder and ASR (one thread each; they run side by side)."""
+def _models(backend: str = "kokoro", model_dir: str | None = None) -> tuple[Any, Any, Any]:
+    """The TTS, speaker encoder and ASR that measure a library of ``backend`` (one thread each;
+    they run side by side): Kokoro with resemblyzer, or CosyVoice 2 with its own CAM++ encoder
+    (both from ``model_dir``). The checker is the embedded Whisper base either way."""
     import torch
 
     from kespeechchat.backends.asr import FasterWhisperASR
-    from kespeechchat.backends.speaker import ResemblyzerEncoder
-    from kespeechchat.backends.tts import KokoroTTS
+    from kespeechchat.backends.speaker import CAMPlusEncoder, ResemblyzerEncoder
+    from kespeechchat.backends.tts import CosyVoiceTTS, KokoroTTS
 
     torch.set_num_threads(1)
+    if backend == "cosyvoice":
+        if not model_dir:
+            raise SystemExit(
+                "a CosyVoice library is measured with CosyVoice and its CAM++ encoder: pass --model-dir"
+            )
+        return CosyVoiceTTS(model_dir), CAMPlusEncoder(model_dir), FasterWhisperASR()
     return KokoroTTS(), ResemblyzerEncoder(), FasterWhisperASR()
 
 
@@ -92,7 +100,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
     voices = load_library(args.library)
     meta = library_meta(args.library)
     bound = (meta.get("distinct") or {}).get("max_identity_cosine")
-    tts, encoder, asr = _models()
+    backends = sorted({v.backend for v in voices})
+    if len(backends) != 1:
+        raise SystemExit(f"{args.library}: voices of several backends {backends}; audit one at a time")
+    tts, encoder, asr = _models(backends[0], args.model_dir)
     refs = reference_embeddings(args.refs, encoder) if args.refs else None
     work = Path(args.work or f"{args.library}.audit-{args.sample}-{args.seed}")
     report = audit_library(
@@ -425,6 +436,9 @@ def register(subparsers: Any) -> None:
     a.add_argument("--work", help="directory for resumable probe results (default: next to the library)")
     a.add_argument("--out", help="write the report as JSON (and Markdown next to it)")
     a.add_argument("--part", default="0/1", help="i/n: this process takes chunks i mod n")
+    a.add_argument(
+        "--model-dir", help="CosyVoice 2 model directory (a CosyVoice library: its TTS and CAM++ encoder)"
+    )
     a.set_defaults(func=cmd_audit)
 
     li = vs.add_parser("listen", help="write a sample WAV of one voice")
