@@ -74,14 +74,19 @@ def test_balance_of_gender_language_and_identity_use(pool):
         assert abs(langs["zh"] - langs["en"]) <= 2
         uses = Counter(v.identity_id for v in mine)
         serves = {i.identity_id: i.languages or ["zh", "en"] for i in pool.identities}
-        # identities used evenly, as far as the languages they serve allow: even within each group
-        # serving the same languages (fewer identities serve zh, so each of them is used more)
-        for group in ({"zh", "en"}, {"zh"}, {"en"}):
-            n = [k for i, k in uses.items() if set(serves[i]) == group]
-            assert not n or max(n) - min(n) <= 2, (group, n)
         assert all(v.language in serves[v.identity_id] for v in mine)
-        # an identity serving both languages may speak both (fewer serve zh, so they go to zh first)
-        assert any(len({v.language for v in mine if v.identity_id == i}) == 2 for i in uses)
+        # each language spread evenly over every identity that speaks it (fewer identities serve
+        # zh, so each of them has more zh voices than an identity has en voices)
+        for lang in ("zh", "en"):
+            n = Counter(v.identity_id for v in mine if v.language == lang)
+            speakers = [i for i in uses if lang in serves[i]]
+            assert set(n) == set(speakers) and max(n.values()) - min(n.values()) <= 1, (lang, n)
+        # and a bilingual identity speaks both
+        assert all(
+            len({v.language for v in mine if v.identity_id == i}) == 2
+            for i, k in uses.items()
+            if k >= 2 and len(serves[i]) == 2
+        )
 
 
 def test_full_size_library(pool):

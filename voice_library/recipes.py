@@ -75,7 +75,7 @@ SPEED_RANGE = (0.9, 1.05)
 VARIANT_PITCH_RANGE = (0.96, 1.02)
 AGENT_SLOTS = (("zh", "female"), ("zh", "male"), ("en", "female"), ("en", "male"))
 LIBRARY_META_KEY = b"kespeechchat.voice_library"
-LIBRARY_VERSION = 3
+LIBRARY_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -344,9 +344,10 @@ def build_library(
     genders = [g for g in GENDERS if by_gender[g]]
     if not genders:
         raise ValueError("identity pool has no identities left for user voices")
-    # within a gender, user voices alternate zh/en; each voice goes to the least used identity
-    # (seeded order breaks ties) among those that serve its language: an identity clear in one
-    # language only never speaks the other, and identities are used as evenly as that allows
+    # within a gender, user voices alternate zh/en; each voice goes to the identity with the fewest
+    # voices in its language among those that serve it (then the fewest voices in all, then the
+    # seeded order): an identity clear in one language only never speaks the other, each language
+    # is spread evenly over every identity that speaks it, and a bilingual identity speaks both
     serving = {
         (g, lang): np.flatnonzero([i.serves(lang) for i in by_gender[g]])
         for g in genders
@@ -357,8 +358,8 @@ def build_library(
             raise ValueError(f"identity pool has no user identity that serves {lang}")
     used = {g: [0] * len(by_gender[g]) for g in genders}
     spoke = {(g, lang): [0] * len(by_gender[g]) for g in genders for lang in ("zh", "en")}
-    # per (gender, language): a heap of (voices of the identity, voices of it in this language,
-    # seeded position); entries go stale when the identity speaks the other language and are
+    # per (gender, language): a heap of (voices of the identity in this language, voices of it in
+    # all, seeded position); entries go stale when the identity speaks the other language and are
     # refreshed when they surface
     heaps = {key: [(0, 0, int(j)) for j in idx] for key, idx in serving.items()}
     voices = []
@@ -369,14 +370,14 @@ def build_library(
             g = next(h for h in genders if serving[(h, lang)].size)
         heap = heaps[(g, lang)]
         while True:
-            n_used, n_lang, j = heap[0]
-            if (n_used, n_lang) == (used[g][j], spoke[(g, lang)][j]):
+            n_lang, n_used, j = heap[0]
+            if (n_lang, n_used) == (spoke[(g, lang)][j], used[g][j]):
                 break
-            heapq.heapreplace(heap, (used[g][j], spoke[(g, lang)][j], j))
+            heapq.heapreplace(heap, (spoke[(g, lang)][j], used[g][j], j))
         variant = used[g][j]
         used[g][j] += 1
         spoke[(g, lang)][j] += 1
-        heapq.heapreplace(heap, (used[g][j], spoke[(g, lang)][j], j))
+        heapq.heapreplace(heap, (spoke[(g, lang)][j], used[g][j], j))
         voices.append(_voice(by_gender[g][j], role="user", language=lang, seed=seed, variant=variant))
     if len({v.voice_id for v in voices}) != len(voices):  # pragma: no cover - a 48-bit hash collision
         raise RuntimeError("voice id collision; rebuild with another seed")
