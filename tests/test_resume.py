@@ -37,19 +37,32 @@ def _markers(run_dir: Path) -> list[Path]:
     return [p for p in run_dir.glob("*/_markers/*.json") if not p.name.startswith(TMP_PREFIX)]
 
 
-@pytest.fixture(scope="module")
-def expected(tmp_path_factory, shared_data, models_dir) -> list[tuple[str, str]]:
-    """Final rows of the same config run once without interruption (in-process executor)."""
-    tmp = tmp_path_factory.mktemp("reference")
-    cfg = _config(tmp, tmp / "runs", "reference", shared_data, "local")
+def _reference(tmp_path_factory, shared_data, executor: str) -> list[tuple[str, str]]:
+    tmp = tmp_path_factory.mktemp(f"reference-{executor}")
+    cfg = _config(tmp, tmp / "runs", "reference", shared_data, executor)
     subprocess.run(cli_run_command(cfg), check=True, env=ENV, timeout=900)
     rows = final_rows(tmp / "runs" / "reference")
     assert rows, "the reference run produced no rows"
     return rows
 
 
+@pytest.fixture(scope="module")
+def expected(tmp_path_factory, shared_data, models_dir) -> list[tuple[str, str]]:
+    """Final rows of the same config run once without interruption (in-process executor)."""
+    return _reference(tmp_path_factory, shared_data, "local")
+
+
+@pytest.fixture(scope="module")
+def expected_ray(tmp_path_factory, shared_data, models_dir) -> list[tuple[str, str]]:
+    """The same, on the Ray executor. Its workers run with one OpenMP thread, the in-process
+    executor with the machine's default, and a dialogue at the edge of a threshold can land on
+    either side: a resumed Ray run is compared with an uninterrupted Ray run."""
+    return _reference(tmp_path_factory, shared_data, "ray")
+
+
 @pytest.mark.parametrize("executor", ["local", "ray"])
-def test_sigkill_mid_synthesize_then_resume(tmp_path, shared_data, expected, executor):
+def test_sigkill_mid_synthesize_then_resume(tmp_path, shared_data, request, executor):
+    expected = request.getfixturevalue("expected" if executor == "local" else "expected_ray")
     runs = tmp_path / "runs"
     cfg = _config(tmp_path, runs, "killed", shared_data, executor)
     proc = subprocess.Popen(cli_run_command(cfg), env=ENV, start_new_session=True)
@@ -126,7 +139,7 @@ def _kill_a_busy_worker(proc: subprocess.Popen, rng: random.Random, deadline: fl
 
 
 @pytest.mark.ray
-def test_sigkilled_ray_workers_are_replaced_and_the_run_completes(tmp_path, shared_data, expected):
+def test_sigkilled_ray_workers_are_replaced_and_the_run_completes(tmp_path, shared_data, expected_ray):
     """Workers killed at six points of one run (any stage, random delay): each unit is redone on a fresh
     actor, the run completes by itself, and the dataset is the uninterrupted run's."""
     rng = random.Random(7)
@@ -152,12 +165,12 @@ def test_sigkilled_ray_workers_are_replaced_and_the_run_completes(tmp_path, shar
         -3000:
     ]  # an idle actor killed after its last unit costs nothing
     assert "redone after their worker died" in err
-    assert final_rows(runs / "workers") == expected
+    assert final_rows(runs / "workers") == expected_ray
     assert not list((runs / "workers").rglob(TMP_PREFIX + "*"))
 
 
 @pytest.mark.ray
-def test_worker_death_beyond_the_retry_budget_fails_cleanly_then_resumes(tmp_path, shared_data, expected):
+def test_worker_death_beyond_the_retry_budget_fails_cleanly_then_resumes(tmp_path, shared_data, expected_ray):
     runs = tmp_path / "runs"
     cfg = small_config(
         runs,
@@ -186,4 +199,4 @@ def test_worker_death_beyond_the_retry_budget_fails_cleanly_then_resumes(tmp_pat
     assert_no_partial_files(runs / "budget")
     assert not (runs / "budget" / "dataset").exists()
     subprocess.run(cli_run_command(path), check=True, env=ENV, timeout=900)
-    assert final_rows(runs / "budget") == expected
+    assert final_rows(runs / "budget") == expected_ray

@@ -19,9 +19,15 @@ def test_stats_count_identities_and_balance():
     assert s["voices_by_gender"] == {"female": 1000, "male": 1000}
     assert sum(s["voices_by_language_gender_age"].values()) == 2000
     assert sum(s["identities_by_gender"].values()) == s["user_identities"]
-    for g in ("female", "male"):  # within a gender, identities carry the same number of variants ±1
-        per = Counter(v.identity_id for v in voices if v.role == "user" and v.gender == g)
-        assert max(per.values()) - min(per.values()) <= 1
+    for g in (
+        "female",
+        "male",
+    ):  # within a gender and language, identities carry the same number of variants ±1
+        for lang in ("zh", "en"):
+            per = Counter(
+                v.identity_id for v in voices if v.role == "user" and v.gender == g and v.language == lang
+            )
+            assert max(per.values()) - min(per.values()) <= 1, (g, lang, per)
     assert f"≤ {pool.max_identity_cosine}" in s["statement"]
     assert s["speed"]["min"] >= 0.9 and s["speed"]["max"] <= 1.1
     text = format_stats(s)
