@@ -60,7 +60,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     from kespeechchat.config import load_config
-    from kespeechchat.doctor import format_checks, run_checks
+    from pipelines.doctor import format_checks, run_checks
 
     cfg = load_config(args.config, args.set)
     if args.address:

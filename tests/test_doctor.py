@@ -8,8 +8,8 @@ import pytest
 from llm_fake import FakeOpenAIServer, FakeReply
 
 from kespeechchat.cli import main
-from kespeechchat.doctor import check_llm, check_resources, run_checks, stage_requests
 from kespeechchat.testing import small_config, write_config
+from pipelines.doctor import check_llm, check_resources, run_checks, stage_requests
 
 
 def _rows(out: str) -> dict[tuple[str, str], str]:
