@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = Path(os.environ.get("KESPEECHCHAT_SHARED_DATA", REPO.parent / "shared" / "data"))
+SAMPLE_DATA = REPO / "data"  # the sample text and speech shipped in data/
 sys.path.insert(0, str(REPO))
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

@@ -1,6 +1,6 @@
 """Is the checker itself sound? CER/WER of the verify stage's ASR on real recordings with transcripts.
 
-Runs the configured embedded recogniser (faster-whisper, Whisper base) on ``../shared/data/audio``
+Runs the configured embedded recogniser (faster-whisper, Whisper base) on ``data/audio``
 the way verify does (language forced, all clips in one packed batch) and one clip at a time, and
 prints the error rate per file with the same normalisation verify uses (numbers, punctuation, case,
 traditional -> simplified).

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import REPO, SHARED_DATA, machine, report
+from _common import REPO, SAMPLE_DATA, machine, report
 
 sys.path.insert(0, str(REPO / "tests"))  # the loopback fake server lives with the tests
 
@@ -42,7 +42,7 @@ def sample_rows(n: int, max_chars: int) -> list[dict]:
     from kespeechchat.ingest import ingest_sources
     from kespeechchat.rules import check_dialogue
 
-    text = SHARED_DATA / "text"
+    text = SAMPLE_DATA / "text"
     n_zh = n // 2
     sources = [
         SourceConfig(

@@ -17,13 +17,13 @@ import threading
 import time
 from pathlib import Path
 
-from _common import SHARED_DATA, machine, report
+from _common import SAMPLE_DATA, machine, report
 
 from kespeechchat.testing import cli_run_command, small_config, write_config
 
 
 def _sources(n: int) -> list[dict]:
-    text = SHARED_DATA / "text"
+    text = SAMPLE_DATA / "text"
     half = max(1, n // 2)
     return [
         {

@@ -27,7 +27,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from _common import REPO, SHARED_DATA, machine, report
+from _common import REPO, SAMPLE_DATA, machine, report
 
 TEXT_STAGES = ("rewrite", "filter", "spoken")
 
@@ -238,7 +238,7 @@ def markdown(ing: dict, rules: dict, llm: dict | None, sample_n: int) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=SHARED_DATA / "text")
+    ap.add_argument("--data", type=Path, default=SAMPLE_DATA / "text")
     ap.add_argument("--config", type=Path, default=REPO / "configs" / "demo.yaml", help="LLM/stage settings")
     ap.add_argument("--llm-sample", type=int, default=8, help="dialogues through the LLM stages (0: none)")
     ap.add_argument("--seed", type=int, default=0)

@@ -41,9 +41,9 @@ def small_config(
     return RunConfig.model_validate(data)
 
 
-def demo_sources(shared_data: Path, zh: int = 2, en: int = 2) -> list[dict[str, Any]]:
-    """Short real dialogues from the shared Alpaca files (deterministic sample)."""
-    text = Path(shared_data) / "text"
+def demo_sources(sample_data: Path, zh: int = 2, en: int = 2) -> list[dict[str, Any]]:
+    """Short real dialogues from the sample Alpaca files in data/text (deterministic sample)."""
+    text = Path(sample_data) / "text"
     sources = [
         {
             "path": str(text / "zh_llamafactory_alpaca_zh_demo.json"),

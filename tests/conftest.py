@@ -1,4 +1,4 @@
-"""Shared fixtures: embedded models prepared once, real data from ../shared/data, a quiet environment."""
+"""Shared fixtures: embedded models prepared once, the real sample data in data/, a quiet environment."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = Path(os.environ.get("KESPEECHCHAT_SHARED_DATA", REPO.parent / "shared" / "data"))
+SAMPLE_DATA = REPO / "data"  # real text and speech samples shipped with the repository (data/README.md)
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -18,10 +18,19 @@ os.environ["NO_PROXY"] = "127.0.0.1,localhost"
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared data not found at {SHARED_DATA}")
-    return SHARED_DATA
+def sample_data() -> Path:
+    """The repository's data/ folder. A missing file fails the test that needs it, naming the file."""
+    manifest = SAMPLE_DATA / "MANIFEST.tsv"
+    if not manifest.is_file():
+        pytest.fail(f"sample data missing: {manifest} (it ships with the repository)")
+    import csv
+
+    with open(manifest, encoding="utf-8") as f:
+        missing = [r["local_name"] for r in csv.DictReader(f, delimiter="\t")
+                   if not (SAMPLE_DATA / r["kind"] / r["local_name"]).is_file()]
+    if missing:
+        pytest.fail(f"sample data missing under {SAMPLE_DATA}: {', '.join(missing)}")
+    return SAMPLE_DATA
 
 
 @pytest.fixture(scope="session")
@@ -35,13 +44,13 @@ def models_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def recordings(shared_data):
+def recordings(sample_data):
     """The real recordings as (file, audio, sample_rate_hz, language, transcript)."""
     import csv
 
     from kespeechchat.audio import load_audio
 
-    d = shared_data / "audio"
+    d = sample_data / "audio"
     with open(d / "transcripts.tsv", encoding="utf-8") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
     out = []

@@ -47,8 +47,8 @@ def test_decode_downmixes_stereo_wav():
     np.testing.assert_allclose(y, left / 2, atol=1e-6)
 
 
-def test_load_audio_reads_real_stereo_recording(shared_data):
-    path = shared_data / "audio" / "en_whisper_jfk.flac"  # 44.1 kHz stereo
+def test_load_audio_reads_real_stereo_recording(sample_data):
+    path = sample_data / "audio" / "en_whisper_jfk.flac"  # 44.1 kHz stereo
     x, sr = load_audio(path)
     assert sr == 44100 and x.dtype == np.float32 and x.ndim == 1
     assert x.size / sr == pytest.approx(11.0, abs=0.01)
@@ -132,9 +132,9 @@ def test_sanity_of_empty_audio():
     assert s.duration_s == 0.0 and s.silence_ratio == 1.0 and s.finite
 
 
-def test_sanity_of_real_recordings(shared_data):
-    for path in sorted((shared_data / "audio").glob("*.wav")) + sorted(
-        (shared_data / "audio").glob("*.flac")
+def test_sanity_of_real_recordings(sample_data):
+    for path in sorted((sample_data / "audio").glob("*.wav")) + sorted(
+        (sample_data / "audio").glob("*.flac")
     ):
         x, sr = load_audio(path)
         s = audio_sanity(x, sr)
@@ -142,13 +142,13 @@ def test_sanity_of_real_recordings(shared_data):
         assert 0.0 < s.rms < s.peak <= 1.0
 
 
-def test_repetition_ratio_finds_speech_said_twice(shared_data):
+def test_repetition_ratio_finds_speech_said_twice(sample_data):
     """Real recordings repeat little of themselves (≤ 0.12, the noisy JFK clip); the same recording said twice (a TTS
     loop) repeats about half of its speech, with or without a pause between, at any rate."""
     from kespeechchat.audio import repetition_ratio, resample
 
-    for path in sorted((shared_data / "audio").glob("*.wav")) + sorted(
-        (shared_data / "audio").glob("*.flac")
+    for path in sorted((sample_data / "audio").glob("*.wav")) + sorted(
+        (sample_data / "audio").glob("*.flac")
     ):
         x, sr = load_audio(path)
         x = x[: int(6 * sr)]

@@ -229,8 +229,8 @@ def test_run_ingest_uses_the_config(tmp_path: Path) -> None:
     assert stats["rows_out"] == 2
 
 
-def test_shared_data(shared_data: Path) -> None:
-    sources = [SourceConfig(path=str(p)) for p in sorted((shared_data / "text").glob("*.json"))]
+def test_sample_data(sample_data: Path) -> None:
+    sources = [SourceConfig(path=str(p)) for p in sorted((sample_data / "text").glob("*.json"))]
     rows, rejects, _ = ingest_sources(sources, 0, Deduper())
     kept = {f"{r['source_file']}#{r['source_index']}" for r in rows}
     dups = [r for r in rejects if r.reason == "duplicate"]

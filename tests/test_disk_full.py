@@ -42,8 +42,8 @@ def tmpfs(tmp_path):
     subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
-def test_disk_full_fails_cleanly_and_resumes(tmp_path, tmpfs, shared_data, models_dir):
-    ref_cfg = small_config(tmp_path / "ref", demo_sources(shared_data), name="ref", shard_size=1)
+def test_disk_full_fails_cleanly_and_resumes(tmp_path, tmpfs, sample_data, models_dir):
+    ref_cfg = small_config(tmp_path / "ref", demo_sources(sample_data), name="ref", shard_size=1)
     subprocess.run(
         cli_run_command(write_config(ref_cfg, tmp_path / "ref.yaml")), check=True, env=ENV, timeout=900
     )
@@ -53,7 +53,7 @@ def test_disk_full_fails_cleanly_and_resumes(tmp_path, tmpfs, shared_data, model
     size_kb = max(64, need // 2 // 1024)
     subprocess.run(["mount", "-o", f"remount,size={size_kb}k", str(tmpfs)], check=True)
     cfg = write_config(
-        small_config(tmpfs, demo_sources(shared_data), name="full", shard_size=1), tmp_path / "full.yaml"
+        small_config(tmpfs, demo_sources(sample_data), name="full", shard_size=1), tmp_path / "full.yaml"
     )
     r = subprocess.run(cli_run_command(cfg), env=ENV, capture_output=True, text=True, timeout=900)
     assert r.returncode != 0, "the run should have failed on a full disk"

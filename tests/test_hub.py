@@ -30,9 +30,6 @@ from kespeechchat.hub import check_repo_id, export_folder, verify_export
 
 pytestmark = pytest.mark.slow
 
-DEMO_RUN = Path(
-    os.environ.get("KESPEECHCHAT_DEMO_RUN", Path(__file__).resolve().parent.parent / "runs" / "demo")
-)
 FAKE_TOKEN = "hf_kespeechchatFAKEtoken0123456789abcdefXYZ"
 REPO = "tiny-org/tiny-speech"
 
@@ -421,34 +418,3 @@ def test_push_refuses_bad_tokens_and_offline_mode(run_copy, tmp_path, env, role,
     for secret in (FAKE_TOKEN, "hf_wrongTOKEN_987654321"):
         assert secret not in res.stdout + res.stderr
     assert h.repos == {}  # nothing was created
-
-
-@pytest.mark.skipif(
-    not (DEMO_RUN / "dataset" / "data").is_dir(), reason=f"no demo run at {DEMO_RUN} (make demo)"
-)
-def test_demo_run_export_loads_and_matches_the_runs_accounting(tmp_path):
-    import io
-
-    import soundfile as sf
-
-    from kespeechchat.report import run_summary
-
-    datasets = pytest.importorskip("datasets")
-    report = export_folder(DEMO_RUN, "kespeechchat/demo", tmp_path / "export")
-    ds = datasets.load_dataset(str(tmp_path / "export"), split="train")
-    summary = run_summary(DEMO_RUN)
-    kept = next(st["rows_out"] for st in summary["stages"] if st["stage"] == "select")
-    assert len(set(ds["dialogue_id"])) == kept == summary["dataset"]["dialogues"]
-    assert (
-        len(ds)
-        == report["rows"]
-        == summary["dataset"]["utterances"]
-        == sum(n for _, n in {(d, n) for d, n in zip(ds["dialogue_id"], ds["num_turns"], strict=True)})
-    )
-    raw = ds.cast_column("audio", datasets.Audio(decode=False))
-    total_s = 0.0
-    for ex in raw:
-        x, sr = sf.read(io.BytesIO(ex["audio"]["bytes"]))
-        assert len(x) / sr == pytest.approx(ex["duration_s"], rel=1e-3)
-        total_s += len(x) / sr
-    assert total_s == pytest.approx(summary["dataset"]["audio_s"], rel=1e-3)

@@ -1,4 +1,4 @@
-"""Ingest: formats, file kinds, every reject reason, ids, sampling, and the real shared data."""
+"""Ingest: formats, file kinds, every reject reason, ids, sampling, and the real sample data."""
 
 from __future__ import annotations
 
@@ -396,11 +396,11 @@ def test_huge_turn_and_odd_types_do_not_crash(tmp_path: Path) -> None:
     rejects_table(rejects)  # every excerpt is valid UTF-8 for Parquet
 
 
-# --- the real shared data ----------------------------------------------------------------------------
+# --- the real sample data ----------------------------------------------------------------------------
 
 
-def test_shared_text_data(shared_data: Path) -> None:
-    files = sorted((shared_data / "text").glob("*.json"))
+def test_sample_text_data(sample_data: Path) -> None:
+    files = sorted((sample_data / "text").glob("*.json"))
     assert len(files) >= 4
     rows, rejects, stats = ingest_sources([src(f) for f in files], seed=0)
     assert_accounted(rows, rejects, stats)

@@ -72,10 +72,10 @@ def test_normalize_for_scoring_forms():
         assert normalize_for_scoring(once, lang) == once
 
 
-def test_real_transcripts_against_themselves(shared_data):
+def test_real_transcripts_against_themselves(sample_data):
     import csv
 
-    with open(shared_data / "audio" / "transcripts.tsv", encoding="utf-8") as f:
+    with open(sample_data / "audio" / "transcripts.tsv", encoding="utf-8") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
     assert rows
     for r in rows:

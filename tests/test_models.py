@@ -60,14 +60,14 @@ def test_prepare_again_is_a_no_op(models_dir):
     assert all("ready" in line for line in lines) and len(lines) == 3
 
 
-def test_whisper_dir_transcribes_real_speech(models_dir, shared_data):
+def test_whisper_dir_transcribes_real_speech(models_dir, sample_data):
     from faster_whisper import WhisperModel
 
     d = whisper_dir(models_dir)
     assert {p.name for p in d.iterdir()} >= {"config.json", "tokenizer.json", "vocabulary.txt", "model.bin"}
     model = WhisperModel(str(d), device="cpu", compute_type="int8", cpu_threads=1)
     segments, _ = model.transcribe(
-        str(shared_data / "audio" / "en_whisper_jfk.flac"),
+        str(sample_data / "audio" / "en_whisper_jfk.flac"),
         language="en",
         beam_size=1,
         condition_on_previous_text=False,

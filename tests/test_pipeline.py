@@ -28,14 +28,14 @@ BAD_RECORDS = [
 
 
 @pytest.fixture(scope="module")
-def sources(tmp_path_factory, shared_data) -> list[dict]:
+def sources(tmp_path_factory, sample_data) -> list[dict]:
     d = tmp_path_factory.mktemp("src")
     bad = d / "mixed.jsonl"
     bad.write_text("\n".join(BAD_RECORDS) + "\n", encoding="utf-8")
     return [
         {"path": str(bad)},
         {
-            "path": str(shared_data / "text" / "zh_llamafactory_alpaca_zh_demo.json"),
+            "path": str(sample_data / "text" / "zh_llamafactory_alpaca_zh_demo.json"),
             "limit": 1,
             "max_chars": 40,
             "languages": ["zh"],
@@ -160,3 +160,33 @@ def test_run_with_no_readable_source_fails_with_a_clear_error(tmp_path):
     assert "no dialogue could be read" in res.stderr and "unreadable_file 1" in res.stderr
     rejects = read_rejects(tmp_path / "runs" / "empty").to_pylist()
     assert [r["reason"] for r in rejects] == ["unreadable_file"] and "nope.jsonl" in rejects[0]["detail"]
+
+
+def test_export_of_a_real_run_loads_and_matches_its_accounting(finished_run, tmp_path):
+    """The Hub export folder of a run made by the real models: what `datasets` loads is what the run
+    counted (dialogues, utterances, audio seconds), and every clip's length is its duration_s."""
+    import soundfile as sf
+
+    from kespeechchat.hub import export_folder
+
+    datasets = pytest.importorskip("datasets")
+    cfg, _ = finished_run
+    report = export_folder(cfg.run_dir, "kespeechchat/e2e", tmp_path / "export")
+    ds = datasets.load_dataset(str(tmp_path / "export"), split="train")
+    summary = run_summary(cfg.run_dir)
+    kept = next(st["rows_out"] for st in summary["stages"] if st["stage"] == "select")
+    assert kept >= 1
+    assert len(set(ds["dialogue_id"])) == kept == summary["dataset"]["dialogues"]
+    assert (
+        len(ds)
+        == report["rows"]
+        == summary["dataset"]["utterances"]
+        == sum(n for _, n in {(d, n) for d, n in zip(ds["dialogue_id"], ds["num_turns"], strict=True)})
+    )
+    raw = ds.cast_column("audio", datasets.Audio(decode=False))
+    total_s = 0.0
+    for ex in raw:
+        x, sr = sf.read(io.BytesIO(ex["audio"]["bytes"]))
+        assert len(x) / sr == pytest.approx(ex["duration_s"], rel=1e-3)
+        total_s += len(x) / sr
+    assert total_s == pytest.approx(summary["dataset"]["audio_s"], rel=1e-3)

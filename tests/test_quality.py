@@ -23,8 +23,8 @@ def scorer() -> DNSMOSScorer:
 
 
 @pytest.fixture(scope="module")
-def recordings(shared_data) -> dict[str, tuple[np.ndarray, int]]:
-    d = shared_data / "audio"
+def recordings(sample_data) -> dict[str, tuple[np.ndarray, int]]:
+    d = sample_data / "audio"
     with open(d / "transcripts.tsv", encoding="utf-8") as f:
         return {r["file"]: load_audio(d / r["file"]) for r in csv.DictReader(f, delimiter="\t")}
 

@@ -98,13 +98,13 @@ def two_node_cluster():
 
 
 @pytest.mark.faults
-def test_gpu_stage_runs_only_on_the_gpu_node(tmp_path, two_node_cluster, shared_data, models_dir):
+def test_gpu_stage_runs_only_on_the_gpu_node(tmp_path, two_node_cluster, sample_data, models_dir):
     nodes = _nodes(two_node_cluster)
     gpu_nodes = {n["id"] for n in nodes if n["gpus"] > 0}
     assert len(nodes) == 2 and len(gpu_nodes) == 1
     cfg = small_config(
         tmp_path / "runs",
-        demo_sources(shared_data, zh=1, en=1),
+        demo_sources(sample_data, zh=1, en=1),
         name="cluster",
         shard_size=1,
         executor={"kind": "ray", "stage_gpus": {"synthesize": 1}},
@@ -120,10 +120,10 @@ def test_gpu_stage_runs_only_on_the_gpu_node(tmp_path, two_node_cluster, shared_
     assert final_rows(run_dir)
 
 
-def test_gpu_stage_without_gpus_fails_fast(tmp_path, shared_data, models_dir):
+def test_gpu_stage_without_gpus_fails_fast(tmp_path, sample_data, models_dir):
     cfg = small_config(
         tmp_path / "runs",
-        demo_sources(shared_data, zh=1, en=0),
+        demo_sources(sample_data, zh=1, en=0),
         name="nogpu",
         shard_size=1,
         executor={"kind": "ray", "num_cpus": 2, "stage_gpus": {"synthesize": 1}},

@@ -28,8 +28,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.faults]
 ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
 
 
-def _config(tmp: Path, runs: Path, name: str, shared_data: Path, executor: str) -> Path:
-    cfg = small_config(runs, demo_sources(shared_data), name=name, shard_size=1, executor=executor)
+def _config(tmp: Path, runs: Path, name: str, sample_data: Path, executor: str) -> Path:
+    cfg = small_config(runs, demo_sources(sample_data), name=name, shard_size=1, executor=executor)
     return write_config(cfg, tmp / f"{name}.yaml")
 
 
@@ -37,9 +37,9 @@ def _markers(run_dir: Path) -> list[Path]:
     return [p for p in run_dir.glob("*/_markers/*.json") if not p.name.startswith(TMP_PREFIX)]
 
 
-def _reference(tmp_path_factory, shared_data, executor: str) -> list[tuple[str, str]]:
+def _reference(tmp_path_factory, sample_data, executor: str) -> list[tuple[str, str]]:
     tmp = tmp_path_factory.mktemp(f"reference-{executor}")
-    cfg = _config(tmp, tmp / "runs", "reference", shared_data, executor)
+    cfg = _config(tmp, tmp / "runs", "reference", sample_data, executor)
     subprocess.run(cli_run_command(cfg), check=True, env=ENV, timeout=900)
     rows = final_rows(tmp / "runs" / "reference")
     assert rows, "the reference run produced no rows"
@@ -47,24 +47,24 @@ def _reference(tmp_path_factory, shared_data, executor: str) -> list[tuple[str, 
 
 
 @pytest.fixture(scope="module")
-def expected(tmp_path_factory, shared_data, models_dir) -> list[tuple[str, str]]:
+def expected(tmp_path_factory, sample_data, models_dir) -> list[tuple[str, str]]:
     """Final rows of the same config run once without interruption (in-process executor)."""
-    return _reference(tmp_path_factory, shared_data, "local")
+    return _reference(tmp_path_factory, sample_data, "local")
 
 
 @pytest.fixture(scope="module")
-def expected_ray(tmp_path_factory, shared_data, models_dir) -> list[tuple[str, str]]:
+def expected_ray(tmp_path_factory, sample_data, models_dir) -> list[tuple[str, str]]:
     """The same, on the Ray executor. Its workers run with one OpenMP thread, the in-process
     executor with the machine's default, and a dialogue at the edge of a threshold can land on
     either side: a resumed Ray run is compared with an uninterrupted Ray run."""
-    return _reference(tmp_path_factory, shared_data, "ray")
+    return _reference(tmp_path_factory, sample_data, "ray")
 
 
 @pytest.mark.parametrize("executor", ["local", "ray"])
-def test_sigkill_mid_synthesize_then_resume(tmp_path, shared_data, request, executor):
+def test_sigkill_mid_synthesize_then_resume(tmp_path, sample_data, request, executor):
     expected = request.getfixturevalue("expected" if executor == "local" else "expected_ray")
     runs = tmp_path / "runs"
-    cfg = _config(tmp_path, runs, "killed", shared_data, executor)
+    cfg = _config(tmp_path, runs, "killed", sample_data, executor)
     proc = subprocess.Popen(cli_run_command(cfg), env=ENV, start_new_session=True)
     first = runs / "killed" / "synthesize" / "_markers" / "shard-00000.json"
     deadline = time.time() + 600
@@ -87,11 +87,11 @@ def test_sigkill_mid_synthesize_then_resume(tmp_path, shared_data, request, exec
     assert not list((runs / "killed").rglob(TMP_PREFIX + "*"))
 
 
-def test_ten_kills_at_random_points_then_identical_dataset(tmp_path, shared_data, expected):
+def test_ten_kills_at_random_points_then_identical_dataset(tmp_path, sample_data, expected):
     """One run killed again and again (after 1, 4, 7 … units, plus a random delay), resumed each time."""
     rng = random.Random(20261125)
     runs = tmp_path / "runs"
-    cfg = _config(tmp_path, runs, "chain", shared_data, "local")
+    cfg = _config(tmp_path, runs, "chain", sample_data, "local")
     run_dir = runs / "chain"
     kills = 0
     for target in range(1, 32, 3):
@@ -139,12 +139,12 @@ def _kill_a_busy_worker(proc: subprocess.Popen, rng: random.Random, deadline: fl
 
 
 @pytest.mark.ray
-def test_sigkilled_ray_workers_are_replaced_and_the_run_completes(tmp_path, shared_data, expected_ray):
+def test_sigkilled_ray_workers_are_replaced_and_the_run_completes(tmp_path, sample_data, expected_ray):
     """Workers killed at six points of one run (any stage, random delay): each unit is redone on a fresh
     actor, the run completes by itself, and the dataset is the uninterrupted run's."""
     rng = random.Random(7)
     runs = tmp_path / "runs"
-    cfg = _config(tmp_path, runs, "workers", shared_data, "ray")
+    cfg = _config(tmp_path, runs, "workers", sample_data, "ray")
     proc = subprocess.Popen(
         cli_run_command(cfg), env=ENV, start_new_session=True, stderr=subprocess.PIPE, text=True
     )
@@ -170,11 +170,11 @@ def test_sigkilled_ray_workers_are_replaced_and_the_run_completes(tmp_path, shar
 
 
 @pytest.mark.ray
-def test_worker_death_beyond_the_retry_budget_fails_cleanly_then_resumes(tmp_path, shared_data, expected_ray):
+def test_worker_death_beyond_the_retry_budget_fails_cleanly_then_resumes(tmp_path, sample_data, expected_ray):
     runs = tmp_path / "runs"
     cfg = small_config(
         runs,
-        demo_sources(shared_data),
+        demo_sources(sample_data),
         name="budget",
         shard_size=1,
         executor={"kind": "ray", "max_unit_retries": 0},

@@ -150,10 +150,10 @@ def test_length_mismatch_is_an_error() -> None:
         check_dialogue([U], ["a", "b"], "en", CFG)
 
 
-def test_real_data(shared_data: Path) -> None:
-    """All shared text data through ingest and the rules: every reason is a known code, the
+def test_real_data(sample_data: Path) -> None:
+    """All sample text data through ingest and the rules: every reason is a known code, the
     content rules find real code/tables/links, and the plain identity chats pass."""
-    sources = [SourceConfig(path=str(p)) for p in sorted((shared_data / "text").glob("*.json"))]
+    sources = [SourceConfig(path=str(p)) for p in sorted((sample_data / "text").glob("*.json"))]
     rows, _, _ = ingest_sources(sources, seed=0)
     counts: Counter[str] = Counter()
     per_file: dict[str, Counter[str]] = {}

@@ -26,8 +26,8 @@ def encoder():
 
 
 @pytest.fixture(scope="module")
-def recordings(shared_data):
-    d = shared_data / "audio"
+def recordings(sample_data):
+    d = sample_data / "audio"
     with open(d / "transcripts.tsv", encoding="utf-8") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
     return {r["file"]: load_audio(d / r["file"]) for r in rows}

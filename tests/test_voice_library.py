@@ -181,8 +181,8 @@ def test_invalid_recipes_and_files_are_rejected(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def real_speech(shared_data) -> tuple[np.ndarray, int]:
-    x, sr = sf.read(shared_data / "audio" / "zh_funasr_asr_example.wav", dtype="float32")
+def real_speech(sample_data) -> tuple[np.ndarray, int]:
+    x, sr = sf.read(sample_data / "audio" / "zh_funasr_asr_example.wav", dtype="float32")
     return (x if x.ndim == 1 else x.mean(axis=1)), sr
 
 

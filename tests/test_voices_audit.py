@@ -109,7 +109,7 @@ def test_error_rates_count_only_the_voices_whose_identity_serves_the_language():
 
 
 @pytest.mark.slow
-def test_real_audit_of_a_few_voices_with_baseline(tmp_path, shared_data, models_dir):
+def test_real_audit_of_a_few_voices_with_baseline(tmp_path, sample_data, models_dir):
     import torch
 
     from kespeechchat.backends.asr import FasterWhisperASR
@@ -119,7 +119,7 @@ def test_real_audit_of_a_few_voices_with_baseline(tmp_path, shared_data, models_
 
     torch.set_num_threads(1)
     enc = ResemblyzerEncoder()
-    refs = reference_embeddings(shared_data / "audio" / "zh_cosyvoice_zero_shot_prompt.wav", enc)
+    refs = reference_embeddings(sample_data / "audio" / "zh_cosyvoice_zero_shot_prompt.wav", enc)
     lib = build_library(50, seed=0)
     kw = dict(seed=0, work_dir=tmp_path / "work", tts=KokoroTTS(), encoder=enc, asr=FasterWhisperASR())
     rep = audit_library(

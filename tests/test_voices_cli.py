@@ -81,12 +81,12 @@ def test_listen_unknown_voice_fails_clearly(lib, tmp_path):
         main(["voices", "listen", str(lib), "v-nope", "--out", str(tmp_path / "y.wav")])
 
 
-def test_privacy_command_passes_on_the_shipped_library(lib, shared_data, capsys):
-    assert main(["voices", "privacy", str(lib), "--refs", str(shared_data / "audio")]) == 0
+def test_privacy_command_passes_on_the_shipped_library(lib, sample_data, capsys):
+    assert main(["voices", "privacy", str(lib), "--refs", str(sample_data / "audio")]) == 0
     assert "PASSED" in capsys.readouterr().out
 
 
-def test_embed_and_sample_embeddings_commands(tmp_path, shared_data, capsys, campplus_dir):
+def test_embed_and_sample_embeddings_commands(tmp_path, sample_data, capsys, campplus_dir):
     """The CosyVoice route: CAM++ embeddings of recordings -> a sampled pool -> a library -> privacy."""
     emb = tmp_path / "real.parquet"
     assert (
@@ -94,7 +94,7 @@ def test_embed_and_sample_embeddings_commands(tmp_path, shared_data, capsys, cam
             [
                 "voices",
                 "embed-recordings",
-                str(shared_data / "audio"),
+                str(sample_data / "audio"),
                 "--out",
                 str(emb),
                 "--segment-s",
@@ -153,7 +153,7 @@ def test_embed_and_sample_embeddings_commands(tmp_path, shared_data, capsys, cam
     )
     assert {v.backend for v in load_library(lib)} == {"cosyvoice"}
     # privacy: the references are embedded by the pool's encoder (CAM++), not resemblyzer
-    argv = ["voices", "privacy", str(lib), "--pool", str(pool), "--refs", str(shared_data / "audio")]
+    argv = ["voices", "privacy", str(lib), "--pool", str(pool), "--refs", str(sample_data / "audio")]
     with pytest.raises(SystemExit, match="--model-dir"):
         main_debug(argv)
     # (sampled at ≤ 0.8 to 1.6 s pieces; whole recordings embed a little differently)

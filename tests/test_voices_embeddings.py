@@ -20,7 +20,7 @@ from voice_library.embeddings import (
 )
 from voice_library.recipes import agent_voices, build_library
 
-# speaker genders of ../shared/data/audio (transcripts.tsv; S5's is a pitch guess)
+# speaker genders of data/audio (transcripts.tsv; S5's is a pitch guess)
 GENDERS = {
     "zh_cosyvoice_zero_shot_prompt.wav": "female",
     "zh_funasr_asr_example.wav": "male",
@@ -31,12 +31,12 @@ GENDERS = {
 
 
 @pytest.fixture(scope="module")
-def real(shared_data, tmp_path_factory, campplus_dir):
+def real(sample_data, tmp_path_factory, campplus_dir):
     """CAM++ embeddings (CosyVoice's front end, an ONNX graph of CAM++'s signature) of 1.6 s
     pieces of the five real recordings, as a Parquet file that names its encoder."""
     from kespeechchat.backends.speaker import CAMPlusEncoder
 
-    files = [shared_data / "audio" / n for n in GENDERS]
+    files = [sample_data / "audio" / n for n in GENDERS]
     vecs, names = embed_recordings(files, CAMPlusEncoder(str(campplus_dir)), segment_s=1.6)
     rows = [
         {"speaker_id": n.split("#")[0], "gender": GENDERS[n.split("#")[0]], "embedding": v.tolist()}
@@ -132,12 +132,12 @@ def test_pool_of_sampled_embeddings_builds_a_cosyvoice_library(real):
         build_library(5, seed=0, backend="cosyvoice")
 
 
-def test_a_cosyvoice_pool_is_sampled_only_from_campplus_embeddings(real, tmp_path, shared_data):
+def test_a_cosyvoice_pool_is_sampled_only_from_campplus_embeddings(real, tmp_path, sample_data):
     """A 256-d resemblyzer vector, or a 192-d one from an encoder the file does not name, is not a
     voice CosyVoice can speak: sampling refuses it and says how to embed the recordings."""
     from kespeechchat.backends.speaker import ResemblyzerEncoder
 
-    vecs, _ = embed_recordings([shared_data / "audio" / n for n in GENDERS], ResemblyzerEncoder())
+    vecs, _ = embed_recordings([sample_data / "audio" / n for n in GENDERS], ResemblyzerEncoder())
     np.save(tmp_path / "ge2e.npy", vecs)
     with pytest.raises(ValueError, match=r"192-d campplus.*256-d.*--encoder campplus"):
         sample_pool(read_embeddings(tmp_path / "ge2e.npy"), 4, seed=0)

@@ -17,13 +17,13 @@ from voice_library.recipes import agent_voices, build_library
 
 
 @pytest.fixture(scope="module")
-def refs(shared_data):
+def refs(sample_data):
     from kespeechchat.backends.speaker import ResemblyzerEncoder
 
-    return reference_embeddings(shared_data / "audio", ResemblyzerEncoder())
+    return reference_embeddings(sample_data / "audio", ResemblyzerEncoder())
 
 
-def test_reference_recordings_are_embedded_per_file(refs, shared_data, tmp_path):
+def test_reference_recordings_are_embedded_per_file(refs, sample_data, tmp_path):
     assert len(refs) == 5 and "en_whisper_jfk.flac" in refs
     for v in refs.values():
         assert abs(np.linalg.norm(v) - 1) < 1e-6
@@ -32,7 +32,7 @@ def test_reference_recordings_are_embedded_per_file(refs, shared_data, tmp_path)
     s = m @ m.T
     np.fill_diagonal(s, -1)
     assert s.max() < 0.9
-    assert reference_files(shared_data / "audio" / "en_whisper_jfk.flac")[0].name == "en_whisper_jfk.flac"
+    assert reference_files(sample_data / "audio" / "en_whisper_jfk.flac")[0].name == "en_whisper_jfk.flac"
     with pytest.raises(FileNotFoundError, match="no reference recordings"):
         reference_files(tmp_path)
 

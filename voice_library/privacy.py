@@ -1,6 +1,6 @@
 """Privacy: no virtual voice may sound like a real person the encoder can pick out.
 
-References are real recordings (e.g. ``../shared/data/audio``) and, for Kokoro, the shipped base
+References are real recordings (e.g. ``data/audio``) and, for Kokoro, the shipped base
 voices, which stand for the real speakers the TTS learnt them from. A library passes when every
 identity's centroid embedding has cosine ≤ ``max_cosine`` to every reference; the report names
 the closest identity to each reference either way.
