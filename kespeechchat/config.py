@@ -308,6 +308,12 @@ class RetryConfig(_Model):
         "seeded factor in [1 - jitter, 1 + jitter] (and the sentence pause by up to twice that). CosyVoice retries "
         "change the sampling seed instead.",
     )
+    by_sentence: bool = Field(
+        True,
+        description="A turn of several sentences that is misheard is redone sentence by sentence: each sentence is "
+        "synthesised and checked alone, later attempts redo only the sentences still misheard, the best rendering "
+        "of each sentence is kept, and the joined turn is scored again as a whole (select decides on that score).",
+    )
 
 
 class SelectConfig(_Model):

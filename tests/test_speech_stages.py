@@ -426,3 +426,40 @@ def test_backend_errors_reject_only_their_rows_and_the_shard_completes(cfg, voic
         and rej["reject_reason"] == "audio_undecodable"
         and rej["reject_detail"]
     )
+
+
+def test_a_misheard_turn_of_several_sentences_is_redone_sentence_by_sentence(cfg, synthesized):
+    """A two-sentence turn whose audio says only its first sentence (the rest dropped): repair makes
+    each sentence alone, checks each, joins the best renderings with the sentence pause, and the
+    joined turn is scored again as a whole and now passes."""
+    from kespeechchat.backends.tts import split_sentences
+
+    good = next(r for r in synthesized.to_pylist() if r["dialogue_id"] == "good-en")
+    text = f"{EN_LONG} {EN_ANSWER}"
+    assert len(split_sentences(text, "en")) == 2
+    row = {
+        **{k: copy.deepcopy(good[k]) for k in ("language", "roles", "voice_ids", "sample_rate_hz")},
+        "dialogue_id": "dropped-sentence",
+        "roles": ["user"],
+        "voice_ids": good["voice_ids"][:1],
+        "spoken_texts": [text],
+        "audio_flac": good["audio_flac"][:1],  # EN_LONG alone
+        "durations_s": good["durations_s"][:1],
+        "tts_attempts": [1],
+    }
+    verify = VerifyStage(cfg, Runtime(run_dir=cfg.run_dir))
+    verify.setup()
+    before = verify.process(table_from_rows([row], synthesized.column_names), 0).kept
+    assert [why for _, why in row_failures(cfg.select, before.to_pylist()[0])] == ["asr_mismatch"]
+    c = cfg.model_copy(update={"retry": cfg.retry.model_copy(update={"retries": 2})})
+    stage = RepairStage(c, Runtime(run_dir=cfg.run_dir))
+    stage.setup()
+    out = stage.process(before, 0)
+    after = out.kept.to_pylist()[0]
+    assert out.metrics["sentences_resynthesised"] >= 2
+    assert row_failures(c.select, after) == [], (after["asr_texts"], after["error_rates"])
+    assert after["tts_attempts"] == [2]  # both sentences heard right at the first repair
+    # the joined turn is the two sentences and one pause: longer than the first sentence alone
+    assert after["durations_s"][0] > 1.5 * good["durations_s"][0]
+    x, sr = decode_audio(after["audio_flac"][0])
+    assert x.size / sr == pytest.approx(after["durations_s"][0], rel=1e-3)

@@ -15,9 +15,12 @@ what now fails) and select, never verify.
 
 from __future__ import annotations
 
+import math
 import time
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from kespeechchat.stage import Resources, Stage, StageOutput
@@ -78,84 +81,193 @@ class RepairStage(Stage):
         return self.tts, self.scorer
 
     def process(self, table: pa.Table, shard: int) -> StageOutput:
-        from kespeechchat.audio import encode_flac
-        from kespeechchat.backends.tts import turn_seed
-        from pipelines.stages.select import row_failures
-        from pipelines.stages.synthesize import TurnSynthesisError, synthesize_turn
-
         self.check_inputs(table)
         rows = table.to_pylist()
-        max_attempts = 1 + self.cfg.retry.retries
-        sel = self.cfg.select
-        tried = fixed = 0
-        resynth_s = tts_s = 0.0
-        t_start = time.perf_counter()
-        rows_touched: set[int] = set()
+        work = _RepairRounds(self, rows)
         for _round in range(self.cfg.retry.retries):
-            todo: list[tuple[int, int]] = []  # (row index, turn index)
-            for r, row in enumerate(rows):
-                fails = row_failures(sel, row)
-                if not fails or any(row["tts_attempts"][i] >= max_attempts for i, _ in fails):
-                    continue  # passes, or lost anyway: a turn is out of attempts
-                todo += [(r, i) for i, _ in fails]
+            todo = work.todo()
             if not todo:
                 break
-            tts, scorer = self._models()
-            clips: list[Clip] = []
-            made: list[tuple[int, int, Any, int]] = []
-            for r, i in todo:
-                row = rows[r]
-                lang = row["language"]
-                recipe = self.voices.get(row["voice_ids"][i])
-                if recipe is None:
-                    raise KeyError(
-                        f"dialogue {row['dialogue_id']}: voice {row['voice_ids'][i]!r} is not in the run's library"
-                    )
-                if int(tts.sample_rate_hz) != int(row["sample_rate_hz"]):
-                    raise RuntimeError(
-                        f"dialogue {row['dialogue_id']}: audio is {row['sample_rate_hz']} Hz but the TTS makes "
-                        f"{tts.sample_rate_hz} Hz; rerun synthesize"
-                    )
-                seed = turn_seed(self.cfg.seed, row["dialogue_id"], i)
-                first = int(row["tts_attempts"][i]) + 1
-                tried += 1
-                t0 = time.perf_counter()
-                try:
-                    audio, attempt = synthesize_turn(
-                        tts, row["spoken_texts"][i], lang, recipe, seed, first, first
-                    )
-                except TurnSynthesisError:
-                    row["tts_attempts"][i] = first  # the attempt was spent; the old audio and scores stay
-                    rows_touched.add(r)
-                    continue
-                finally:
-                    tts_s += time.perf_counter() - t0
-                made.append((r, i, audio, attempt))
-                clips.append(
-                    Clip(audio, int(tts.sample_rate_hz), row["spoken_texts"][i], lang, row["voice_ids"][i])
+            work.round(todo)
+        return self.build_output(table, rows, [], work.metrics())
+
+
+@dataclass
+class _Sentences:
+    """A misheard turn redone sentence by sentence: the best rendering of each sentence so far."""
+
+    texts: list[str]
+    audio: list[np.ndarray | None]
+    errors: list[float]
+
+    def todo(self) -> list[int]:
+        """Sentences to (re)do: never made, or heard with any error."""
+        return [j for j, (a, e) in enumerate(zip(self.audio, self.errors, strict=True)) if a is None or e > 0]
+
+    def keep(self, j: int, audio: np.ndarray, error: float) -> None:
+        if self.audio[j] is None or error < self.errors[j]:
+            self.audio[j], self.errors[j] = audio, error
+
+    def joined(self, pause: np.ndarray) -> np.ndarray | None:
+        if any(a is None for a in self.audio):
+            return None
+        parts: list[np.ndarray] = []
+        for a in self.audio:
+            if parts:
+                parts.append(pause)
+            parts.append(a)
+        return np.concatenate(parts)
+
+
+class _RepairRounds:
+    """The repair of one shard, round by round. A turn is redone whole (another seed or speed), or,
+    when it is misheard and has several sentences (``retry.by_sentence``), sentence by sentence:
+    every sentence alone at first, then only the sentences still misheard, keeping each sentence's
+    best rendering. A new rendering of a misheard turn replaces the old one only if it is heard no
+    worse; other faults (silence, clipping, a wrong voice) always take the new rendering."""
+
+    def __init__(self, stage: RepairStage, rows: list[dict[str, Any]]):
+        self.stage = stage
+        self.rows = rows
+        self.sel = stage.cfg.select
+        self.max_attempts = 1 + stage.cfg.retry.retries
+        self.sentences: dict[tuple[int, int], _Sentences] = {}
+        self.touched: set[int] = set()
+        self.tried = self.sentences_made = 0
+        self.resynth_s = self.tts_s = 0.0
+        self.t_start = time.perf_counter()
+
+    def todo(self) -> list[tuple[int, int, str]]:
+        """(row, turn, reason) of every failing turn of a dialogue that can still pass."""
+        from pipelines.stages.select import row_failures
+
+        out: list[tuple[int, int, str]] = []
+        for r, row in enumerate(self.rows):
+            fails = row_failures(self.sel, row)
+            if not fails or any(row["tts_attempts"][i] >= self.max_attempts for i, _ in fails):
+                continue  # passes, or lost anyway: a turn is out of attempts
+            out += [(r, i, why) for i, why in fails]
+        return out
+
+    def round(self, todo: list[tuple[int, int, str]]) -> None:
+        from kespeechchat.backends.tts import split_sentences
+
+        tts, scorer = self.stage._models()
+        whole: list[tuple[int, int, np.ndarray]] = []
+        pieces: list[tuple[int, int, int, np.ndarray]] = []
+        for r, i, why in todo:
+            row = self.rows[r]
+            self.tried += 1
+            self.touched.add(r)
+            texts = split_sentences(row["spoken_texts"][i], row["language"])
+            if why == "asr_mismatch" and len(texts) > 1 and self.stage.cfg.retry.by_sentence:
+                state = self.sentences.setdefault(
+                    (r, i), _Sentences(texts, [None] * len(texts), [math.inf] * len(texts))
                 )
-            scores = scorer.score(clips) if clips else []
-            for (r, i, audio, attempt), sc in zip(made, scores, strict=True):
-                row = rows[r]
-                row["tts_attempts"][i] = attempt
-                rows_touched.add(r)
-                if isinstance(sc, Exception):
-                    continue  # could not be scored: keep the previous audio and scores (still failing)
-                sr = int(row["sample_rate_hz"])
-                row["audio_flac"][i] = encode_flac(audio, sr)
-                row["durations_s"][i] = len(audio) / sr
-                resynth_s += len(audio) / sr
-                for col, v in sc.as_columns().items():
-                    row[col][i] = v
-        for r in rows_touched:
-            if not row_failures(sel, rows[r]):
-                fixed += 1
-        metrics = {
-            "turns_resynthesised": float(tried),
-            "dialogues_touched": float(len(rows_touched)),
+                for j in state.todo():
+                    audio = self._synthesize(r, i, state.texts[j], sentence=j + 1)
+                    if audio is not None:
+                        pieces.append((r, i, j, audio))
+                row["tts_attempts"][i] = int(row["tts_attempts"][i]) + 1
+                continue
+            audio = self._synthesize(r, i, row["spoken_texts"][i])
+            row["tts_attempts"][i] = int(row["tts_attempts"][i]) + 1
+            if audio is not None:
+                whole.append((r, i, audio))
+        self._keep_sentences(pieces, scorer)
+        pause = np.zeros(int(getattr(tts, "sentence_pause_s", 0.25) * tts.sample_rate_hz), np.float32)
+        redone = {(r, i) for r, i, _, _ in pieces}
+        for (r, i), state in self.sentences.items():
+            joined = state.joined(pause)
+            if joined is not None and (r, i) in redone:
+                whole.append((r, i, joined))
+        self._score_and_keep(whole, scorer)
+
+    def _synthesize(self, r: int, i: int, text: str, sentence: int = 0) -> np.ndarray | None:
+        """One new rendering of a turn (or of its ``sentence``-th sentence), at the turn's next attempt."""
+        from kespeechchat.backends.tts import turn_seed
+        from pipelines.stages.synthesize import TurnSynthesisError, synthesize_turn
+
+        row = self.rows[r]
+        recipe = self.stage.voices.get(row["voice_ids"][i])
+        if recipe is None:
+            raise KeyError(
+                f"dialogue {row['dialogue_id']}: voice {row['voice_ids'][i]!r} is not in the run's library"
+            )
+        tts = self.stage.tts
+        if int(tts.sample_rate_hz) != int(row["sample_rate_hz"]):
+            raise RuntimeError(
+                f"dialogue {row['dialogue_id']}: audio is {row['sample_rate_hz']} Hz but the TTS makes "
+                f"{tts.sample_rate_hz} Hz; rerun synthesize"
+            )
+        seed = turn_seed(self.stage.cfg.seed, row["dialogue_id"], i)
+        if sentence:
+            seed = turn_seed(seed, f"sentence-{sentence}", int(row["tts_attempts"][i]))
+        attempt = int(row["tts_attempts"][i]) + 1
+        t0 = time.perf_counter()
+        try:
+            audio, _ = synthesize_turn(tts, text, row["language"], recipe, seed, attempt, attempt)
+        except TurnSynthesisError:
+            return None  # the attempt is spent; the old audio and scores stay
+        finally:
+            self.tts_s += time.perf_counter() - t0
+        self.resynth_s += len(audio) / int(tts.sample_rate_hz)
+        self.sentences_made += bool(sentence)
+        return audio
+
+    def _keep_sentences(self, pieces: list[tuple[int, int, int, np.ndarray]], scorer: SpeechScorer) -> None:
+
+        sr = int(self.stage.tts.sample_rate_hz)
+        clips = []
+        for r, i, j, audio in pieces:
+            row = self.rows[r]
+            text = self.sentences[(r, i)].texts[j]
+            clips.append(Clip(audio, sr, text, row["language"], row["voice_ids"][i]))
+        for (r, i, j, audio), sc in zip(pieces, scorer.score(clips) if clips else [], strict=True):
+            err = (
+                sc.error_rate if not isinstance(sc, Exception) and math.isfinite(sc.error_rate) else math.inf
+            )
+            self.sentences[(r, i)].keep(j, audio, err)
+
+    def _score_and_keep(self, made: list[tuple[int, int, np.ndarray]], scorer: SpeechScorer) -> None:
+        from kespeechchat.audio import encode_flac
+        from pipelines.stages.select import turn_failure, turn_values
+
+        sr = int(self.stage.tts.sample_rate_hz)
+        clips = [
+            Clip(
+                a, sr, self.rows[r]["spoken_texts"][i], self.rows[r]["language"], self.rows[r]["voice_ids"][i]
+            )
+            for r, i, a in made
+        ]
+        for (r, i, audio), sc in zip(made, scorer.score(clips) if clips else [], strict=True):
+            row = self.rows[r]
+            if isinstance(sc, Exception):
+                continue  # could not be scored: keep the previous audio and scores (still failing)
+            old = turn_values(row, i)
+            new = sc.as_columns()
+            text, lang = row["spoken_texts"][i], row["language"]
+            if (
+                turn_failure(self.sel, lang, text, old) == "asr_mismatch"
+                and turn_failure(self.sel, lang, text, {**new, "durations_s": len(audio) / sr})
+                and not new["error_rates"] <= old["error_rates"]
+            ):
+                continue  # heard worse than what it replaces: keep the old rendering
+            row["audio_flac"][i] = encode_flac(audio, sr)
+            row["durations_s"][i] = len(audio) / sr
+            for col, v in new.items():
+                row[col][i] = v
+
+    def metrics(self) -> dict[str, float]:
+        from pipelines.stages.select import row_failures
+
+        fixed = sum(1 for r in self.touched if not row_failures(self.sel, self.rows[r]))
+        return {
+            "turns_resynthesised": float(self.tried),
+            "sentences_resynthesised": float(self.sentences_made),
+            "dialogues_touched": float(len(self.touched)),
             "dialogues_fixed": float(fixed),
-            "resynthesised_audio_s": round(resynth_s, 3),
-            "tts_s": round(tts_s, 3),
-            "wall_s": round(time.perf_counter() - t_start, 3),
+            "resynthesised_audio_s": round(self.resynth_s, 3),
+            "tts_s": round(self.tts_s, 3),
+            "wall_s": round(time.perf_counter() - self.t_start, 3),
         }
-        return self.build_output(table, rows, [], metrics)
