@@ -26,8 +26,8 @@ from pathlib import Path
 from _common import REPO, machine, report
 
 from kespeechchat.config import load_config
-from kespeechchat.report import run_summary
 from kespeechchat.testing import cli_run_command, write_config
+from pipelines.report import run_summary
 
 
 def _synthesised_audio_s(run_dir: Path) -> float:

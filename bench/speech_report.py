@@ -98,7 +98,7 @@ def main() -> int:
     import yaml
 
     from kespeechchat.config import RunConfig
-    from kespeechchat.report import run_summary
+    from pipelines.report import run_summary
 
     run = args.run
     cfg_path = run / "config.yaml"

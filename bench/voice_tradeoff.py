@@ -94,8 +94,8 @@ def main() -> int:
     pool = load_pool(args.pool or SEARCHED_POOL_PATH)
     jobs, sample, vsample = plan(pool, args.work)
     if args.cmd == "measure":
+        from pipelines.voices_cli import _models, _say
         from voice_library.clarity import run_jobs
-        from voice_library.cli import _models, _say
 
         tts, enc, asr = _models()
         i, _, n = args.part.partition("/")

@@ -71,7 +71,7 @@ def write_config(cfg: RunConfig, path: Path) -> Path:
 def cli_run_command(config: Path, *extra: str) -> list[str]:
     import sys
 
-    return [sys.executable, "-m", "kespeechchat.cli", "run", "--config", str(config), "--quiet", *extra]
+    return [sys.executable, "-m", "pipelines.cli", "run", "--config", str(config), "--quiet", *extra]
 
 
 def final_rows(run_dir: Path) -> list[tuple[str, str]]:

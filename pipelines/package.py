@@ -325,7 +325,7 @@ def data_fingerprint(cfg: RunConfig, input_fps: list[str], library_fp: str) -> s
 
 
 def card_fingerprint(cfg: RunConfig, data_fp: str) -> str:
-    from kespeechchat.card import CARD_VERSION
+    from pipelines.card import CARD_VERSION
 
     return stable_hash(
         {
@@ -483,7 +483,7 @@ def _write_card_or_note(
 ) -> None:
     """The card needs the `hf` extra; without it the data is still complete and loadable, so say so and go on."""
     try:
-        from kespeechchat.card import write_card
+        from pipelines.card import write_card
     except ImportError as e:  # pragma: no cover - depends on extras
         progress.note(
             f"[package] dataset card skipped ({e}); install the 'hf' extra and run `kespeechchat card`"

@@ -287,7 +287,7 @@ class Pipeline:
 
     # -- reports ----------------------------------------------------------------------------------
     def summary(self, wall_s: float) -> dict[str, Any]:
-        from kespeechchat.report import run_summary
+        from pipelines.report import run_summary
 
         s = run_summary(self.store.root)
         s["wall_s"] = round(wall_s, 1)

@@ -116,3 +116,25 @@ def load_run_library(cfg: RunConfig, run_dir: Path) -> list:
 def library_fingerprint(cfg: RunConfig, run_dir: Path) -> str:
     path = library_path(run_dir)
     return file_sha256(path)[:16] if path.exists() else "absent"
+
+
+def run_usage(run_dir: str | Path) -> dict[str, Any]:
+    """The usage histogram of a run, read from the assign stage's output shards."""
+    import pyarrow.parquet as pq
+
+    from voice_library.assignment import usage_histogram
+    from voice_library.recipes import load_library
+
+    run_dir = Path(run_dir)
+    files = sorted((run_dir / "assign" / "data").glob("shard-*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"{run_dir}: the assign stage has no output yet")
+    voices = load_library(library_path(run_dir))
+    lib = {v.voice_id: v for v in voices}
+    user_ids: list[str] = []
+    for f in files:
+        t = pq.read_table(f, columns=["voice_ids", "roles"]).to_pylist()
+        for r in t:
+            ids = {vid for vid, role in zip(r["voice_ids"], r["roles"], strict=True) if role == "user"}
+            user_ids += sorted(ids)
+    return usage_histogram(user_ids, lib.values())

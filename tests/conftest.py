@@ -26,8 +26,11 @@ def sample_data() -> Path:
     import csv
 
     with open(manifest, encoding="utf-8") as f:
-        missing = [r["local_name"] for r in csv.DictReader(f, delimiter="\t")
-                   if not (SAMPLE_DATA / r["kind"] / r["local_name"]).is_file()]
+        missing = [
+            r["local_name"]
+            for r in csv.DictReader(f, delimiter="\t")
+            if not (SAMPLE_DATA / r["kind"] / r["local_name"]).is_file()
+        ]
     if missing:
         pytest.fail(f"sample data missing under {SAMPLE_DATA}: {', '.join(missing)}")
     return SAMPLE_DATA

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from test_package import build_tiny_run, repackage, select_accounting
 
-from kespeechchat.card import LANG_COLORS, ROLE_COLORS, collect_stats, render_body, size_category, write_card
-from kespeechchat.report import run_summary
+from pipelines.card import LANG_COLORS, ROLE_COLORS, collect_stats, render_body, size_category, write_card
 from pipelines.package import UTTERANCE_FIELDS
+from pipelines.report import run_summary
 
 pytestmark = pytest.mark.slow
 
@@ -103,7 +103,7 @@ def test_plots_exist_show_data_and_are_on_the_card(tiny):
 
 
 def test_card_command_rewrites_the_same_card(tiny, tmp_path):
-    from kespeechchat.cli import main
+    from pipelines.cli import main
 
     run = tmp_path / tiny.name
     shutil.copytree(tiny.run_dir, run)

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from test_package import build_tiny_run, select_accounting
 
-from kespeechchat.cli import build_parser, main
+from pipelines.cli import build_parser, main
 
 pytestmark = pytest.mark.slow
 

@@ -7,8 +7,8 @@ import json
 import pytest
 from llm_fake import FakeOpenAIServer, FakeReply
 
-from kespeechchat.cli import main
 from kespeechchat.testing import small_config, write_config
+from pipelines.cli import main
 from pipelines.doctor import check_llm, check_resources, run_checks, stage_requests
 
 

@@ -26,7 +26,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from test_package import build_tiny_run, repackage
 
-from kespeechchat.hub import check_repo_id, export_folder, verify_export
+from pipelines.hub import check_repo_id, export_folder, verify_export
 
 pytestmark = pytest.mark.slow
 
@@ -254,7 +254,7 @@ def cli(args: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProc
     )
     full.update(env)
     return subprocess.run(
-        [sys.executable, "-m", "kespeechchat.cli", *args],
+        [sys.executable, "-m", "pipelines.cli", *args],
         capture_output=True,
         text=True,
         env=full,

@@ -16,7 +16,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from kespeechchat.config import PackageConfig, RunConfig
-from kespeechchat.report import run_summary
 from kespeechchat.testing import small_config
 from pipelines.executors import LocalExecutor
 from pipelines.package import (
@@ -26,6 +25,7 @@ from pipelines.package import (
     read_utterances,
     split_of,
 )
+from pipelines.report import run_summary
 from pipelines.runner import Pipeline
 
 pytestmark = pytest.mark.slow
@@ -240,7 +240,7 @@ def test_package_skips_when_unchanged_and_rewrites_only_the_card(tiny, tmp_path)
 
 
 def test_nothing_accepted_gives_an_empty_dataset_that_export_refuses(tiny, tmp_path):
-    from kespeechchat.hub import export_folder
+    from pipelines.hub import export_folder
 
     shutil.copytree(tiny.run_dir, tmp_path / tiny.name)
     data = tiny.model_dump(mode="json")

@@ -9,9 +9,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from kespeechchat.report import read_rejects, run_summary
 from kespeechchat.testing import small_config
 from pipelines.executors import LocalExecutor
+from pipelines.report import read_rejects, run_summary
 from pipelines.runner import Pipeline
 
 pytestmark = pytest.mark.slow
@@ -167,7 +167,7 @@ def test_export_of_a_real_run_loads_and_matches_its_accounting(finished_run, tmp
     counted (dialogues, utterances, audio seconds), and every clip's length is its duration_s."""
     import soundfile as sf
 
-    from kespeechchat.hub import export_folder
+    from pipelines.hub import export_folder
 
     datasets = pytest.importorskip("datasets")
     cfg, _ = finished_run

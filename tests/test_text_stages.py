@@ -384,7 +384,7 @@ def test_a_fifth_of_requests_failing_the_run_completes_and_accounts_for_every_ro
     with llm_unavailable, and in = out + rejected for each stage."""
     import threading
 
-    from kespeechchat.report import read_rejects, run_summary
+    from pipelines.report import read_rejects, run_summary
 
     good = dialogue_responder()
     faults = [

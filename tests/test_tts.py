@@ -15,9 +15,9 @@ from kespeechchat.backends.tts import (
     make_tts,
     split_sentences,
 )
+from kespeechchat.backends.world import median_f0_hz
 from kespeechchat.config import TTSConfig
 from voice_library.recipes import VoiceRecipe, agent_voices, build_library
-from voice_library.world import median_f0_hz
 
 ZH = "今天天气很好，我们一起去公园散步吧。"
 EN = "The weather is lovely today, so let's take a walk in the park."
@@ -205,7 +205,7 @@ def test_output_problem():
 def test_style_honours_prosody_weights_and_offsets(tts):
     import types
 
-    from voice_library.kokoro_style import style_from_parts
+    from kespeechchat.backends.kokoro_style import style_from_parts
 
     base = {"jf_alpha": 1.4, "jf_nezumi": -0.4}
     plain = types.SimpleNamespace(voice_id="v-a", base_weights=base)

@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
+from kespeechchat.backends.world import analyse, median_f0_hz, synthesize_from, transform
 from voice_library.pool import load_pool
 from voice_library.recipes import (
     SCHEMA,
@@ -24,7 +25,6 @@ from voice_library.recipes import (
     load_library,
     save_library,
 )
-from voice_library.world import analyse, median_f0_hz, synthesize_from, transform
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import pyarrow as pa
 import pytest
 
 from kespeechchat.store import RunStore
-from pipelines.voices import library_path
-from voice_library.assignment import Assigner, format_usage, run_usage, usage_histogram
+from pipelines.voices import library_path, run_usage
+from voice_library.assignment import Assigner, format_usage, usage_histogram
 from voice_library.recipes import agent_voices, build_library, save_library
 
 

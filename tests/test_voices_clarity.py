@@ -226,8 +226,8 @@ def test_refine_cli_writes_a_pool_that_libraries_build_from(tmp_path, capsys):
     """`voices refine` on stored measurements (eight identities, one of them clear only in English)."""
     import pyarrow as pa
 
-    from kespeechchat.cli import main
     from kespeechchat.store import write_parquet_atomic
+    from pipelines.cli import main
     from voice_library.clarity import RESULT_SCHEMA
     from voice_library.pool import save_pool
 
@@ -295,8 +295,8 @@ def test_confirm_cli_narrows_languages_on_the_longer_sentences(tmp_path, capsys)
 
     import pyarrow as pa
 
-    from kespeechchat.cli import main
     from kespeechchat.store import write_parquet_atomic
+    from pipelines.cli import main
     from voice_library.clarity import CONFIRM_PROBES, RESULT_SCHEMA
     from voice_library.pool import save_pool
 

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
-from kespeechchat.cli import main
+from pipelines.cli import main
 from voice_library.pool import load_pool
 from voice_library.recipes import library_meta, load_library
 
@@ -50,7 +50,7 @@ def test_stats_prints_tables_and_plots(lib, tmp_path, capsys):
 
 
 def test_listen_writes_a_wav_of_the_voice(lib, tmp_path, capsys, models_dir):
-    from voice_library.world import median_f0_hz
+    from kespeechchat.backends.world import median_f0_hz
 
     voice = next(v for v in load_library(lib) if v.role == "user" and v.gender == "male")
     wav = tmp_path / "x.wav"
@@ -174,7 +174,7 @@ def test_usage_command_on_a_run_without_assign_fails(tmp_path):
 
 def main_debug(argv: list[str]) -> int:
     """Run the CLI letting exceptions through (as KESPEECHCHAT_DEBUG does)."""
-    from kespeechchat.cli import build_parser
+    from pipelines.cli import build_parser
 
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from voice_library.kokoro_style import (
+from kespeechchat.backends.kokoro_style import (
     DECODER_COLUMNS,
     LENGTH_ROWS,
     PREDICTOR_COLUMNS,

@@ -151,28 +151,6 @@ def usage_histogram(voice_ids: Iterable[str], voices: Iterable[Any]) -> dict[str
     }
 
 
-def run_usage(run_dir: str | Path) -> dict[str, Any]:
-    """The usage histogram of a run, read from the assign stage's output shards."""
-    import pyarrow.parquet as pq
-
-    from pipelines.voices import library_path
-    from voice_library.recipes import load_library
-
-    run_dir = Path(run_dir)
-    files = sorted((run_dir / "assign" / "data").glob("shard-*.parquet"))
-    if not files:
-        raise FileNotFoundError(f"{run_dir}: the assign stage has no output yet")
-    voices = load_library(library_path(run_dir))
-    lib = {v.voice_id: v for v in voices}
-    user_ids: list[str] = []
-    for f in files:
-        t = pq.read_table(f, columns=["voice_ids", "roles"]).to_pylist()
-        for r in t:
-            ids = {vid for vid, role in zip(r["voice_ids"], r["roles"], strict=True) if role == "user"}
-            user_ids += sorted(ids)
-    return usage_histogram(user_ids, lib.values())
-
-
 def format_usage(u: Mapping[str, Any]) -> str:
     lines = [
         f"dialogues: {u['dialogues']}; user voices used: {u['voices_used']} of {u['library_user_voices']}; "

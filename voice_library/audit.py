@@ -130,8 +130,8 @@ RESULT_SCHEMA = pa.schema(
 
 
 def _probe_voices(tts: Any, encoder: Any, asr: Any, voices: Sequence[Any]) -> list[dict[str, Any]]:
+    from kespeechchat.backends.world import median_f0_hz
     from kespeechchat.metrics import error_rate
-    from voice_library.world import median_f0_hz
 
     sr = int(tts.sample_rate_hz)
     rows = []

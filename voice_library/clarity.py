@@ -194,9 +194,9 @@ RESULT_SCHEMA = pa.schema(
 def measure(
     tts: Any, encoder: Any, asr: Any, jobs: Sequence[Job], probes: Sequence[tuple[str, str]] = CLARITY_PROBES
 ) -> list[dict[str, Any]]:
+    from kespeechchat.backends.world import median_f0_hz
     from kespeechchat.metrics import error_rate
     from voice_library.pool import voiced_share
-    from voice_library.world import median_f0_hz
 
     sr = int(tts.sample_rate_hz)
     langs = [lang for lang, _ in probes]

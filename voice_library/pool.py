@@ -182,7 +182,7 @@ def voiced_share(x: np.ndarray, sr: int, frame_s: float = 0.005, rel_level: floa
     """Share of the audible frames (RMS above ``rel_level`` × the loudest frame) that WORLD finds
     voiced. Speech is mostly voiced; some extreme styles whisper or creak, which ASR still reads
     but nobody would call a normal voice."""
-    from voice_library.world import analyse_f0
+    from kespeechchat.backends.world import analyse_f0
 
     x = np.asarray(x, dtype=np.float64)
     f0 = analyse_f0(x, sr)

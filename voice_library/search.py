@@ -219,7 +219,7 @@ def evaluate_style(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Candidate rows and audio rows of one style × its WORLD transforms."""
     from kespeechchat.audio import encode_flac, resample
-    from voice_library import world as w
+    from kespeechchat.backends import world as w
 
     sr = int(tts.sample_rate_hz)
     raw = synthesize_style(tts, style)

@@ -1,7 +1,7 @@
 """Text-to-speech backends: Kokoro-82M ONNX (embedded, CPU) and CosyVoice 2 (production, GPU).
 
 A backend turns (text, language, voice recipe) into float32 mono audio at ``sample_rate_hz``.
-The voice is a recipe (``voice_library.recipes.VoiceRecipe``), not a waveform: Kokoro mixes its
+The voice is a recipe (``kespeechchat.voice.VoiceRecipe``, built by ``voice_library``), not a waveform: Kokoro mixes its
 shipped style tensors with the recipe's weights, CosyVoice conditions on the recipe's speaker
 embedding; both then apply the recipe's WORLD pitch/formant transform.
 
@@ -27,7 +27,7 @@ from kespeechchat.backends.onnx import ShrinkingSession
 
 if TYPE_CHECKING:
     from kespeechchat.config import TTSConfig
-    from voice_library.recipes import VoiceRecipe
+    from kespeechchat.voice import VoiceRecipe
 
 LANGUAGES = ("zh", "en")
 KOKORO_SAMPLE_RATE_HZ = 24000
@@ -123,7 +123,7 @@ def _apply_world(audio: np.ndarray, sr: int, voice: VoiceRecipe) -> np.ndarray:
     pitch, formant = float(voice.pitch_ratio), float(voice.formant_ratio)
     if pitch == 1.0 and formant == 1.0:
         return audio
-    from voice_library.world import transform
+    from kespeechchat.backends.world import transform
 
     return transform(audio, sr, pitch, formant)
 
@@ -222,8 +222,8 @@ class KokoroTTS:
     def style(self, voice: VoiceRecipe) -> np.ndarray:
         """The recipe's style tensor (510, 1, 256): the affine blend of the base voices, and the
         recipe's separate prosody blend and length-direction offsets when it has them
-        (``voice_library.kokoro_style``)."""
-        from voice_library.kokoro_style import style_from_parts
+        (``kespeechchat.backends.kokoro_style``)."""
+        from kespeechchat.backends.kokoro_style import style_from_parts
 
         self.setup()
         weights = tuple(sorted((str(k), float(v)) for k, v in voice.base_weights.items()))

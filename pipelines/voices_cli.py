@@ -345,7 +345,8 @@ def cmd_privacy(args: argparse.Namespace) -> int:
 
 
 def cmd_usage(args: argparse.Namespace) -> int:
-    from voice_library.assignment import format_usage, run_usage
+    from pipelines.voices import run_usage
+    from voice_library.assignment import format_usage
 
     run = Path(args.run)
     if not run.is_dir():

@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-COMMAND_MODULES = ("voice_library.cli", "kespeechchat.dataset_cli")
+COMMAND_MODULES = ("pipelines.voices_cli", "pipelines.dataset_cli")
 
 
 def _resolve_run(arg: str, runs_dir: str) -> Path:
@@ -75,7 +75,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from kespeechchat.progress import format_summary
-    from kespeechchat.report import run_summary
+    from pipelines.report import run_summary
 
     s = run_summary(_resolve_run(args.run, args.runs_dir))
     print(json.dumps(s, indent=2, ensure_ascii=False) if args.json else format_summary(s))
@@ -112,7 +112,7 @@ def cmd_describe(args: argparse.Namespace) -> int:
 
 
 def cmd_rejects(args: argparse.Namespace) -> int:
-    from kespeechchat.report import read_rejects
+    from pipelines.report import read_rejects
 
     t = read_rejects(_resolve_run(args.run, args.runs_dir), stage=args.stage, reason=args.reason)
     rows = t.to_pylist()

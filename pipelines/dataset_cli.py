@@ -19,8 +19,8 @@ def _run_dir(arg: str, runs_dir: str) -> Path:
 
 
 def cmd_card(args: argparse.Namespace) -> int:
-    from kespeechchat.card import write_card
-    from kespeechchat.hub import load_run_config
+    from pipelines.card import write_card
+    from pipelines.hub import load_run_config
 
     run = _run_dir(args.run, args.runs_dir)
     path = write_card(run / "dataset", load_run_config(run), run)
@@ -29,7 +29,7 @@ def cmd_card(args: argparse.Namespace) -> int:
 
 
 def cmd_export_hf(args: argparse.Namespace) -> int:
-    from kespeechchat.hub import check_repo_id, export_folder, push, ready_to_push
+    from pipelines.hub import check_repo_id, export_folder, push, ready_to_push
 
     run = _run_dir(args.run, args.runs_dir)
     check_repo_id(args.repo_id)

@@ -713,7 +713,7 @@ def write_card(
     repo_id: str | None = None,
 ) -> Path:
     """Write `README.md` and `images/*.png` into ``dataset_dir`` from its shards and the run's records."""
-    from kespeechchat.report import run_summary
+    from pipelines.report import run_summary
 
     dataset_dir, run_dir = Path(dataset_dir), Path(run_dir)
     if package_summary is None:

@@ -73,7 +73,7 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 def export_folder(run_dir: str | Path, repo_id: str, out_dir: str | Path | None = None) -> dict[str, Any]:
     """Build the folder to upload for ``repo_id`` and verify it; returns what `verify_export` found."""
-    from kespeechchat.card import write_card
+    from pipelines.card import write_card
     from pipelines.package import dataset_files
 
     check_repo_id(repo_id)
