@@ -62,6 +62,7 @@ bench: models
 
 lint: install
 	$(VENV)/bin/ruff check kespeechchat pipelines voice_library tests bench
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf runs .pytest_cache

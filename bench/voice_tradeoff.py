@@ -38,8 +38,8 @@ BOUND = 0.94  # the shipped pool's distinctness bound on eight-sentence centroid
 
 
 def plan(pool, work: str | None = None):
+    from voice_library.bounds import KOKORO_BASE_F0_HZ
     from voice_library.clarity import job, shipped_jobs
-    from voice_library.recipes import KOKORO_BASE_F0_HZ
 
     ids = sorted(pool.identities, key=lambda i: i.identity_id)
     rng = np.random.default_rng(0)

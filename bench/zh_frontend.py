@@ -47,7 +47,7 @@ def main() -> int:
     from kespeechchat.backends.asr import FasterWhisperASR
     from kespeechchat.backends.tts import KokoroTTS
     from kespeechchat.metrics import error_rate
-    from voice_library.recipes import VoiceRecipe
+    from kespeechchat.voice import VoiceRecipe
 
     voices = [
         VoiceRecipe(

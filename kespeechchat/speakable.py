@@ -19,6 +19,7 @@ import re
 from collections.abc import Sequence
 
 from kespeechchat.langid import HAN_RANGES as _HAN
+from kespeechchat.textnorm import normalize
 
 _CJK_RE = re.compile(f"[{_HAN}\u3040-\u30ff\uac00-\ud7af]")
 _LATIN_RE = re.compile(r"[A-Za-z]")
@@ -170,7 +171,6 @@ def check_turns(
 
 def finish_spoken(texts: Sequence[str], language: str) -> tuple[list[str], int]:
     """Glosses dropped, then text normalisation: the texts the TTS reads; and the glosses dropped."""
-    from kespeechchat.textnorm import normalize
 
     out, n = [], 0
     for t in texts:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from kespeechchat.config import RunConfig
+from kespeechchat.store import TMP_PREFIX
 
 
 def small_config(
@@ -92,8 +93,6 @@ def assert_no_partial_files(run_dir: Path) -> None:
     import json
 
     import pyarrow.parquet as pq
-
-    from kespeechchat.store import TMP_PREFIX
 
     for p in Path(run_dir).rglob("*"):
         if not p.is_file() or any(part.startswith(TMP_PREFIX) for part in p.parts):

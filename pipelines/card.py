@@ -19,8 +19,11 @@ import pyarrow.parquet as pq
 
 from kespeechchat.config import RunConfig
 from kespeechchat.store import atomic_path, read_json, write_bytes_atomic
+from pipelines.package import UTTERANCE_FIELDS, dataset_files, read_utterances
+from pipelines.report import run_summary
+from pipelines.stages import SHARD_STAGES
+from pipelines.voices import library_path
 
-CARD_VERSION = "2"
 IMAGES_DIR = "images"
 TASKS = ["automatic-speech-recognition", "text-to-speech", "audio-to-audio"]
 STAT_COLUMNS = [
@@ -59,7 +62,6 @@ def size_category(n: int) -> str:
 
 def split_infos(dataset_dir: Path) -> dict[str, dict[str, Any]]:
     """Rows, uncompressed and file bytes per split, from the Parquet footers (no data read)."""
-    from pipelines.package import dataset_files
 
     out = {}
     first_schema: pa.Schema | None = None
@@ -89,7 +91,6 @@ def split_infos(dataset_dir: Path) -> dict[str, dict[str, Any]]:
 
 def collect_stats(dataset_dir: Path) -> dict[str, Any]:
     """Counts and distributions the card quotes, from the shards' non-audio columns."""
-    from pipelines.package import dataset_files, read_utterances
 
     t = read_utterances(dataset_dir, columns=STAT_COLUMNS)
     rows = t.to_pydict() if t.num_rows else {c: [] for c in [*STAT_COLUMNS, "split"]}
@@ -186,8 +187,6 @@ def front_matter_yaml(cfg: RunConfig, dataset_dir: Path, stats: dict[str, Any]) 
     from datasets.splits import SplitDict, SplitInfo
     from datasets.utils.metadata import MetadataConfigs
     from huggingface_hub import DatasetCardData
-
-    from pipelines.package import dataset_files
 
     files = dataset_files(dataset_dir)
     infos = split_infos(dataset_dir)
@@ -476,7 +475,6 @@ def _short_turn_bound(sel: Any) -> str:
 
 def _flow_lines(cfg: RunConfig) -> list[str]:
     """The stages as they ran, from the stage classes' own descriptions, with what this config switched off."""
-    from pipelines.stages import SHARD_STAGES
 
     retries = getattr(getattr(cfg, "retry", None), "retries", None)
     notes = {
@@ -515,7 +513,6 @@ def render_body(
     repo_id: str | None,
     voices_note: str | None = None,
 ) -> str:
-    from pipelines.package import UTTERANCE_FIELDS
 
     sel = cfg.select
     lines = [
@@ -691,7 +688,6 @@ def render_body(
 
 def _voices_note(run_dir: Path) -> str | None:
     """What the run's voice library says about the distinctness of its identities (if it records it)."""
-    from pipelines.voices import library_path
 
     p = library_path(run_dir)
     try:
@@ -713,7 +709,6 @@ def write_card(
     repo_id: str | None = None,
 ) -> Path:
     """Write `README.md` and `images/*.png` into ``dataset_dir`` from its shards and the run's records."""
-    from pipelines.report import run_summary
 
     dataset_dir, run_dir = Path(dataset_dir), Path(run_dir)
     if package_summary is None:

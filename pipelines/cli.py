@@ -10,6 +10,15 @@ import os
 import sys
 from pathlib import Path
 
+from kespeechchat.config import RunConfig, load_config
+from kespeechchat.models import prepare_embedded
+from kespeechchat.progress import format_summary
+from kespeechchat.stage import Runtime
+from pipelines.doctor import format_checks, run_checks
+from pipelines.executors import LocalExecutor, RayExecutor
+from pipelines.report import read_rejects, run_summary
+from pipelines.runner import Pipeline, make_stages
+
 COMMAND_MODULES = ("pipelines.voices_cli", "pipelines.dataset_cli")
 
 
@@ -24,9 +33,6 @@ def _resolve_run(arg: str, runs_dir: str) -> Path:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from kespeechchat.config import load_config
-    from pipelines.executors import LocalExecutor, RayExecutor
-    from pipelines.runner import Pipeline
 
     cfg = load_config(args.config, args.set)
     if args.name:
@@ -59,8 +65,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from kespeechchat.config import load_config
-    from pipelines.doctor import format_checks, run_checks
 
     cfg = load_config(args.config, args.set)
     if args.address:
@@ -74,8 +78,6 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from kespeechchat.progress import format_summary
-    from pipelines.report import run_summary
 
     s = run_summary(_resolve_run(args.run, args.runs_dir))
     print(json.dumps(s, indent=2, ensure_ascii=False) if args.json else format_summary(s))
@@ -83,9 +85,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_describe(args: argparse.Namespace) -> int:
-    from kespeechchat.config import RunConfig, load_config
-    from kespeechchat.stage import Runtime
-    from pipelines.runner import make_stages
 
     cfg = (
         load_config(args.config)
@@ -112,7 +111,6 @@ def cmd_describe(args: argparse.Namespace) -> int:
 
 
 def cmd_rejects(args: argparse.Namespace) -> int:
-    from pipelines.report import read_rejects
 
     t = read_rejects(_resolve_run(args.run, args.runs_dir), stage=args.stage, reason=args.reason)
     rows = t.to_pylist()
@@ -126,7 +124,6 @@ def cmd_rejects(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from kespeechchat.models import prepare_embedded
 
     paths = prepare_embedded(args.dir)
     for k, v in paths.items():

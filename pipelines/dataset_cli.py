@@ -8,6 +8,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pipelines.card import write_card
+from pipelines.hub import check_repo_id, export_folder, load_run_config, push, ready_to_push
+from pipelines.package import read_utterances, write_wavs
+
 
 def _run_dir(arg: str, runs_dir: str) -> Path:
     for p in (Path(arg), Path(runs_dir) / arg):
@@ -19,8 +23,6 @@ def _run_dir(arg: str, runs_dir: str) -> Path:
 
 
 def cmd_card(args: argparse.Namespace) -> int:
-    from pipelines.card import write_card
-    from pipelines.hub import load_run_config
 
     run = _run_dir(args.run, args.runs_dir)
     path = write_card(run / "dataset", load_run_config(run), run)
@@ -29,7 +31,6 @@ def cmd_card(args: argparse.Namespace) -> int:
 
 
 def cmd_export_hf(args: argparse.Namespace) -> int:
-    from pipelines.hub import check_repo_id, export_folder, push, ready_to_push
 
     run = _run_dir(args.run, args.runs_dir)
     check_repo_id(args.repo_id)
@@ -56,7 +57,6 @@ def _short(text: Any, n: int) -> str:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from pipelines.package import read_utterances, write_wavs
 
     run = _run_dir(args.run, args.runs_dir)
     dataset = run / "dataset"

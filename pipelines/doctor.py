@@ -20,6 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kespeechchat.backends.speaker import CAMPlusEncoder
+from kespeechchat.models import is_prepared, kokoro_dir, llm_gguf_path, whisper_dir
+from kespeechchat.stage import Runtime
+from pipelines.executors import init_ray
+from pipelines.runner import make_stages
+from pipelines.voices import resolve_voices
+
 if TYPE_CHECKING:
     from kespeechchat.config import RunConfig
 
@@ -84,8 +91,6 @@ def _guard(component: str, item: str, fn: Callable[[], list[Check]]) -> list[Che
 def check_tts(cfg: RunConfig) -> list[Check]:
     t = cfg.tts
     if t.backend == "kokoro":
-        from kespeechchat.models import is_prepared, kokoro_dir
-
         ok = is_prepared("kokoro")
         return [
             Check("tts", "kokoro (embedded)", ok, str(kokoro_dir(check=False)) if ok else "run `make models`")
@@ -114,7 +119,6 @@ def check_tts(cfg: RunConfig) -> list[Check]:
 
 
 def _campplus(path: str) -> list[Check]:
-    from kespeechchat.backends.speaker import CAMPlusEncoder
 
     enc = CAMPlusEncoder(path)
     enc.setup()  # checks input (B, T, 80) and a 192-d output
@@ -126,8 +130,6 @@ def check_asr(cfg: RunConfig) -> list[Check]:
     whisper = ["model.bin", "config.json", ("tokenizer.json", "vocabulary.txt", "vocabulary.json")]
     if a.backend == "faster_whisper":
         if not a.model_dir:
-            from kespeechchat.models import is_prepared, whisper_dir
-
             ok = is_prepared("whisper")
             return [
                 Check(
@@ -219,8 +221,6 @@ def check_llm(cfg: RunConfig, *, probe: bool = True, timeout_s: float = 20.0) ->
         return [Check("llm", "text stages", None, "no stage uses the LLM (passthrough / rules)")]
     llm = cfg.llm
     if llm.backend == "llamacpp":
-        from kespeechchat.models import is_prepared, llm_gguf_path
-
         path = Path(llm.model_path) if llm.model_path else llm_gguf_path(check=False)
         ok = path.is_file() if llm.model_path else is_prepared("llm")
         return [
@@ -279,7 +279,6 @@ def _probe_endpoint(cfg: RunConfig, endpoint: str, timeout_s: float) -> list[Che
 
 
 def check_voices(cfg: RunConfig) -> list[Check]:
-    from pipelines.voices import resolve_voices
 
     voices, meta = resolve_voices(cfg)
     ids = len({v.identity_id for v in voices})
@@ -295,8 +294,6 @@ def check_voices(cfg: RunConfig) -> list[Check]:
 
 def stage_requests(cfg: RunConfig) -> list[tuple[str, dict[str, float]]]:
     """(stage, resources one actor asks Ray for), as the Ray executor asks (stage_gpus applied)."""
-    from kespeechchat.stage import Runtime
-    from pipelines.runner import make_stages
 
     out = []
     for st in make_stages(cfg, Runtime(run_dir=cfg.run_dir)):
@@ -411,8 +408,6 @@ def run_checks(cfg: RunConfig, *, probe: bool = True) -> list[Check]:
     ray = None
     if cfg.executor.kind == "ray" and probe:
         try:
-            from pipelines.executors import init_ray
-
             ray = init_ray(cfg)
             totals = dict(ray.cluster_resources())
             checks.append(

@@ -13,11 +13,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from kespeechchat.config import RunConfig
-from pipelines.runner import RunError, execute_unit
+from kespeechchat.store import RunStore
+from pipelines.reaper import Reaper, child_pids
 from pipelines.scheduler import BUSY, LOADING, PLACING, Request, Scheduler, Slot
+from pipelines.units import RunError, Unit, execute_unit
 
 if TYPE_CHECKING:
-    from pipelines.runner import Pipeline, Unit
+    from pipelines.runner import Pipeline
 
 
 class LocalExecutor:
@@ -125,7 +127,6 @@ class _Worker:
         return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
 
     def setup(self) -> None:
-        from kespeechchat.store import RunStore
 
         stages = self._build()
         self.stage = stages[self._index]
@@ -187,8 +188,6 @@ class RayExecutor:
         self.cfg = cfg
         self._reaper = None
         if not (address or cfg.executor.address):
-            from pipelines.reaper import Reaper, child_pids
-
             self._reaper = Reaper()
             before = child_pids(os.getpid())
         self.ray = init_ray(cfg, address)

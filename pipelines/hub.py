@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from kespeechchat.config import RunConfig
+from pipelines.card import write_card
+from pipelines.package import dataset_files
 
 HF_TOKEN_ENV = "HF_TOKEN"
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -73,8 +75,6 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 def export_folder(run_dir: str | Path, repo_id: str, out_dir: str | Path | None = None) -> dict[str, Any]:
     """Build the folder to upload for ``repo_id`` and verify it; returns what `verify_export` found."""
-    from pipelines.card import write_card
-    from pipelines.package import dataset_files
 
     check_repo_id(repo_id)
     run_dir = Path(run_dir)

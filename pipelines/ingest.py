@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 
 from kespeechchat.config import RunConfig, stable_hash
+from kespeechchat.dedup import Deduper, duplicate_kind
+from kespeechchat.ingest import ingest_sources
 from kespeechchat.progress import Progress
 from kespeechchat.schema import table_from_rows
 from kespeechchat.store import RunStore, file_sha256, write_json_atomic, write_parquet_atomic
@@ -62,7 +64,6 @@ def source_fingerprint(cfg: RunConfig) -> str:
 
 def make_deduper(cfg: RunConfig) -> Deduper | None:
     """The run's duplicate index, from ``input.dedup`` (None when off)."""
-    from kespeechchat.dedup import Deduper
 
     inp = cfg.input
     if inp.dedup == "off":
@@ -71,8 +72,6 @@ def make_deduper(cfg: RunConfig) -> Deduper | None:
 
 
 def run_ingest(cfg: RunConfig, store: RunStore, progress: Progress) -> dict[str, str]:
-    from kespeechchat.dedup import duplicate_kind
-    from kespeechchat.ingest import ingest_sources
 
     fp = source_fingerprint(cfg)
     m = store.read_marker("ingest", None)

@@ -30,9 +30,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from kespeechchat.audio import decode_audio
 from kespeechchat.config import RunConfig, stable_hash
+from kespeechchat.llm.tasks import load_prompt
 from kespeechchat.progress import Progress
 from kespeechchat.store import RunStore, write_json_atomic
+from pipelines.voices import library_fingerprint, library_path
 
 PACKAGE_VERSION = "2"
 LAST_SHARD_STAGE = "select"
@@ -42,6 +45,8 @@ CARD_ONLY_FIELDS = frozenset({"pretty_name", "license", "source_licenses"})
 DATA_FILE_RE = re.compile(r"^(?P<split>[A-Za-z][A-Za-z0-9_]*)-(?P<index>\d{5})-of-(?P<count>\d{5})\.parquet$")
 MEDIA_COLUMN = "audio"
 SPLIT_ORDER = {"train": 0, "validation": 1, "test": 2}  # how the Hub lists splits; others follow by name
+
+CARD_VERSION = "2"  # the dataset card's layout (pipelines.card); part of the package manifest
 
 
 def _value(dtype: str) -> dict[str, Any]:
@@ -150,7 +155,6 @@ def split_of(dialogue_id: str, seed: int, splits: dict[str, float]) -> str:
 
 def voice_labels(run_dir: Path) -> dict[str, tuple[str, str]]:
     """voice_id -> (identity_id, gender) from the run's voice library."""
-    from pipelines.voices import library_path
 
     p = library_path(run_dir)
     if not p.exists():
@@ -325,7 +329,6 @@ def data_fingerprint(cfg: RunConfig, input_fps: list[str], library_fp: str) -> s
 
 
 def card_fingerprint(cfg: RunConfig, data_fp: str) -> str:
-    from pipelines.card import CARD_VERSION
 
     return stable_hash(
         {
@@ -348,8 +351,6 @@ def prompt_versions(cfg: RunConfig) -> dict[str, Any]:
         if not on:
             continue
         try:
-            from kespeechchat.llm.tasks import load_prompt
-
             out[task] = {lang: load_prompt(task, lang).version for lang in ("zh", "en")}
         except Exception as e:  # the card says so rather than failing the package
             out[task] = f"unavailable ({type(e).__name__}: {e})"
@@ -373,7 +374,6 @@ def _new_stats() -> dict[str, Any]:
 
 def run_package(cfg: RunConfig, store: RunStore, progress: Progress) -> Path:
     """Write (or keep, when its inputs did not change) the dataset folder of the run."""
-    from pipelines.voices import library_fingerprint
 
     shards = store.shards()
     fps = []
@@ -651,8 +651,6 @@ def read_utterances(
 def write_wavs(rows: list[dict[str, Any]], wav_dir: str | Path) -> list[Path]:
     """Decode each row's FLAC and write `<utterance_id>.wav` (16-bit PCM) for listening."""
     import soundfile as sf
-
-    from kespeechchat.audio import decode_audio
 
     out_dir = Path(wav_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

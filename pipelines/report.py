@@ -10,10 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kespeechchat.store import RunStore, read_json
+from pipelines.stages import STAGE_NAMES
 
 
 def stage_names() -> tuple[str, ...]:
-    from pipelines.stages import STAGE_NAMES
 
     return STAGE_NAMES
 

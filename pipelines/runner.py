@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import os
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,21 +18,18 @@ from typing import Any
 import yaml
 
 from kespeechchat.config import RunConfig
+from kespeechchat.llm.server import ManagedLlamaServer
+from kespeechchat.models import llm_gguf_path
 from kespeechchat.progress import Progress
-from kespeechchat.stage import Runtime, Stage, StageOutput
+from kespeechchat.stage import Runtime, Stage
 from kespeechchat.store import RunStore, write_bytes_atomic
-from pipelines.stages import SHARD_STAGES, STAGE_NAMES
-
-
-class RunError(RuntimeError):
-    """A systemic failure: the run stops with a clear message (no marker is written for the unit)."""
-
-
-@dataclass
-class Unit:
-    stage_index: int
-    shard: int
-    input_fingerprint: str
+from pipelines.executors import LocalExecutor, make_executor
+from pipelines.ingest import run_ingest
+from pipelines.package import run_package
+from pipelines.report import run_summary
+from pipelines.stages import STAGE_NAMES
+from pipelines.units import RunError, Unit, build_stages, make_stages
+from pipelines.voices import prepare_run_library
 
 
 @dataclass
@@ -41,66 +37,6 @@ class RunResult:
     run_dir: Path
     dataset_dir: Path | None
     summary: dict[str, Any] = field(default_factory=dict)
-
-
-def make_stages(cfg: RunConfig, runtime: Runtime) -> list[Stage]:
-    return [cls(cfg, runtime) for cls in SHARD_STAGES]
-
-
-def build_stages(cfg_json: dict[str, Any], runtime: Runtime) -> list[Stage]:
-    """The stages of a run, rebuilt from its config in a worker process."""
-    return make_stages(RunConfig.model_validate(cfg_json), runtime)
-
-
-def execute_unit(
-    stage: Stage,
-    store: RunStore,
-    input_stage: str,
-    shard: int,
-    input_fp: str,
-    worker: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Run one stage on one shard and commit it: data, rejects, stats, then the marker (last)."""
-    t0 = time.perf_counter()
-    table = store.read_table(input_stage, shard)
-    out: StageOutput = stage.process(table, shard)
-    n_in, n_out, n_rej = table.num_rows, out.kept.num_rows, out.rejected.num_rows
-    ids_in = set(table.column("dialogue_id").to_pylist())
-    ids_out = out.kept.column("dialogue_id").to_pylist() + out.rejected.column("dialogue_id").to_pylist()
-    if n_in != n_out + n_rej or ids_in != set(ids_out) or len(ids_out) != len(set(ids_out)):
-        raise RunError(
-            f"stage {stage.name} shard {shard}: accounting broken: in={n_in} out={n_out} rejected={n_rej}"
-        )
-    reasons = Counter(out.rejected.column("reject_reason").to_pylist())
-    duration_s = time.perf_counter() - t0
-    stats = {
-        "stage": stage.name,
-        "shard": shard,
-        "rows_in": n_in,
-        "rows_out": n_out,
-        "rows_rejected": n_rej,
-        "rejected_by_reason": dict(sorted(reasons.items())),
-        "duration_s": round(duration_s, 3),
-        "metrics": out.metrics,
-    }
-    out_fp = store.write_unit(stage.name, shard, out.kept, out.rejected, stats, input_table=table)
-    marker = {
-        "stage": stage.name,
-        "shard": shard,
-        "stage_version": stage.version,
-        "config_hash": stage.config_hash(),
-        "input_fingerprint": input_fp,
-        "output_fingerprint": out_fp,
-        "rows_in": n_in,
-        "rows_out": n_out,
-        "rows_rejected": n_rej,
-        "duration_s": round(duration_s, 3),
-        "metrics": out.metrics,
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "worker": worker or {"pid": os.getpid()},
-    }
-    store.write_marker(stage.name, shard, marker)
-    return marker
 
 
 class Pipeline:
@@ -156,12 +92,10 @@ class Pipeline:
 
     def ingest(self) -> dict[str, str]:
         """Read sources into fixed shards; returns shard -> output fingerprint."""
-        from pipelines.ingest import run_ingest
 
         return run_ingest(self.cfg, self.store, self.progress)
 
     def package(self) -> Path:
-        from pipelines.package import run_package
 
         return run_package(self.cfg, self.store, self.progress)
 
@@ -172,9 +106,6 @@ class Pipeline:
             return
         llm = self.cfg.llm
         if llm.backend == "llamacpp":
-            from kespeechchat.llm.server import ManagedLlamaServer
-            from kespeechchat.models import llm_gguf_path
-
             model = Path(llm.model_path) if llm.model_path else llm_gguf_path()
             server = ManagedLlamaServer(
                 model,
@@ -209,7 +140,6 @@ class Pipeline:
 
     # -- the run --------------------------------------------------------------------------------
     def run(self, *, only: str | None = None, rerun: str | None = None, executor=None) -> RunResult:
-        from pipelines.voices import prepare_run_library
 
         if only is not None and only not in STAGE_NAMES:
             raise RunError(f"unknown stage {only!r}; stages: {', '.join(STAGE_NAMES)}")
@@ -253,7 +183,6 @@ class Pipeline:
         return m["shard_fingerprints"]
 
     def _run_shards(self, shard_fps: dict[str, str], only: str | None, executor) -> None:
-        from pipelines.executors import LocalExecutor, make_executor
 
         names = [s.name for s in self.stages]
         first, last = 0, len(self.stages) - 1
@@ -287,7 +216,6 @@ class Pipeline:
 
     # -- reports ----------------------------------------------------------------------------------
     def summary(self, wall_s: float) -> dict[str, Any]:
-        from pipelines.report import run_summary
 
         s = run_summary(self.store.root)
         s["wall_s"] = round(wall_s, 1)

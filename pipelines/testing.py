@@ -21,7 +21,8 @@ import pyarrow as pa
 
 from kespeechchat.config import RunConfig
 from kespeechchat.stage import Resources, Runtime, Stage, StageOutput
-from pipelines.runner import Pipeline, Unit
+from pipelines.executors import RayExecutor
+from pipelines.runner import Pipeline, RunError, Unit
 
 _REJECTED = pa.schema(
     [("dialogue_id", pa.string()), ("reject_reason", pa.string()), ("reject_detail", pa.string())]
@@ -92,7 +93,6 @@ class _Hog:
 
 def run_sleep_pipeline(spec: dict[str, Any]) -> float:
     """Run the spec on a local Ray cluster of its own; returns the wall time in seconds."""
-    from pipelines.executors import RayExecutor
 
     pipe = SleepPipeline(spec)
     t0 = time.perf_counter()
@@ -112,7 +112,6 @@ def run_sleep_pipeline(spec: dict[str, Any]) -> float:
 
 
 def main(argv: list[str]) -> int:
-    from pipelines.runner import RunError
 
     spec = json.loads(Path(argv[0]).read_text())
     try:

@@ -12,6 +12,17 @@ from typing import Any
 
 from kespeechchat.config import RunConfig
 from kespeechchat.store import file_sha256
+from voice_library.assignment import usage_histogram
+from voice_library.embeddings import BACKEND_ENCODERS, check_encoder
+from voice_library.pool import load_pool
+from voice_library.recipes import (
+    agent_voices,
+    build_library,
+    library_meta,
+    library_meta_for,
+    load_library,
+    save_library,
+)
 
 
 def library_path(run_dir: Path) -> Path:
@@ -21,7 +32,6 @@ def library_path(run_dir: Path) -> Path:
 def _check_embeddings(backend: str, voices: list, encoder: str, source: str) -> None:
     """An embedding-conditioned backend gets voices from its own encoder, each of its size
     (else every turn fails in the TTS, or worse, speaks in a voice from another space)."""
-    from voice_library.embeddings import BACKEND_ENCODERS, check_encoder
 
     if backend not in BACKEND_ENCODERS:
         return
@@ -36,14 +46,6 @@ def _check_embeddings(backend: str, voices: list, encoder: str, source: str) -> 
 
 
 def resolve_voices(cfg: RunConfig) -> tuple[list, dict[str, Any]]:
-    from voice_library.pool import load_pool
-    from voice_library.recipes import (
-        agent_voices,
-        build_library,
-        library_meta,
-        library_meta_for,
-        load_library,
-    )
 
     v = cfg.voices
     backend = cfg.tts.backend
@@ -92,7 +94,6 @@ def resolve_voices(cfg: RunConfig) -> tuple[list, dict[str, Any]]:
 
 def prepare_run_library(cfg: RunConfig, run_dir: Path) -> Path:
     """Write ``voices/library.parquet`` (user + agent voices) unless an identical one is there."""
-    from voice_library.recipes import load_library, save_library
 
     path = library_path(run_dir)
     voices, meta = resolve_voices(cfg)
@@ -105,7 +106,6 @@ def prepare_run_library(cfg: RunConfig, run_dir: Path) -> Path:
 
 
 def load_run_library(cfg: RunConfig, run_dir: Path) -> list:
-    from voice_library.recipes import load_library
 
     path = library_path(run_dir)
     if not path.exists():
@@ -121,9 +121,6 @@ def library_fingerprint(cfg: RunConfig, run_dir: Path) -> str:
 def run_usage(run_dir: str | Path) -> dict[str, Any]:
     """The usage histogram of a run, read from the assign stage's output shards."""
     import pyarrow.parquet as pq
-
-    from voice_library.assignment import usage_histogram
-    from voice_library.recipes import load_library
 
     run_dir = Path(run_dir)
     files = sorted((run_dir / "assign" / "data").glob("shard-*.parquet"))

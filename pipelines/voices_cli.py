@@ -12,6 +12,41 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kespeechchat.backends.asr import FasterWhisperASR
+from kespeechchat.backends.speaker import CAMPlusEncoder, ResemblyzerEncoder
+from kespeechchat.backends.tts import CosyVoiceTTS, KokoroTTS
+from kespeechchat.store import write_bytes_atomic, write_json_atomic, write_parquet_atomic
+from pipelines.voices import run_usage
+from voice_library.assignment import format_usage
+from voice_library.audit import audit_library, format_summary, report_markdown
+from voice_library.clarity import (
+    CONFIRM_PROBES,
+    confirm_pool,
+    job,
+    load_probes,
+    load_results,
+    pool_jobs,
+    refine_pool,
+    run_jobs,
+    shipped_references,
+    summarise,
+)
+from voice_library.embeddings import ENCODER_META_KEY, embed_recordings, read_embeddings, sample_pool
+from voice_library.pool import SEARCHED_POOL_PATH, load_pool, save_pool, select_identities
+from voice_library.privacy import check_library_privacy, format_report, reference_embeddings, reference_files
+from voice_library.recipes import (
+    agent_voices,
+    build_library,
+    distinctness_statement,
+    library_meta,
+    library_meta_for,
+    load_library,
+    save_library,
+)
+from voice_library.refs import PROBE_TEXTS
+from voice_library.search import run_search, shipped_voice_embeddings
+from voice_library.stats import format_stats, library_stats, plot_stats
+
 DEFAULT_LIBRARY = "voices.parquet"
 
 
@@ -24,10 +59,6 @@ def _models(backend: str = "kokoro", model_dir: str | None = None) -> tuple[Any,
     they run side by side): Kokoro with resemblyzer, or CosyVoice 2 with its own CAM++ encoder
     (both from ``model_dir``). The checker is the embedded Whisper base either way."""
     import torch
-
-    from kespeechchat.backends.asr import FasterWhisperASR
-    from kespeechchat.backends.speaker import CAMPlusEncoder, ResemblyzerEncoder
-    from kespeechchat.backends.tts import CosyVoiceTTS, KokoroTTS
 
     torch.set_num_threads(1)
     if backend == "cosyvoice":
@@ -51,13 +82,11 @@ def _part(text: str) -> tuple[int, int]:
 
 
 def _pool_arg(path: str | None) -> Any:
-    from voice_library.pool import load_pool
 
     return load_pool(path)
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from voice_library.recipes import agent_voices, build_library, library_meta_for, save_library
 
     t0 = time.perf_counter()
     pool = _pool_arg(args.pool)
@@ -69,7 +98,6 @@ def cmd_build(args: argparse.Namespace) -> int:
     t_build = time.perf_counter() - t0
     out = save_library(voices, args.out, library_meta_for(voices, pool, seed=args.seed))
     t_all = time.perf_counter() - t0
-    from voice_library.recipes import distinctness_statement, library_meta
 
     print(distinctness_statement(library_meta(out)))
     print(
@@ -80,8 +108,6 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from voice_library.recipes import library_meta, load_library
-    from voice_library.stats import format_stats, library_stats, plot_stats
 
     voices = load_library(args.library)
     s = library_stats(voices, library_meta(args.library))
@@ -92,10 +118,6 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from kespeechchat.store import write_bytes_atomic, write_json_atomic
-    from voice_library.audit import audit_library, format_summary, report_markdown
-    from voice_library.privacy import reference_embeddings
-    from voice_library.recipes import library_meta, load_library
 
     voices = load_library(args.library)
     meta = library_meta(args.library)
@@ -139,10 +161,6 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def cmd_listen(args: argparse.Namespace) -> int:
     import soundfile as sf
 
-    from kespeechchat.backends.tts import KokoroTTS
-    from voice_library.recipes import load_library
-    from voice_library.refs import PROBE_TEXTS
-
     voices = {v.voice_id: v for v in load_library(args.library)}
     voice = voices.get(args.voice_id)
     if voice is None:
@@ -165,14 +183,11 @@ def cmd_listen(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from voice_library.search import run_search, shipped_voice_embeddings
 
     tts, encoder, _ = _models()
     out = Path(args.out)
     shipped = out / "shipped_voices.json"
     if not shipped.exists():
-        from kespeechchat.store import write_json_atomic
-
         out.mkdir(parents=True, exist_ok=True)
         emb = shipped_voice_embeddings(tts, encoder)
         write_json_atomic(shipped, {k: v.tolist() for k, v in emb.items()})
@@ -192,18 +207,12 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_pool(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from kespeechchat.backends.asr import FasterWhisperASR
-    from voice_library.pool import save_pool, select_identities
-
     search = Path(args.search_dir)
     refs: dict[str, np.ndarray] = {}
     shipped = search / "shipped_voices.json"
     if shipped.exists():
         refs.update({f"kokoro:{k}": np.asarray(v) for k, v in json.loads(shipped.read_text()).items()})
     if args.refs:
-        from kespeechchat.backends.speaker import ResemblyzerEncoder
-        from voice_library.privacy import reference_embeddings
-
         refs.update(reference_embeddings(args.refs, ResemblyzerEncoder()))
     asr = FasterWhisperASR()
     counts = {}
@@ -230,8 +239,6 @@ def cmd_pool(args: argparse.Namespace) -> int:
 
 
 def cmd_clarity(args: argparse.Namespace) -> int:
-    from voice_library.clarity import pool_jobs, run_jobs
-    from voice_library.pool import SEARCHED_POOL_PATH
 
     pool = _pool_arg(args.pool or str(SEARCHED_POOL_PATH))
     jobs = pool_jobs(pool, [float(x) for x in args.scales.split(",")])
@@ -242,16 +249,6 @@ def cmd_clarity(args: argparse.Namespace) -> int:
 
 
 def cmd_confirm(args: argparse.Namespace) -> int:
-    from voice_library.clarity import (
-        CONFIRM_PROBES,
-        confirm_pool,
-        job,
-        load_probes,
-        load_results,
-        run_jobs,
-        summarise,
-    )
-    from voice_library.pool import save_pool
 
     pool = _pool_arg(args.pool)
     jobs = [job(i) for i in sorted(pool.identities, key=lambda i: i.identity_id)]
@@ -290,16 +287,11 @@ def cmd_confirm(args: argparse.Namespace) -> int:
 
 
 def cmd_refine(args: argparse.Namespace) -> int:
-    from voice_library.clarity import load_results, refine_pool, shipped_references, summarise
-    from voice_library.pool import SEARCHED_POOL_PATH, save_pool
 
     pool = _pool_arg(args.pool or str(SEARCHED_POOL_PATH))
     measured = summarise(load_results(args.work))
     refs = shipped_references(measured)
     if args.refs:
-        from kespeechchat.backends.speaker import ResemblyzerEncoder
-        from voice_library.privacy import reference_embeddings
-
         refs.update(reference_embeddings(args.refs, ResemblyzerEncoder()))
     new = refine_pool(
         pool,
@@ -317,7 +309,6 @@ def cmd_refine(args: argparse.Namespace) -> int:
 
 def _encoder(name: str, model_dir: str | None) -> Any:
     """The speaker encoder a pool was measured with: resemblyzer (embedded) or campplus (CosyVoice's)."""
-    from kespeechchat.backends.speaker import CAMPlusEncoder, ResemblyzerEncoder
 
     if name == "campplus":
         if not model_dir:
@@ -331,8 +322,6 @@ def _encoder(name: str, model_dir: str | None) -> Any:
 
 
 def cmd_privacy(args: argparse.Namespace) -> int:
-    from voice_library.privacy import check_library_privacy, format_report, reference_embeddings
-    from voice_library.recipes import load_library
 
     voices = load_library(args.library)
     pool = _pool_arg(args.pool)
@@ -345,8 +334,6 @@ def cmd_privacy(args: argparse.Namespace) -> int:
 
 
 def cmd_usage(args: argparse.Namespace) -> int:
-    from pipelines.voices import run_usage
-    from voice_library.assignment import format_usage
 
     run = Path(args.run)
     if not run.is_dir():
@@ -358,10 +345,6 @@ def cmd_usage(args: argparse.Namespace) -> int:
 
 def cmd_embed(args: argparse.Namespace) -> int:
     import pyarrow as pa
-
-    from kespeechchat.store import write_parquet_atomic
-    from voice_library.embeddings import ENCODER_META_KEY, embed_recordings
-    from voice_library.privacy import reference_files
 
     encoder = _encoder(args.encoder, args.model_dir)
     vecs, names = embed_recordings(reference_files(args.audio), encoder, segment_s=args.segment_s)
@@ -376,8 +359,6 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_sample_embeddings(args: argparse.Namespace) -> int:
-    from voice_library.embeddings import read_embeddings, sample_pool
-    from voice_library.pool import save_pool
 
     emb = read_embeddings(args.embeddings)
     pool = sample_pool(

@@ -17,7 +17,8 @@ from kespeechchat.backends.tts import (
 )
 from kespeechchat.backends.world import median_f0_hz
 from kespeechchat.config import TTSConfig
-from voice_library.recipes import VoiceRecipe, agent_voices, build_library
+from kespeechchat.voice import VoiceRecipe
+from voice_library.recipes import agent_voices, build_library
 
 ZH = "今天天气很好，我们一起去公园散步吧。"
 EN = "The weather is lovely today, so let's take a walk in the park."

@@ -10,12 +10,11 @@ import pytest
 import soundfile as sf
 
 from kespeechchat.backends.world import analyse, median_f0_hz, synthesize_from, transform
+from kespeechchat.voice import VoiceRecipe
+from voice_library.bounds import SPEED_RANGE, VARIANT_PITCH_RANGE
 from voice_library.pool import load_pool
 from voice_library.recipes import (
     SCHEMA,
-    SPEED_RANGE,
-    VARIANT_PITCH_RANGE,
-    VoiceRecipe,
     agent_identities,
     agent_voices,
     build_library,

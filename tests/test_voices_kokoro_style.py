@@ -13,7 +13,7 @@ from kespeechchat.backends.kokoro_style import (
     style_from_parts,
     style_tensor,
 )
-from voice_library.recipes import VoiceRecipe
+from kespeechchat.voice import VoiceRecipe
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from voice_library.recipes import KOKORO_BASE_F0_HZ, KOKORO_BASE_VOICES, MAX_NEGATIVE_WEIGHT, PITCH_RANGE
+from voice_library.bounds import KOKORO_BASE_F0_HZ, KOKORO_BASE_VOICES, MAX_NEGATIVE_WEIGHT, PITCH_RANGE
 from voice_library.search import (
     LENDIR_LIMITS,
     SEARCH_FAMILIES,
@@ -75,7 +75,7 @@ def search(tmp_path_factory, models):
 
 
 def test_search_writes_candidates_that_the_pipeline_tts_reproduces(search, models):
-    from voice_library.recipes import VoiceRecipe
+    from kespeechchat.voice import VoiceRecipe
 
     tts, enc = models
     t = load_candidates(search)

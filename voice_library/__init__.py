@@ -1,8 +1,8 @@
 """The virtual speaker library: measured identities × prosodic variants, audit, privacy, assignment."""
 
+from kespeechchat.voice import VoiceRecipe
 from voice_library.pool import IdentityPool, load_pool
 from voice_library.recipes import (
-    VoiceRecipe,
     agent_voices,
     build_library,
     distinctness_statement,

@@ -23,6 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from kespeechchat.config import stable_hash
+from kespeechchat.store import RunStore, read_json, write_json_atomic
+
 
 @dataclass(frozen=True)
 class Assigner:
@@ -64,7 +67,6 @@ class Assigner:
 def _identity_major_cycle(voices: Sequence[Any], seed: int, language: str) -> list[Any]:
     """Voices ordered so that consecutive positions walk through all identities (seeded order)
     before any identity comes back; within an identity its variants come in seeded order."""
-    from kespeechchat.config import stable_hash
 
     by_identity: dict[str, list[Any]] = defaultdict(list)
     for v in sorted(voices, key=lambda v: v.voice_id):
@@ -90,9 +92,6 @@ def language_offsets(run_dir: str | Path) -> dict[int, dict[str, int]]:
     recomputes it and workers agree.
     """
     import pyarrow.parquet as pq
-
-    from kespeechchat.config import stable_hash
-    from kespeechchat.store import RunStore, read_json, write_json_atomic
 
     store = RunStore(run_dir)
     marker = store.read_marker("ingest", None)

@@ -34,6 +34,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from kespeechchat.backends.world import median_f0_hz
+from kespeechchat.metrics import error_rate
+from kespeechchat.store import write_json_atomic, write_parquet_atomic
+from kespeechchat.voice import VoiceRecipe
+from voice_library.bounds import KOKORO_BASE_VOICES, MALE_F0_THRESHOLD_HZ
+from voice_library.recipes import recipe_id
+from voice_library.search import convex_blend
+
 # Chosen because Kokoro + Whisper base read them without error on shipped voices; an earlier pair
 # ("这家小店…", "…去爬山") came back wrong for every voice, which measures the probe, not the voice.
 AUDIT_PROBES: tuple[tuple[str, str], ...] = (
@@ -88,8 +96,6 @@ def served_languages(voices: Sequence[Any]) -> dict[str, set[str]]:
 def naive_voices(n: int, seed: int, backend: str = "kokoro") -> list[Any]:
     """The naive approach as a library: ``n`` random convex blends of the base voices, no WORLD,
     each its own identity (what a library looks like when distinctness is assumed)."""
-    from voice_library.recipes import KOKORO_BASE_VOICES, VoiceRecipe, recipe_id
-    from voice_library.search import convex_blend
 
     out = []
     for k in range(n):
@@ -130,8 +136,6 @@ RESULT_SCHEMA = pa.schema(
 
 
 def _probe_voices(tts: Any, encoder: Any, asr: Any, voices: Sequence[Any]) -> list[dict[str, Any]]:
-    from kespeechchat.backends.world import median_f0_hz
-    from kespeechchat.metrics import error_rate
 
     sr = int(tts.sample_rate_hz)
     rows = []
@@ -176,7 +180,6 @@ def run_probes(
     ``part=(i, n)`` probes only the chunks whose number is i mod n (several processes can share
     one audit) and returns None unless every chunk is then finished.
     """
-    from kespeechchat.store import write_json_atomic
 
     work = Path(work_dir)
     (work / "chunks").mkdir(parents=True, exist_ok=True)
@@ -219,7 +222,6 @@ def run_chunks(
     chunks whose number is i mod n (``part``), each from ``make(lo, hi)``, written atomically.
     Returns all chunks concatenated once every one exists, else None. ``log(chunk, chunks,
     seconds per chunk, ETA minutes)`` after each chunk made here."""
-    from kespeechchat.store import write_parquet_atomic
 
     n_chunks = math.ceil(n_items / chunk_size)
     path = lambda c: chunk_dir / f"{prefix}-{c:05d}.parquet"  # noqa: E731
@@ -282,7 +284,6 @@ def summarize(
     ``serves`` (identity -> languages it speaks in the library): CER/WER of a language count only
     the voices whose identity serves it (every voice is probed in both, for the embeddings).
     """
-    from voice_library.recipes import MALE_F0_THRESHOLD_HZ
 
     rows = results.to_pylist()
     n = len(rows)

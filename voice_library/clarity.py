@@ -27,7 +27,23 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from voice_library.pool import Identity, identity_id_for
+from kespeechchat.backends.world import median_f0_hz
+from kespeechchat.metrics import error_rate
+from kespeechchat.store import write_json_atomic
+from kespeechchat.voice import VoiceRecipe
+from voice_library.audit import eer, run_chunks
+from voice_library.bounds import KOKORO_BASE_F0_HZ
+from voice_library.pool import (
+    POOL_VERSION,
+    Identity,
+    IdentityPool,
+    age_band_from,
+    gender_from_f0,
+    greedy_accept,
+    identity_id_for,
+    voiced_share,
+)
+from voice_library.recipes import recipe_id
 
 # Read without error by Kokoro's shipped voices and Whisper base (checked: "iPad" inside Chinese
 # was misheard for every shipped voice, so it measured the checker, not the voice; "iPhone" is read).
@@ -126,7 +142,6 @@ def job(ident: Identity, scale: float = 1.0, speed: float = 1.0, pitch_factor: f
 def shipped_jobs(backend_voices: Mapping[str, float]) -> list[Job]:
     """The TTS's shipped voices as measurements (name -> median F0): the TTS's own floor on the
     clarity probes, and the privacy references in the same embedding conditions."""
-    from voice_library.pool import Identity, gender_from_f0
 
     out = []
     for name, f0 in backend_voices.items():
@@ -139,7 +154,6 @@ def shipped_jobs(backend_voices: Mapping[str, float]) -> list[Job]:
 
 def pool_jobs(pool: Any, scales: Sequence[float]) -> list[Job]:
     """Shipped voices first, then every identity of ``pool`` at each warp scale (identity order)."""
-    from voice_library.recipes import KOKORO_BASE_F0_HZ
 
     ids = sorted(pool.identities, key=lambda i: i.identity_id)
     return shipped_jobs(KOKORO_BASE_F0_HZ) + [job(i, s) for s in scales for i in ids]
@@ -151,7 +165,6 @@ def shipped_references(measured: Mapping[str, Measured]) -> dict[str, np.ndarray
 
 
 def job_voice(j: Job) -> Any:
-    from voice_library.recipes import VoiceRecipe, recipe_id
 
     i = j.identity
     fields = {
@@ -194,9 +207,6 @@ RESULT_SCHEMA = pa.schema(
 def measure(
     tts: Any, encoder: Any, asr: Any, jobs: Sequence[Job], probes: Sequence[tuple[str, str]] = CLARITY_PROBES
 ) -> list[dict[str, Any]]:
-    from kespeechchat.backends.world import median_f0_hz
-    from kespeechchat.metrics import error_rate
-    from voice_library.pool import voiced_share
 
     sr = int(tts.sample_rate_hz)
     langs = [lang for lang, _ in probes]
@@ -244,8 +254,6 @@ def run_jobs(
 ) -> pa.Table | None:
     """Measure ``jobs`` in chunks under ``work_dir`` (resumable; ``part=(i, n)`` takes chunks
     i mod n so several processes share the work). Returns all rows once every chunk is done."""
-    from kespeechchat.store import write_json_atomic
-    from voice_library.audit import run_chunks
 
     work = Path(work_dir)
     (work / "chunks").mkdir(parents=True, exist_ok=True)
@@ -328,7 +336,6 @@ def summarise(results: pa.Table, probes: Sequence[tuple[str, str]] = CLARITY_PRO
     """Measured versions by job key. Error rates are scored again from the stored transcripts, so
     a measurement is always read with the current scoring (``kespeechchat.metrics``). A language
     ``probes`` lacks has error NaN."""
-    from kespeechchat.metrics import error_rate
 
     out = {}
     langs = [lang for lang, _ in probes]
@@ -362,7 +369,6 @@ def summarise(results: pa.Table, probes: Sequence[tuple[str, str]] = CLARITY_PRO
 def speaker_id(versions: Sequence[Measured]) -> dict[str, float]:
     """Speaker identification among ``versions`` (each its own speaker): the ENROLL probes make a
     centroid, every TEST probe goes to the nearest centroid. Accuracy and EER."""
-    from voice_library.audit import eer
 
     if len(versions) < 2:
         return {"accuracy": math.nan, "eer": math.nan}
@@ -377,7 +383,6 @@ def speaker_id(versions: Sequence[Measured]) -> dict[str, float]:
 
 
 def distinct_count(versions: Sequence[Measured], max_cosine: float, seed: int = 0) -> int:
-    from voice_library.pool import greedy_accept
 
     if not versions:
         return 0
@@ -449,12 +454,6 @@ def refine_pool(
     cosine (eight clarity probes) ≤ ``max_identity_cosine``: versions serving both languages are
     accepted first (fewest conflicts first, then the most warped), single-language ones fill in.
     """
-    from voice_library.pool import (
-        POOL_VERSION,
-        IdentityPool,
-        age_band_from,
-        gender_from_f0,
-    )
 
     by_id = {i.identity_id: i for i in pool.identities}
     vers = [m for m in measured.values() if m.source_id in by_id and m.speed == 1.0 and m.pitch_factor == 1.0]
@@ -552,7 +551,6 @@ def confirm_pool(pool: Any, confirmed: Mapping[str, Measured], max_error: float 
     identity left with no language is dropped; one that was not measured is an error. The
     identity's error in a language becomes the mean over both sets of sentences (what the agent
     choice ranks by)."""
-    from voice_library.pool import IdentityPool
 
     n_short = {lang: sum(1 for lg, _ in CLARITY_PROBES if lg == lang) for lang in LANGS}
     n_long = {lang: sum(1 for lg, _ in CONFIRM_PROBES if lg == lang) for lang in LANGS}

@@ -29,6 +29,9 @@ from typing import Any
 
 import numpy as np
 
+from kespeechchat.audio import load_audio
+from voice_library.pool import Identity, IdentityPool, identity_id_for
+
 MAX_COMPONENTS = 16
 SHRINKAGE = 0.2
 
@@ -264,7 +267,6 @@ def sample_pool(
     log: Callable[[str], None] | None = None,
 ) -> Any:
     """An identity pool of sampled embeddings (half female, half male when genders are known)."""
-    from voice_library.pool import Identity, IdentityPool, identity_id_for
 
     x = embeddings.vectors
     check_encoder(backend, embeddings.encoder, int(x.shape[1]), embeddings.source)
@@ -346,7 +348,6 @@ def embed_recordings(
     paths: Sequence[str | Path], encoder: Any, *, segment_s: float | None = None
 ) -> tuple[np.ndarray, list[str]]:
     """Embeddings of real recordings (one per file, or one per ``segment_s`` piece), and their names."""
-    from kespeechchat.audio import load_audio
 
     vecs, names = [], []
     for path in paths:

@@ -31,6 +31,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from kespeechchat.audio import decode_audio
+from kespeechchat.backends.world import analyse_f0
+from kespeechchat.config import stable_hash
+from kespeechchat.metrics import error_rate
+from kespeechchat.store import write_parquet_atomic
+from voice_library.bounds import MALE_F0_THRESHOLD_HZ
+from voice_library.search import SEARCH_PROBES, centroids, load_candidate_audio, load_candidates
+
 POOL_META_KEY = b"kespeechchat.identity_pool"
 DEFAULT_POOL_PATH = Path(__file__).resolve().parent / "data" / "kokoro_identities.parquet"
 # what the identity search accepted, before the clarity measurement refined it into the default
@@ -90,7 +98,6 @@ class Identity:
 
 
 def identity_id_for(conditioning: Mapping[str, Any]) -> str:
-    from kespeechchat.config import stable_hash
 
     return "i-" + stable_hash(dict(conditioning))[:12]
 
@@ -126,7 +133,6 @@ class IdentityPool:
         return IdentityPool([self.identities[i] for i in sorted(keep)], meta)
 
     def sha(self) -> str:
-        from kespeechchat.config import stable_hash
 
         return stable_hash([i.conditioning() for i in self.identities])
 
@@ -182,7 +188,6 @@ def voiced_share(x: np.ndarray, sr: int, frame_s: float = 0.005, rel_level: floa
     """Share of the audible frames (RMS above ``rel_level`` × the loudest frame) that WORLD finds
     voiced. Speech is mostly voiced; some extreme styles whisper or creak, which ASR still reads
     but nobody would call a normal voice."""
-    from kespeechchat.backends.world import analyse_f0
 
     x = np.asarray(x, dtype=np.float64)
     f0 = analyse_f0(x, sr)
@@ -199,7 +204,6 @@ def voiced_share(x: np.ndarray, sr: int, frame_s: float = 0.005, rel_level: floa
 
 
 def gender_from_f0(f0_hz: float) -> str:
-    from voice_library.recipes import MALE_F0_THRESHOLD_HZ
 
     return "male" if f0_hz < MALE_F0_THRESHOLD_HZ else "female"
 
@@ -229,8 +233,6 @@ def probe_errors(
     One ASR call per candidate: packing many clips of the *same* sentence into one Whisper window
     made it drop or misplace repeats (CER up to 1.0 on clips it reads perfectly alone).
     """
-    from kespeechchat.audio import decode_audio
-    from kespeechchat.metrics import error_rate
 
     out: dict[int, dict[str, float]] = {}
     for cid in sorted(audio):
@@ -257,7 +259,6 @@ class ProbeCache:
                 self.data[int(r["candidate_id"])] = {"zh": r[f"{prefix}_zh"], "en": r[f"{prefix}_en"]}
 
     def save(self) -> None:
-        from kespeechchat.store import write_parquet_atomic
 
         rows = [
             {"candidate_id": k, f"{self.prefix}_zh": v["zh"], f"{self.prefix}_en": v["en"]}
@@ -275,7 +276,6 @@ class ProbeCache:
 
 def probe_voicing(audio: Mapping[int, Mapping[str, bytes]]) -> dict[int, dict[str, float]]:
     """Voiced share (see ``voiced_share``) of each candidate's stored probe audio."""
-    from kespeechchat.audio import decode_audio
 
     out: dict[int, dict[str, float]] = {}
     for cid in sorted(audio):
@@ -304,7 +304,6 @@ def select_identities(
     """Accept identities from a finished search (see the module docstring); ASR runs only on
     candidates the greedy step wants (after the voicing gate), and failures are excluded and the
     step repeated."""
-    from voice_library.search import SEARCH_PROBES, centroids, load_candidate_audio, load_candidates
 
     search_dir = Path(search_dir)
     table = load_candidates(search_dir)
@@ -456,7 +455,6 @@ POOL_SCHEMA = pa.schema(
 
 
 def save_pool(pool: IdentityPool, path: str | Path) -> Path:
-    from kespeechchat.store import write_parquet_atomic
 
     rows = []
     for i in pool.identities:

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from voice_library.embeddings import embed_recordings
+
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 DEFAULT_MAX_COSINE = 0.85
 
@@ -33,7 +35,6 @@ def reference_files(path: str | Path) -> list[Path]:
 
 def reference_embeddings(path: str | Path, encoder: Any) -> dict[str, np.ndarray]:
     """Unit embedding of each real recording under ``path``, by file name."""
-    from voice_library.embeddings import embed_recordings
 
     files = reference_files(path)
     vecs, names = embed_recordings(files, encoder)

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from kespeechchat.audio import encode_flac
+from kespeechchat.store import write_bytes_atomic
+
 PROBE_TEXTS = {
     "zh": "今天天气很好，我们一起去公园散步吧。你最近工作忙不忙？",
     "en": "The weather is lovely today, so let's take a walk in the park. How has work been lately?",
@@ -20,8 +23,6 @@ def ref_path(run_dir: Path, voice_id: str, language: str) -> Path:
 
 def ensure_ref(run_dir: Path, tts, recipe, language: str, seed: int = 0) -> Path:
     """Synthesise the probe for (voice, language) unless it exists; atomic, so concurrent workers are safe."""
-    from kespeechchat.audio import encode_flac
-    from kespeechchat.store import write_bytes_atomic
 
     path = ref_path(run_dir, recipe.voice_id, language)
     if not path.exists():

@@ -27,6 +27,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from kespeechchat.audio import encode_flac, resample
+from kespeechchat.backends import world as w
+from kespeechchat.store import write_json_atomic, write_parquet_atomic
+from voice_library.bounds import (
+    BLEND_A_RANGE,
+    KOKORO_BASE_F0_HZ,
+    MALE_F0_THRESHOLD_HZ,
+    MAX_NEGATIVE_WEIGHT,
+    PITCH_RANGE,
+)
+
 SEARCH_PROBES = {
     "zh": "我们明天早上在学校门口见面。",
     "en": "Please bring your umbrella tomorrow.",
@@ -78,7 +89,6 @@ def affine_blend(
     a in BLEND_A_RANGE, total negative weight ≤ MAX_NEGATIVE_WEIGHT (the family measured as
     intelligible). Male aims make the male base voice(s) dominant in p (one male base ships).
     """
-    from voice_library.recipes import BLEND_A_RANGE, MALE_F0_THRESHOLD_HZ, MAX_NEGATIVE_WEIGHT
 
     males = [n for n in names if base_f0[n] < MALE_F0_THRESHOLD_HZ]
     females = [n for n in names if base_f0[n] >= MALE_F0_THRESHOLD_HZ]
@@ -144,7 +154,6 @@ def draw_world(seed: int, style: Style, k: int) -> list[tuple[float, float]]:
 
 def pitch_for(target_f0_hz: float, measured_f0_hz: float) -> float:
     """The WORLD pitch ratio that moves ``measured`` towards ``target``, within PITCH_RANGE."""
-    from voice_library.recipes import PITCH_RANGE
 
     if not math.isfinite(target_f0_hz) or not math.isfinite(measured_f0_hz) or measured_f0_hz <= 0:
         return 1.0
@@ -195,7 +204,6 @@ def _chunk_paths(out_dir: Path, chunk: int) -> tuple[Path, Path]:
 
 
 def base_f0_table(tts: Any) -> dict[str, float]:
-    from voice_library.recipes import KOKORO_BASE_F0_HZ
 
     return {n: KOKORO_BASE_F0_HZ[n] for n in tts.base_voices if n in KOKORO_BASE_F0_HZ}
 
@@ -218,8 +226,6 @@ def evaluate_style(
     first_candidate_id: int,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Candidate rows and audio rows of one style × its WORLD transforms."""
-    from kespeechchat.audio import encode_flac, resample
-    from kespeechchat.backends import world as w
 
     sr = int(tts.sample_rate_hz)
     raw = synthesize_style(tts, style)
@@ -281,7 +287,6 @@ def run_search(
     finished chunks, and a larger ``n_blends`` extends the search. ``part=(i, n)`` takes only
     the chunks whose number is i mod n, so n processes can share one search directory.
     """
-    from kespeechchat.store import write_json_atomic, write_parquet_atomic
 
     out = Path(out_dir)
     (out / "chunks").mkdir(parents=True, exist_ok=True)

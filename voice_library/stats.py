@@ -13,7 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from voice_library.recipes import AGE_BANDS, GENDERS
+from kespeechchat.store import atomic_path
+from kespeechchat.voice import AGE_BANDS, GENDERS
+from voice_library.recipes import distinctness_statement
 
 
 def _summary(x: Sequence[float]) -> dict[str, float]:
@@ -29,7 +31,6 @@ def _summary(x: Sequence[float]) -> dict[str, float]:
 
 def library_stats(voices: Sequence[Any], meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Counts and distributions of a library (user and agent voices)."""
-    from voice_library.recipes import distinctness_statement
 
     users = [v for v in voices if v.role == "user"]
     agents = [v for v in voices if v.role == "agent"]
@@ -112,8 +113,6 @@ def plot_stats(voices: Sequence[Any], s: Mapping[str, Any], path: str | Path) ->
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from kespeechchat.store import atomic_path
 
     users = [v for v in voices if v.role == "user"]
     fig, ax = plt.subplots(2, 3, figsize=(15, 8))

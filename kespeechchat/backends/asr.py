@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 
 from kespeechchat.audio import resample
+from kespeechchat.models import whisper_dir
 
 if TYPE_CHECKING:
     from kespeechchat.config import ASRConfig
@@ -168,8 +169,6 @@ class FasterWhisperASR:
                     "install the extra: pip install 'kespeechchat[embedded]'"
                 ) from e
             if self.model_dir is None:
-                from kespeechchat.models import whisper_dir
-
                 model_dir = whisper_dir()
             else:
                 model_dir = Path(self.model_dir)

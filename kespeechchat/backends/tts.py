@@ -23,7 +23,11 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from kespeechchat.backends.kokoro_style import style_from_parts
 from kespeechchat.backends.onnx import ShrinkingSession
+from kespeechchat.backends.world import transform
+from kespeechchat.backends.zh_g2p import ZhG2P
+from kespeechchat.models import KOKORO_MODEL_FILE, KOKORO_VOCAB_FILE, KOKORO_VOICES_FILE, kokoro_dir
 
 if TYPE_CHECKING:
     from kespeechchat.config import TTSConfig
@@ -123,7 +127,6 @@ def _apply_world(audio: np.ndarray, sr: int, voice: VoiceRecipe) -> np.ndarray:
     pitch, formant = float(voice.pitch_ratio), float(voice.formant_ratio)
     if pitch == 1.0 and formant == 1.0:
         return audio
-    from kespeechchat.backends.world import transform
 
     return transform(audio, sr, pitch, formant)
 
@@ -187,12 +190,6 @@ class KokoroTTS:
                     f"Kokoro TTS needs kokoro-onnx and misaki[zh] ({e.name} missing); "
                     "install the extra: pip install 'kespeechchat[embedded]'"
                 ) from e
-            from kespeechchat.models import (
-                KOKORO_MODEL_FILE,
-                KOKORO_VOCAB_FILE,
-                KOKORO_VOICES_FILE,
-                kokoro_dir,
-            )
 
             d = Path(self.model_dir) if self.model_dir else kokoro_dir()
             model, voices, vocab = d / KOKORO_MODEL_FILE, d / KOKORO_VOICES_FILE, d / KOKORO_VOCAB_FILE
@@ -211,8 +208,6 @@ class KokoroTTS:
             with np.load(voices) as npz:
                 self._voices = {k: np.asarray(npz[k], dtype=np.float32) for k in npz.files}
             if self.zh_frontend == "sandhi":
-                from kespeechchat.backends.zh_g2p import ZhG2P
-
                 self._zh_g2p = ZhG2P()
             else:
                 legacy = ZHG2P()
@@ -223,7 +218,6 @@ class KokoroTTS:
         """The recipe's style tensor (510, 1, 256): the affine blend of the base voices, and the
         recipe's separate prosody blend and length-direction offsets when it has them
         (``kespeechchat.backends.kokoro_style``)."""
-        from kespeechchat.backends.kokoro_style import style_from_parts
 
         self.setup()
         weights = tuple(sorted((str(k), float(v)) for k, v in voice.base_weights.items()))

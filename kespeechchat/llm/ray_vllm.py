@@ -32,6 +32,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from kespeechchat.llm.client import parse_reply
+from kespeechchat.llm.tasks import (
+    SPOKEN_TEXT_PATTERN,
+    judge_request,
+    judge_schema,
+    parse_judge,
+    parse_rewrite,
+    parse_spoken,
+    rewrite_request,
+    spoken_request,
+    turns_schema,
+)
+from kespeechchat.speakable import guard_spoken, markup
+
 if TYPE_CHECKING:
     from kespeechchat.config import RunConfig
 
@@ -72,7 +86,6 @@ def _as_list(value: Any) -> list:
 
 
 def _request(task: str, row: dict[str, Any], cfg: RunConfig) -> dict[str, Any]:
-    from kespeechchat.llm.tasks import SPOKEN_TEXT_PATTERN, judge_request, rewrite_request, spoken_request
 
     roles, texts, lang = _as_list(row["roles"]), _as_list(row[_INPUT_TEXTS[task]]), str(row["language"])
     pattern = SPOKEN_TEXT_PATTERN if cfg.llm.text_pattern else None
@@ -112,8 +125,6 @@ def _parse(task: str, row: dict[str, Any], value: dict) -> tuple[Any, str, str]:
     reason as the note (there is no re-ask in one engine pass); markup left after that rejects the
     row as ``spoken_markup``.
     """
-    from kespeechchat.llm.tasks import parse_judge, parse_rewrite, parse_spoken
-    from kespeechchat.speakable import guard_spoken, markup
 
     roles, lang = _as_list(row["roles"]), str(row["language"])
     if task == "rewrite":
@@ -140,7 +151,6 @@ def finish_reason(task: str, row: dict[str, Any], cfg: RunConfig) -> str | None:
 
 
 def _schema(task: str, n_turns: int, cfg: RunConfig) -> dict:
-    from kespeechchat.llm.tasks import SPOKEN_TEXT_PATTERN, judge_schema, turns_schema
 
     if task == "judge":
         return judge_schema()
@@ -158,7 +168,6 @@ def make_postprocess(
     out_col = TASK_COLUMNS[task]
 
     def postprocess(row: dict[str, Any]) -> dict[str, Any]:
-        from kespeechchat.llm.client import parse_reply
 
         out: dict[str, Any] = {c: row.get(c) for c in keep_columns}
         out.update(

@@ -14,6 +14,9 @@ from typing import Any
 import pyarrow as pa
 
 from kespeechchat.stage import Resources, Stage, StageOutput, reject
+from kespeechchat.store import RunStore
+from pipelines.voices import library_fingerprint, load_run_library
+from voice_library.assignment import Assigner, language_offsets
 
 
 class AssignStage(Stage):
@@ -25,7 +28,6 @@ class AssignStage(Stage):
     resources = Resources(cpus=0.1, memory_mb=500)
 
     def config_section(self) -> dict[str, Any]:
-        from pipelines.voices import library_fingerprint
 
         return {
             "voices": self.cfg.voices.model_dump(),
@@ -34,8 +36,6 @@ class AssignStage(Stage):
         }
 
     def setup(self) -> None:
-        from pipelines.voices import load_run_library
-        from voice_library.assignment import Assigner
 
         voices = load_run_library(self.cfg, self.runtime.run_dir)
         self.assigner = Assigner.from_library(voices, self.cfg.voices.seed)
@@ -43,9 +43,6 @@ class AssignStage(Stage):
     def _slots(self, shard: int) -> dict[str, int]:
         """dialogue_id -> its slot: rank among same-language dialogues in the ingest order."""
         import pyarrow.parquet as pq
-
-        from kespeechchat.store import RunStore
-        from voice_library.assignment import language_offsets
 
         offsets = language_offsets(self.runtime.run_dir).get(shard, {})
         path = RunStore(self.runtime.run_dir).data_path("ingest", shard)

@@ -10,6 +10,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from kespeechchat.llm.tasks import judge_request, parse_judge
+from kespeechchat.rules import check_dialogue
 from kespeechchat.stage import Resources, StageOutput, reject
 from pipelines.stages.llm_base import LLMStage
 
@@ -35,8 +37,6 @@ class FilterStage(LLMStage):
         return section
 
     def process(self, table: pa.Table, shard: int) -> StageOutput:
-        from kespeechchat.llm.tasks import judge_request, parse_judge
-        from kespeechchat.rules import check_dialogue
 
         self.check_inputs(table)
         kept: list[dict[str, Any]] = []

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from kespeechchat.llm.client import LLMClient
+from kespeechchat.llm.tasks import SPOKEN_TEXT_PATTERN, load_prompt
 from kespeechchat.stage import Stage
 
 
@@ -22,7 +24,6 @@ class LLMStage(Stage):
         self.client = None
         if not self.needs_llm():
             return
-        from kespeechchat.llm.client import LLMClient
 
         if not self.runtime.llm_endpoints:
             raise RuntimeError(
@@ -50,7 +51,6 @@ class LLMStage(Stage):
         changes the hash of the filter stage only, and only that stage (and what its new output
         feeds) runs again.
         """
-        from kespeechchat.llm.tasks import load_prompt
 
         llm = self.cfg.llm
         section: dict[str, Any] = {
@@ -67,7 +67,6 @@ class LLMStage(Stage):
     @property
     def text_pattern(self) -> str | None:
         """The JSON-schema pattern of turn texts, or None where the config switches it off."""
-        from kespeechchat.llm.tasks import SPOKEN_TEXT_PATTERN
 
         return SPOKEN_TEXT_PATTERN if self.cfg.llm.text_pattern else None
 

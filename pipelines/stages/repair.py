@@ -23,8 +23,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from kespeechchat.audio import encode_flac
+from kespeechchat.backends.tts import make_tts, split_sentences, turn_seed
 from kespeechchat.stage import Resources, Stage, StageOutput
+from pipelines.stages.select import row_failures, turn_failure, turn_values
+from pipelines.stages.synthesize import TurnSynthesisError, synthesize_turn
 from pipelines.stages.verify import SCORE_COLUMNS, Clip, SpeechScorer, verify_config_section
+from pipelines.voices import library_fingerprint, load_run_library
 
 
 class RepairStage(Stage):
@@ -47,7 +52,6 @@ class RepairStage(Stage):
     resources = Resources(cpus=1.0, memory_mb=3500)
 
     def config_section(self) -> dict[str, Any]:
-        from pipelines.voices import library_fingerprint
 
         if self.cfg.retry.retries == 0:
             return {"retries": 0}
@@ -67,9 +71,6 @@ class RepairStage(Stage):
     def _models(self) -> tuple[Any, SpeechScorer]:
         """TTS and scorers, loaded on first need: most shards of a good run need neither."""
         if self.tts is None:
-            from kespeechchat.backends.tts import make_tts
-            from pipelines.voices import load_run_library
-
             tts = make_tts(self.cfg.tts, speed_jitter=self.cfg.retry.speed_jitter)
             tts.setup()
             self.voices = {v.voice_id: v for v in load_run_library(self.cfg, self.runtime.run_dir)}
@@ -139,7 +140,6 @@ class _RepairRounds:
 
     def todo(self) -> list[tuple[int, int, str]]:
         """(row, turn, reason) of every failing turn of a dialogue that can still pass."""
-        from pipelines.stages.select import row_failures
 
         out: list[tuple[int, int, str]] = []
         for r, row in enumerate(self.rows):
@@ -150,7 +150,6 @@ class _RepairRounds:
         return out
 
     def round(self, todo: list[tuple[int, int, str]]) -> None:
-        from kespeechchat.backends.tts import split_sentences
 
         tts, scorer = self.stage._models()
         whole: list[tuple[int, int, np.ndarray]] = []
@@ -185,8 +184,6 @@ class _RepairRounds:
 
     def _synthesize(self, r: int, i: int, text: str, sentence: int = 0) -> np.ndarray | None:
         """One new rendering of a turn (or of its ``sentence``-th sentence), at the turn's next attempt."""
-        from kespeechchat.backends.tts import turn_seed
-        from pipelines.stages.synthesize import TurnSynthesisError, synthesize_turn
 
         row = self.rows[r]
         recipe = self.stage.voices.get(row["voice_ids"][i])
@@ -230,8 +227,6 @@ class _RepairRounds:
             self.sentences[(r, i)].keep(j, audio, err)
 
     def _score_and_keep(self, made: list[tuple[int, int, np.ndarray]], scorer: SpeechScorer) -> None:
-        from kespeechchat.audio import encode_flac
-        from pipelines.stages.select import turn_failure, turn_values
 
         sr = int(self.stage.tts.sample_rate_hz)
         clips = [
@@ -259,7 +254,6 @@ class _RepairRounds:
                 row[col][i] = v
 
     def metrics(self) -> dict[str, float]:
-        from pipelines.stages.select import row_failures
 
         fixed = sum(1 for r in self.touched if not row_failures(self.sel, self.rows[r]))
         return {

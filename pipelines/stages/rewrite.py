@@ -10,6 +10,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from kespeechchat.llm.tasks import parse_rewrite, rewrite_request
+from kespeechchat.rules import check_dialogue
 from kespeechchat.stage import Resources, StageOutput, reject
 from pipelines.stages.llm_base import LLMStage
 
@@ -42,8 +44,6 @@ class RewriteStage(LLMStage):
         return self.cfg.filter.model_copy(update=_PREFILTER_LIMITS)
 
     def process(self, table: pa.Table, shard: int) -> StageOutput:
-        from kespeechchat.llm.tasks import parse_rewrite, rewrite_request
-        from kespeechchat.rules import check_dialogue
 
         self.check_inputs(table)
         prefilter = self._prefilter_cfg()

@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 
 from kespeechchat.config import SelectConfig
+from kespeechchat.metrics import spoken_chars
 from kespeechchat.stage import Resources, Stage, StageOutput, reject
 
 REASONS = (
@@ -63,7 +64,6 @@ def speaker_bound(cfg: SelectConfig, duration_s: float) -> float:
 
 def turn_failure(cfg: SelectConfig, language: str, text: str, scores: dict[str, Any]) -> str | None:
     """The reason one turn fails, or None. ``scores`` holds one turn's value of each score column."""
-    from kespeechchat.metrics import spoken_chars
 
     duration = _f32(scores.get("durations_s"))
     if not duration > 0:

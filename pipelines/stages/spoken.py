@@ -17,8 +17,10 @@ from typing import Any
 
 import pyarrow as pa
 
+from kespeechchat.llm.tasks import parse_spoken, spoken_request
 from kespeechchat.speakable import check_turns, finish_spoken, markup
 from kespeechchat.stage import Resources, StageOutput, reject
+from kespeechchat.textnorm import warm_up
 from pipelines.stages.llm_base import LLMStage
 
 
@@ -43,13 +45,11 @@ class SpokenStage(LLMStage):
         return section
 
     def setup(self) -> None:
-        from kespeechchat.textnorm import warm_up
 
         super().setup()
         warm_up()  # load (and on first use compile) the grammars once per worker
 
     def process(self, table: pa.Table, shard: int) -> StageOutput:
-        from kespeechchat.llm.tasks import parse_spoken, spoken_request
 
         self.check_inputs(table)
         rows = table.to_pylist()

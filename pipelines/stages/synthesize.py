@@ -17,8 +17,12 @@ from typing import Any
 
 import pyarrow as pa
 
+from kespeechchat.audio import encode_flac
+from kespeechchat.backends.tts import make_tts, output_problem, turn_seed
 from kespeechchat.stage import Resources, Stage, StageOutput, reject
 from kespeechchat.store import ENVIRONMENT_ERRNOS
+from pipelines.voices import library_fingerprint, load_run_library
+from voice_library.refs import ensure_ref
 
 # A shard whose every dialogue fails with an exception has a broken model, not bad rows.
 SYSTEMIC_MIN_ROWS = 3
@@ -40,7 +44,6 @@ def synthesize_turn(
     Raises ``TurnSynthesisError`` with the reason of the last attempt when none is usable.
     Exceptions of the backend (bad text, unknown voice) are not retried: they are deterministic.
     """
-    from kespeechchat.backends.tts import output_problem
 
     problem = ("tts_empty", "no attempt made")
     for attempt in range(first_attempt, max_attempts + 1):
@@ -62,7 +65,6 @@ class SynthesizeStage(Stage):
     resources = Resources(cpus=1.0, memory_mb=1500)
 
     def config_section(self) -> dict[str, Any]:
-        from pipelines.voices import library_fingerprint
 
         return {
             "tts": self.cfg.tts.model_dump(exclude={"num_threads"}),
@@ -72,17 +74,12 @@ class SynthesizeStage(Stage):
         }
 
     def setup(self) -> None:
-        from kespeechchat.backends.tts import make_tts
-        from pipelines.voices import load_run_library
 
         self.tts = make_tts(self.cfg.tts, speed_jitter=self.cfg.retry.speed_jitter)
         self.tts.setup()
         self.voices = {v.voice_id: v for v in load_run_library(self.cfg, self.runtime.run_dir)}
 
     def process(self, table: pa.Table, shard: int) -> StageOutput:
-        from kespeechchat.audio import encode_flac
-        from kespeechchat.backends.tts import turn_seed
-        from voice_library.refs import ensure_ref
 
         self.check_inputs(table)
         sr = int(self.tts.sample_rate_hz)

@@ -31,9 +31,15 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from kespeechchat.audio import audio_sanity, decode_audio, load_audio, repetition_ratio, resample
+from kespeechchat.backends.asr import make_asr
+from kespeechchat.backends.speaker import cosine, make_speaker
 from kespeechchat.config import RunConfig
+from kespeechchat.metrics import error_rate, spoken_chars
+from kespeechchat.quality import make_quality
 from kespeechchat.stage import Resources, Stage, StageOutput, reject
 from kespeechchat.store import ENVIRONMENT_ERRNOS
+from voice_library.refs import ref_path
 
 ASR_RATE_HZ = 16000
 # Less speech than this gives a speaker embedding too noisy to judge a voice by.
@@ -117,9 +123,6 @@ class SpeechScorer:
         }
 
     def setup(self) -> None:
-        from kespeechchat.backends.asr import make_asr
-        from kespeechchat.backends.speaker import make_speaker
-        from kespeechchat.quality import make_quality
 
         if self.asr is not None:
             return
@@ -134,8 +137,6 @@ class SpeechScorer:
 
     def ref_embedding(self, voice_id: str, language: str) -> np.ndarray:
         """Embedding of the voice's reference probe (``voices/refs``), computed once per worker."""
-        from kespeechchat.audio import load_audio
-        from voice_library.refs import ref_path
 
         key = f"{voice_id}-{language}"
         if key not in self._refs:
@@ -179,7 +180,6 @@ class SpeechScorer:
     ) -> list[float | Exception]:
         """Error rate of each transcript (in place: ``hyps``), re-decoding alone the clips that score
         worse than ``asr.recheck_above`` when they were decoded in a batch."""
-        from kespeechchat.metrics import error_rate
 
         out: list[float | Exception] = []
         for c, h in zip(clips, hyps, strict=True):
@@ -206,9 +206,6 @@ class SpeechScorer:
 
     def score(self, clips: list[Clip]) -> list[TurnScores | Exception]:
         """Scores of each clip, in order; an Exception in place of a clip that could not be scored."""
-        from kespeechchat.audio import audio_sanity, repetition_ratio, resample
-        from kespeechchat.backends.speaker import cosine
-        from kespeechchat.metrics import spoken_chars
 
         self.setup()
         sanity = [audio_sanity(c.audio, c.sample_rate_hz) for c in clips]
@@ -288,7 +285,6 @@ class VerifyStage(Stage):
         self.scorer.setup()
 
     def process(self, table: pa.Table, shard: int) -> StageOutput:
-        from kespeechchat.audio import decode_audio
 
         self.check_inputs(table)
         kept, rejected = [], []
