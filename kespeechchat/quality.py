@@ -24,7 +24,6 @@ A clip that cannot be judged (shorter than 0.25 s, digital silence, NaN samples)
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -32,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 
 from kespeechchat.audio import resample
+from kespeechchat.backends.lazy import LazyModel
 from kespeechchat.backends.onnx import ShrinkingSession
 
 if TYPE_CHECKING:
@@ -76,7 +76,7 @@ def _speechmos_models() -> Path:
     return Path(speechmos.__file__).resolve().parent
 
 
-class DNSMOSScorer:
+class DNSMOSScorer(LazyModel):
     """DNSMOS P.835 + P.808 on CPU with onnxruntime; loaded once per worker."""
 
     name = "dnsmos"
@@ -88,40 +88,34 @@ class DNSMOSScorer:
         self.personalized = bool(personalized)
         self.hop_s = float(hop_s)
         self._impl: Any = None
-        self._lock = threading.Lock()
 
-    def setup(self) -> None:
-        if self._impl is not None:
-            return
-        with self._lock:
-            if self._impl is not None:
-                return
-            root = _speechmos_models()
-            try:
-                import onnxruntime as ort
-                from speechmos.dnsmos import DNSMOS
-            except ImportError as e:
-                raise ImportError(
-                    f"speechmos.dnsmos cannot be imported ({e.name} missing); it needs librosa, "
-                    "onnxruntime and requests: pip install librosa onnxruntime requests"
-                ) from e
-            primary = root / ("pdnsmos_models" if self.personalized else "dnsmos_models") / "sig_bak_ovr.onnx"
-            p808 = root / "dnsmos_models" / "model_v8.onnx"
-            for p in (primary, p808):
-                if not p.is_file():
-                    raise FileNotFoundError(f"speechmos is installed but lacks its model {p}")
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = self.num_threads
-            opts.inter_op_num_threads = 1
-            impl = DNSMOS.__new__(DNSMOS)  # its __init__ makes sessions with all cores; ours are bounded
-            impl.primary_model_path = str(primary)
-            impl.onnx_sess = ShrinkingSession(
-                ort.InferenceSession(str(primary), sess_options=opts, providers=["CPUExecutionProvider"])
-            )
-            impl.p808_onnx_sess = ShrinkingSession(
-                ort.InferenceSession(str(p808), sess_options=opts, providers=["CPUExecutionProvider"])
-            )
-            self._impl = impl
+    def _load(self) -> None:
+        root = _speechmos_models()
+        try:
+            import onnxruntime as ort
+            from speechmos.dnsmos import DNSMOS
+        except ImportError as e:
+            raise ImportError(
+                f"speechmos.dnsmos cannot be imported ({e.name} missing); it needs librosa, "
+                "onnxruntime and requests: pip install librosa onnxruntime requests"
+            ) from e
+        primary = root / ("pdnsmos_models" if self.personalized else "dnsmos_models") / "sig_bak_ovr.onnx"
+        p808 = root / "dnsmos_models" / "model_v8.onnx"
+        for p in (primary, p808):
+            if not p.is_file():
+                raise FileNotFoundError(f"speechmos is installed but lacks its model {p}")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.num_threads
+        opts.inter_op_num_threads = 1
+        impl = DNSMOS.__new__(DNSMOS)  # its __init__ makes sessions with all cores; ours are bounded
+        impl.primary_model_path = str(primary)
+        impl.onnx_sess = ShrinkingSession(
+            ort.InferenceSession(str(primary), sess_options=opts, providers=["CPUExecutionProvider"])
+        )
+        impl.p808_onnx_sess = ShrinkingSession(
+            ort.InferenceSession(str(p808), sess_options=opts, providers=["CPUExecutionProvider"])
+        )
+        self._impl = impl
 
     def windows(self, a: np.ndarray) -> list[np.ndarray]:
         """The 9.01 s windows scored for 16 kHz audio ``a`` (see the module docstring)."""

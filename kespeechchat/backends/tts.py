@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import re
 import sys
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 
 from kespeechchat.backends.kokoro_style import style_from_parts
+from kespeechchat.backends.lazy import LazyModel, needs_extra
 from kespeechchat.backends.onnx import ShrinkingSession
 from kespeechchat.backends.world import transform
 from kespeechchat.backends.zh_g2p import ZhG2P
@@ -134,7 +134,7 @@ def _apply_world(audio: np.ndarray, sr: int, voice: VoiceRecipe) -> np.ndarray:
 # --- Kokoro -----------------------------------------------------------------------------------
 
 
-class KokoroTTS:
+class KokoroTTS(LazyModel):
     """Kokoro-82M v1.0 int8 ONNX through kokoro-onnx, one onnxruntime session per worker.
 
     zh text goes through ``kespeechchat.backends.zh_g2p`` (misaki's phoneme set with polyphone
@@ -165,7 +165,6 @@ class KokoroTTS:
         self._kokoro: Any = None
         self._zh_g2p: Callable[[str], str] | None = None
         self._styles: dict[Any, np.ndarray] = {}
-        self._lock = threading.Lock()
 
     # The base voices shipped with the model, e.g. jf_alpha … jm_kumo.
     @property
@@ -173,46 +172,35 @@ class KokoroTTS:
         self.setup()
         return list(self._voices.keys())
 
-    def setup(self) -> None:
-        """Load the ONNX model, voices and G2P once; cheap when already loaded."""
-        if self._kokoro is not None:
-            return
-        with self._lock:
-            if self._kokoro is not None:
-                return
-            try:
-                import onnxruntime as ort
-                from kokoro_onnx import Kokoro
-                from kokoro_onnx.session import resolve_providers
-                from misaki.zh import ZHG2P
-            except ImportError as e:
-                raise ImportError(
-                    f"Kokoro TTS needs kokoro-onnx and misaki[zh] ({e.name} missing); "
-                    "install the extra: pip install 'kespeechchat[embedded]'"
-                ) from e
+    def _load(self) -> None:
+        with needs_extra("Kokoro TTS needs kokoro-onnx and misaki[zh]", "embedded"):
+            import onnxruntime as ort
+            from kokoro_onnx import Kokoro
+            from kokoro_onnx.session import resolve_providers
+            from misaki.zh import ZHG2P
 
-            d = Path(self.model_dir) if self.model_dir else kokoro_dir()
-            model, voices, vocab = d / KOKORO_MODEL_FILE, d / KOKORO_VOICES_FILE, d / KOKORO_VOCAB_FILE
-            for p in (model, voices):
-                if not p.is_file():
-                    raise FileNotFoundError(f"Kokoro model directory {d} lacks {p.name}")
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = self.num_threads
-            opts.inter_op_num_threads = self.num_threads
-            session = ShrinkingSession(
-                ort.InferenceSession(str(model), sess_options=opts, providers=resolve_providers())
-            )
-            kokoro = Kokoro.from_session(
-                session, str(voices), vocab_config=str(vocab) if vocab.is_file() else None
-            )
-            with np.load(voices) as npz:
-                self._voices = {k: np.asarray(npz[k], dtype=np.float32) for k in npz.files}
-            if self.zh_frontend == "sandhi":
-                self._zh_g2p = ZhG2P()
-            else:
-                legacy = ZHG2P()
-                self._zh_g2p = lambda t: legacy(t)[0]
-            self._kokoro = kokoro
+        d = Path(self.model_dir) if self.model_dir else kokoro_dir()
+        model, voices, vocab = d / KOKORO_MODEL_FILE, d / KOKORO_VOICES_FILE, d / KOKORO_VOCAB_FILE
+        for p in (model, voices):
+            if not p.is_file():
+                raise FileNotFoundError(f"Kokoro model directory {d} lacks {p.name}")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.num_threads
+        opts.inter_op_num_threads = self.num_threads
+        session = ShrinkingSession(
+            ort.InferenceSession(str(model), sess_options=opts, providers=resolve_providers())
+        )
+        kokoro = Kokoro.from_session(
+            session, str(voices), vocab_config=str(vocab) if vocab.is_file() else None
+        )
+        with np.load(voices) as npz:
+            self._voices = {k: np.asarray(npz[k], dtype=np.float32) for k in npz.files}
+        if self.zh_frontend == "sandhi":
+            self._zh_g2p = ZhG2P()
+        else:
+            legacy = ZHG2P()
+            self._zh_g2p = lambda t: legacy(t)[0]
+        self._kokoro = kokoro
 
     def style(self, voice: VoiceRecipe) -> np.ndarray:
         """The recipe's style tensor (510, 1, 256): the affine blend of the base voices, and the
@@ -331,7 +319,7 @@ COSYVOICE_SOURCE_ENV = "COSYVOICE_ROOT"
 COSYVOICE_EMBEDDING_DIM = 192  # CAM++ x-vector the flow model is conditioned on
 
 
-class CosyVoiceTTS:
+class CosyVoiceTTS(LazyModel):
     """CosyVoice 2 loaded with its own API from a source checkout and a local model directory.
 
     Voices are speaker embeddings (``recipe.speaker_embedding``, 192-d CAM++ x-vectors): each is
@@ -362,7 +350,6 @@ class CosyVoiceTTS:
         self.text_frontend = text_frontend
         self.sample_rate_hz = 24000  # CosyVoice 2's rate; replaced by the model's own after setup
         self._model: Any = None
-        self._lock = threading.Lock()
 
     def _import(self) -> Any:
         if self.source_dir:
@@ -380,25 +367,20 @@ class CosyVoiceTTS:
             ) from e
         return CosyVoice2
 
-    def setup(self) -> None:
-        if self._model is not None:
-            return
-        with self._lock:
-            if self._model is not None:
-                return
-            d = Path(self.model_dir)
-            if not (d / "cosyvoice2.yaml").is_file():
-                # CosyVoice2 would treat a missing path as a hub id and download it; refuse instead.
-                raise FileNotFoundError(
-                    f"CosyVoice 2 model directory {d} not found or lacks cosyvoice2.yaml "
-                    "(the model must be present locally; nothing is downloaded at run time)"
-                )
-            CosyVoice2 = self._import()
-            model = CosyVoice2(str(d), load_jit=self.load_jit, load_trt=self.load_trt, fp16=self.fp16)
-            if not hasattr(model.frontend, "spk2info") or model.frontend.spk2info is None:
-                model.frontend.spk2info = {}
-            self.sample_rate_hz = int(model.sample_rate)
-            self._model = model
+    def _load(self) -> None:
+        d = Path(self.model_dir)
+        if not (d / "cosyvoice2.yaml").is_file():
+            # CosyVoice2 would treat a missing path as a hub id and download it; refuse instead.
+            raise FileNotFoundError(
+                f"CosyVoice 2 model directory {d} not found or lacks cosyvoice2.yaml "
+                "(the model must be present locally; nothing is downloaded at run time)"
+            )
+        CosyVoice2 = self._import()
+        model = CosyVoice2(str(d), load_jit=self.load_jit, load_trt=self.load_trt, fp16=self.fp16)
+        if not hasattr(model.frontend, "spk2info") or model.frontend.spk2info is None:
+            model.frontend.spk2info = {}
+        self.sample_rate_hz = int(model.sample_rate)
+        self._model = model
 
     def _speaker_id(self, voice: VoiceRecipe) -> str:
         """Register the recipe's embedding in the frontend once; the voice id is the speaker id."""
