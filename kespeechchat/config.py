@@ -9,16 +9,31 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from kespeechchat.backends import registry
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class _BackendSection(_Model):
+    """A section whose ``backend`` names an adapter registered under ``KIND``
+    (``kespeechchat.backends.registry``); an unknown name is refused with the registered ones."""
+
+    KIND: ClassVar[str] = ""
+
+    @field_validator("backend", check_fields=False)
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        registry.get(cls.KIND, v)
+        return v
 
 
 class SourceConfig(_Model):
@@ -193,8 +208,10 @@ class VoicesConfig(_Model):
     )
 
 
-class TTSConfig(_Model):
-    backend: Literal["kokoro", "cosyvoice"] = Field("kokoro", description="TTS backend.")
+class TTSConfig(_BackendSection):
+    KIND: ClassVar[str] = "tts"
+
+    backend: str = Field("kokoro", description="TTS backend: a registered adapter (kokoro, cosyvoice).")
     model_dir: str | None = Field(
         None, description="Local model directory (default: the embedded Kokoro model)."
     )
@@ -224,8 +241,12 @@ class TTSConfig(_Model):
     )
 
 
-class ASRConfig(_Model):
-    backend: Literal["faster_whisper", "funasr"] = Field("faster_whisper", description="ASR backend.")
+class ASRConfig(_BackendSection):
+    KIND: ClassVar[str] = "asr"
+
+    backend: str = Field(
+        "faster_whisper", description="ASR backend: a registered adapter (faster_whisper, funasr)."
+    )
     model_dir: str | None = Field(
         None, description="Local model directory (default: the embedded Whisper base)."
     )
@@ -256,9 +277,12 @@ class ASRConfig(_Model):
     )
 
 
-class SpeakerConfig(_Model):
-    backend: Literal["resemblyzer", "pyannote", "campplus"] = Field(
-        "resemblyzer", description="Speaker-embedding backend."
+class SpeakerConfig(_BackendSection):
+    KIND: ClassVar[str] = "speaker"
+
+    backend: str = Field(
+        "resemblyzer",
+        description="Speaker-embedding backend: a registered adapter (resemblyzer, pyannote, campplus).",
     )
     model_dir: str | None = Field(
         None,
@@ -275,8 +299,10 @@ class SpeakerConfig(_Model):
     )
 
 
-class QualityConfig(_Model):
-    backend: Literal["dnsmos", "none"] = Field(
+class QualityConfig(_BackendSection):
+    KIND: ClassVar[str] = "quality"
+
+    backend: str = Field(
         "dnsmos",
         description="Per-utterance quality score written by verify: 'dnsmos' (DNSMOS P.835 OVRL from the "
         "speechmos wheel, an artefact detector) or 'none' (no score; the gate in select is then skipped).",

@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from kespeechchat.backends import registry
 from kespeechchat.config import RunConfig
 from kespeechchat.store import atomic_path, read_json, write_bytes_atomic
 from pipelines.package import UTTERANCE_FIELDS, dataset_files, read_utterances
@@ -36,9 +37,6 @@ LANG_COLORS = {"zh": "#d62728", "en": "#2ca02c"}
 # What the embedded defaults are and their licences (MODELS.md); other models: see their own cards.
 _EMBEDDED = {
     "llm": ("Qwen2.5-Coder-1.5B-Instruct, Q4_K_M GGUF on llama.cpp", "Apache-2.0"),
-    "kokoro": ("Kokoro-82M v1.0, int8 ONNX", "Apache-2.0"),
-    "faster_whisper": ("Whisper base (CTranslate2) on faster-whisper", "MIT"),
-    "resemblyzer": ("Resemblyzer GE2E speaker encoder", "Apache-2.0"),
 }
 
 
@@ -402,6 +400,28 @@ def _h(hours: float) -> str:
     return f"{hours:.2f}" if hours >= 10 else f"{hours:.4f}"
 
 
+def _backend_rows(cfg: RunConfig) -> list[tuple[str, str, str]]:
+    """The TTS, ASR and speaker encoder as their registered adapters describe them: an embedded
+    model by name and licence, a model the user brings by its directory."""
+    rows = []
+    for role, kind, section in (
+        ("TTS", "tts", cfg.tts),
+        ("ASR (verification)", "asr", cfg.asr),
+        ("speaker encoder (verification)", "speaker", cfg.speaker),
+    ):
+        b = registry.get(kind, section.backend)
+        model_dir = getattr(section, "model_dir", None)
+        if b.embedded and not model_dir:
+            rows.append((role, b.model, b.licence))
+            continue
+        name = f"{section.backend} ({Path(model_dir).name if model_dir else 'default'})"
+        en_dir = getattr(section, "en_model_dir", None)
+        if en_dir:
+            name += f" + Whisper {Path(en_dir).name} for en"
+        rows.append((role, name, "see the model's card"))
+    return rows
+
+
 def _models(cfg: RunConfig) -> list[tuple[str, str, str]]:
     """(role, model, licence) rows; embedded defaults are named, other models point to their cards."""
     uses_llm = cfg.rewrite.mode == "llm" or cfg.filter.llm_judge or cfg.spoken.mode == "llm"
@@ -428,39 +448,12 @@ def _models(cfg: RunConfig) -> list[tuple[str, str, str]]:
                 "see the model's card",
             )
         )
-    if cfg.tts.backend == "kokoro" and not cfg.tts.model_dir:
-        rows.append(("TTS", *_EMBEDDED["kokoro"]))
-    else:
-        rows.append(
-            (
-                "TTS",
-                f"{cfg.tts.backend} ({Path(cfg.tts.model_dir).name if cfg.tts.model_dir else 'default'})",
-                "see the model's card",
-            )
-        )
-    if cfg.asr.backend == "faster_whisper" and not cfg.asr.model_dir:
-        rows.append(("ASR (verification)", *_EMBEDDED["faster_whisper"]))
-    else:
-        name = Path(cfg.asr.model_dir).name if cfg.asr.model_dir else "default"
-        extra = f" + Whisper {Path(cfg.asr.en_model_dir).name} for en" if cfg.asr.en_model_dir else ""
-        rows.append(("ASR (verification)", f"{cfg.asr.backend} ({name}){extra}", "see the model's card"))
-    if cfg.speaker.backend == "resemblyzer":
-        rows.append(("speaker encoder (verification)", *_EMBEDDED["resemblyzer"]))
-    else:
-        name = Path(cfg.speaker.model_dir).name if cfg.speaker.model_dir else "default"
-        rows.append(
-            ("speaker encoder (verification)", f"{cfg.speaker.backend} ({name})", "see the model's card")
-        )
+    rows += _backend_rows(cfg)
     rows.append(("text normalisation", "WeTextProcessing (zh/en TN grammars)", "Apache-2.0"))
-    quality = getattr(getattr(cfg, "quality", None), "backend", "none")
-    if quality == "dnsmos":
-        rows.append(
-            (
-                "quality score (verification)",
-                "DNSMOS P.835 ONNX models from the speechmos package",
-                "see the package's licence",
-            )
-        )
+    quality = getattr(cfg, "quality", None)
+    if quality is not None and quality.backend != "none":
+        q = registry.get("quality", quality.backend)
+        rows.append(("quality score (verification)", q.model or quality.backend, q.licence or "see its card"))
     return rows
 
 

@@ -10,7 +10,6 @@ seen from every node). The result is a table; the exit code is non-zero when any
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -20,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kespeechchat.backends.speaker import CAMPlusEncoder
-from kespeechchat.models import is_prepared, kokoro_dir, llm_gguf_path, whisper_dir
+from kespeechchat.backends import registry
+from kespeechchat.models import is_prepared, llm_gguf_path
 from kespeechchat.stage import Runtime
 from pipelines.executors import init_ray
 from pipelines.runner import make_stages
@@ -31,15 +30,6 @@ if TYPE_CHECKING:
     from kespeechchat.config import RunConfig
 
 MIN_FREE_GB = 5.0
-# what CosyVoice 2's loader reads from its model directory (alternatives in a tuple)
-COSYVOICE_FILES: list[str | tuple[str, ...]] = [
-    "cosyvoice2.yaml",
-    "llm.pt",
-    "flow.pt",
-    ("hift.pt", "hifigan.pt"),
-    "campplus.onnx",
-    ("speech_tokenizer_v2.onnx", "speech_tokenizer_v1.onnx"),
-]
 
 
 @dataclass
@@ -53,29 +43,9 @@ class Check:
     detail: str
 
 
-def _files(component: str, root: str | Path | None, names: list[str | tuple[str, ...]]) -> list[Check]:
-    """Each name (or any of a tuple of alternatives) present under ``root``."""
-    if not root:
-        return [Check(component, "model directory", False, "not set in the config")]
-    d = Path(root)
-    if not d.exists():
-        return [Check(component, "model directory", False, f"{d} does not exist")]
-    out = [Check(component, "model directory", True, str(d))]
-    for n in names:
-        alts = (n,) if isinstance(n, str) else n
-        found = next((a for a in alts if (d / a).exists()), None)
-        out.append(
-            Check(component, " or ".join(alts), found is not None, "present" if found else f"missing in {d}")
-        )
-    return out
-
-
 def _module(component: str, module: str, hint: str) -> Check:
-    try:
-        ok = importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:  # the parent package is missing
-        ok = False
-    return Check(component, f"python package {module}", ok, "importable" if ok else f"not installed: {hint}")
+    f = registry.module_present(module, hint)
+    return Check(component, f.item, f.ok, f.detail)
 
 
 def _guard(component: str, item: str, fn: Callable[[], list[Check]]) -> list[Check]:
@@ -88,125 +58,13 @@ def _guard(component: str, item: str, fn: Callable[[], list[Check]]) -> list[Che
 # --- models ----------------------------------------------------------------------------------------
 
 
-def check_tts(cfg: RunConfig) -> list[Check]:
-    t = cfg.tts
-    if t.backend == "kokoro":
-        ok = is_prepared("kokoro")
-        return [
-            Check("tts", "kokoro (embedded)", ok, str(kokoro_dir(check=False)) if ok else "run `make models`")
-        ]
-    out = _files("tts", t.model_dir, COSYVOICE_FILES)
-    if t.model_dir and (Path(t.model_dir) / "campplus.onnx").is_file():
-        out += _guard("tts", "campplus.onnx", lambda: _campplus(str(t.model_dir)))
-    src = t.source_dir or os.environ.get("COSYVOICE_ROOT")
-    if src and (Path(src) / "cosyvoice" / "cli" / "cosyvoice.py").is_file():
-        out.append(Check("tts", "CosyVoice source", True, src))
-    elif importlib.util.find_spec("cosyvoice") is not None:
-        out.append(Check("tts", "CosyVoice source", True, "importable"))
-    else:
-        out.append(
-            Check(
-                "tts", "CosyVoice source", False, "tts.source_dir (or $COSYVOICE_ROOT): a CosyVoice checkout"
-            )
-        )
-    if t.sample_rate_hz != 24000:
-        out.append(
-            Check(
-                "tts", "sample rate", False, f"tts.sample_rate_hz {t.sample_rate_hz}; CosyVoice 2 makes 24000"
-            )
-        )
-    return out
-
-
-def _campplus(path: str) -> list[Check]:
-
-    enc = CAMPlusEncoder(path)
-    enc.setup()  # checks input (B, T, 80) and a 192-d output
-    return [Check("speaker", "CAM++ signature", True, f"{enc.onnx_path().name}: (batch, frames, 80) -> 192")]
-
-
-def check_asr(cfg: RunConfig) -> list[Check]:
-    a = cfg.asr
-    whisper = ["model.bin", "config.json", ("tokenizer.json", "vocabulary.txt", "vocabulary.json")]
-    if a.backend == "faster_whisper":
-        if not a.model_dir:
-            ok = is_prepared("whisper")
-            return [
-                Check(
-                    "asr",
-                    "whisper base (embedded)",
-                    ok,
-                    str(whisper_dir(check=False)) if ok else "run `make models`",
-                )
-            ]
-        return _files("asr", a.model_dir, whisper)
-    out = _files("asr", a.model_dir, ["config.yaml", "model.pt", ("tokens.json", "tokens.txt")])
-    out.append(_module("asr", "funasr", "pip install 'kespeechchat[gpu]'"))
-    out += (
-        _files("asr (en)", a.en_model_dir, whisper)
-        if a.en_model_dir
-        else [
-            Check(
-                "asr (en)",
-                "en_model_dir",
-                False,
-                "funasr reads only Chinese; set asr.en_model_dir to a Whisper directory",
-            )
-        ]
-    )
-    out += _cuda("asr", a.device or "cuda")
-    return out
-
-
-def _cuda(component: str, device: str) -> list[Check]:
-    if not device.startswith("cuda"):
-        return []
-    import torch
-
-    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    return [
-        Check(
-            component,
-            f"device {device}",
-            n > 0,
-            f"{n} CUDA device(s) on this machine" if n else "no CUDA device here",
-        )
-    ]
-
-
-def check_speaker(cfg: RunConfig) -> list[Check]:
-    s = cfg.speaker
-    if s.backend == "resemblyzer":
-        return [_module("speaker", "resemblyzer", "pip install 'kespeechchat[embedded]'")]
-    if s.backend == "campplus":
-        if not s.model_dir:
-            return [
-                Check(
-                    "speaker",
-                    "model_dir",
-                    False,
-                    "speaker.model_dir: campplus.onnx or the CosyVoice directory",
-                )
-            ]
-        return _guard("speaker", "campplus.onnx", lambda: _campplus(str(s.model_dir)))
-    p = Path(s.model_dir or "")
-    ckpt = p if p.is_file() else p / "pytorch_model.bin"
-    out = [
-        Check(
-            "speaker",
-            "pyannote checkpoint",
-            ckpt.is_file(),
-            str(ckpt) if ckpt.is_file() else f"missing: {ckpt}",
-        )
-    ]
-    out.append(_module("speaker", "pyannote.audio", "pip install 'kespeechchat[gpu]'"))
-    return out + _cuda("speaker", s.device or "cuda")
-
-
-def check_quality(cfg: RunConfig) -> list[Check]:
-    if cfg.quality.backend == "none":
-        return []
-    return [_module("quality", "speechmos", "make install (speechmos is installed with --no-deps)")]
+def check_backend(cfg: RunConfig, kind: str) -> list[Check]:
+    """What the configured adapter of ``kind`` says it needs (``Backend.diagnose`` in its own file)."""
+    section = getattr(cfg, kind)
+    backend = registry.get(kind, section.backend)
+    if backend.diagnose is None:
+        return [Check(kind, section.backend, None, "the adapter has no checks")]
+    return [Check(f.component or kind, f.item, f.ok, f.detail) for f in backend.diagnose(section)]
 
 
 # --- LLM --------------------------------------------------------------------------------------------
@@ -396,14 +254,9 @@ def _same_on_every_node(ray: Any, marker: Path, token: str) -> list[Check]:
 def run_checks(cfg: RunConfig, *, probe: bool = True) -> list[Check]:
     """Every check of the config. ``probe``: contact LLM endpoints and Ray (else files only)."""
     checks: list[Check] = []
-    for name, item, fn in (
-        ("tts", "model", check_tts),
-        ("asr", "model", check_asr),
-        ("speaker", "model", check_speaker),
-        ("quality", "model", check_quality),
-        ("voices", "library", check_voices),
-    ):
-        checks += _guard(name, item, lambda fn=fn: fn(cfg))
+    for kind in ("tts", "asr", "speaker", "quality"):
+        checks += _guard(kind, "model", lambda kind=kind: check_backend(cfg, kind))
+    checks += _guard("voices", "library", lambda: check_voices(cfg))
     checks += check_llm(cfg, probe=probe)
     ray = None
     if cfg.executor.kind == "ray" and probe:

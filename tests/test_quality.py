@@ -10,7 +10,7 @@ import pytest
 
 from kespeechchat.audio import load_audio, resample
 from kespeechchat.config import QualityConfig
-from kespeechchat.quality import DNSMOS_SAMPLE_RATE_HZ, DNSMOSScorer, QualityScorer, make_quality
+from kespeechchat.backends.quality import DNSMOS_SAMPLE_RATE_HZ, DNSMOSScorer, QualityScorer, make_quality
 
 pytest.importorskip("speechmos")
 

@@ -23,8 +23,10 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 
 from kespeechchat.audio import resample
+from kespeechchat.backends import registry
 from kespeechchat.backends.lazy import LazyModel, needs_extra
-from kespeechchat.models import whisper_dir
+from kespeechchat.backends.registry import Finding
+from kespeechchat.models import is_prepared, whisper_dir
 
 if TYPE_CHECKING:
     from kespeechchat.config import ASRConfig
@@ -356,24 +358,80 @@ def match_results(results: list[dict[str, Any]], n: int) -> list[str]:
 
 def make_asr(cfg: ASRConfig) -> ASRBackend:
     """The ASR backend named in the config."""
-    if cfg.backend == "faster_whisper":
-        return FasterWhisperASR(
-            cfg.model_dir,
-            num_threads=cfg.num_threads,
-            beam_size=cfg.beam_size,
-            device=cfg.device or "cpu",
-            pack=cfg.pack,
-            window_s=cfg.window_s,
+    return registry.create("asr", cfg)
+
+
+WHISPER_FILES: list[str | tuple[str, ...]] = [
+    "model.bin",
+    "config.json",
+    ("tokenizer.json", "vocabulary.txt", "vocabulary.json"),
+]
+
+
+def _faster_whisper(cfg: ASRConfig) -> FasterWhisperASR:
+    return FasterWhisperASR(
+        cfg.model_dir,
+        num_threads=cfg.num_threads,
+        beam_size=cfg.beam_size,
+        device=cfg.device or "cpu",
+        pack=cfg.pack,
+        window_s=cfg.window_s,
+    )
+
+
+def _diagnose_faster_whisper(cfg: ASRConfig) -> list[Finding]:
+    if cfg.model_dir:
+        return registry.files_present(cfg.model_dir, WHISPER_FILES)
+    ok = is_prepared("whisper")
+    return [
+        Finding("whisper base (embedded)", ok, str(whisper_dir(check=False)) if ok else "run `make models`")
+    ]
+
+
+def _funasr(cfg: ASRConfig) -> FunASRASR:
+    if not cfg.model_dir:
+        raise ValueError("asr.backend 'funasr' needs asr.model_dir (a local Paraformer-zh directory)")
+    return FunASRASR(
+        cfg.model_dir,
+        cfg.en_model_dir,
+        device=cfg.device or "cuda",
+        batch_size=cfg.batch_size,
+        en_beam_size=cfg.beam_size,
+        num_threads=cfg.num_threads,
+    )
+
+
+def _diagnose_funasr(cfg: ASRConfig) -> list[Finding]:
+    out = registry.files_present(cfg.model_dir, ["config.yaml", "model.pt", ("tokens.json", "tokens.txt")])
+    out.append(registry.module_present("funasr", "pip install 'kespeechchat[gpu]'"))
+    if cfg.en_model_dir:
+        en = registry.files_present(cfg.en_model_dir, WHISPER_FILES)
+        out += [Finding(f.item, f.ok, f.detail, component="asr (en)") for f in en]
+    else:
+        out.append(
+            Finding(
+                "en_model_dir",
+                False,
+                "funasr reads only Chinese; set asr.en_model_dir to a Whisper directory",
+                component="asr (en)",
+            )
         )
-    if cfg.backend == "funasr":
-        if not cfg.model_dir:
-            raise ValueError("asr.backend 'funasr' needs asr.model_dir (a local Paraformer-zh directory)")
-        return FunASRASR(
-            cfg.model_dir,
-            cfg.en_model_dir,
-            device=cfg.device or "cuda",
-            batch_size=cfg.batch_size,
-            en_beam_size=cfg.beam_size,
-            num_threads=cfg.num_threads,
-        )
-    raise ValueError(f"unknown ASR backend {cfg.backend!r}")
+    return out + registry.cuda_present(cfg.device or "cuda")
+
+
+registry.register(
+    registry.Backend(
+        "asr",
+        "faster_whisper",
+        _faster_whisper,
+        "Whisper base (CTranslate2) on faster-whisper",
+        "MIT",
+        _diagnose_faster_whisper,
+        embedded=True,
+    )
+)
+registry.register(
+    registry.Backend(
+        "asr", "funasr", _funasr, "Paraformer-zh on FunASR", "see the model's card", _diagnose_funasr
+    )
+)

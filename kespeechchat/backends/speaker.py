@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 
 from kespeechchat.audio import resample
+from kespeechchat.backends import registry
 from kespeechchat.backends.lazy import LazyModel, needs_extra
+from kespeechchat.backends.registry import Finding
 
 if TYPE_CHECKING:
     from kespeechchat.config import SpeakerConfig
@@ -258,16 +260,77 @@ class CAMPlusEncoder(LazyModel):
 
 def make_speaker(cfg: SpeakerConfig) -> SpeakerEncoder:
     """The speaker encoder named in the config."""
-    if cfg.backend == "resemblyzer":
-        return ResemblyzerEncoder(device=cfg.device or "cpu", num_threads=cfg.num_threads)
-    if cfg.backend == "pyannote":
-        if not cfg.model_dir:
-            raise ValueError("speaker.backend 'pyannote' needs speaker.model_dir (a local checkpoint)")
-        return PyannoteEncoder(cfg.model_dir, device=cfg.device or "cuda")
-    if cfg.backend == "campplus":
-        if not cfg.model_dir:
-            raise ValueError(
-                "speaker.backend 'campplus' needs speaker.model_dir (campplus.onnx or the CosyVoice model directory)"
-            )
-        return CAMPlusEncoder(cfg.model_dir, num_threads=cfg.num_threads)
-    raise ValueError(f"unknown speaker backend {cfg.backend!r}")
+    return registry.create("speaker", cfg)
+
+
+def _resemblyzer(cfg: SpeakerConfig) -> ResemblyzerEncoder:
+    return ResemblyzerEncoder(device=cfg.device or "cpu", num_threads=cfg.num_threads)
+
+
+def _pyannote(cfg: SpeakerConfig) -> PyannoteEncoder:
+    if not cfg.model_dir:
+        raise ValueError("speaker.backend 'pyannote' needs speaker.model_dir (a local checkpoint)")
+    return PyannoteEncoder(cfg.model_dir, device=cfg.device or "cuda")
+
+
+def _diagnose_pyannote(cfg: SpeakerConfig) -> list[Finding]:
+    p = Path(cfg.model_dir or "")
+    ckpt = p if p.is_file() else p / "pytorch_model.bin"
+    out = [
+        Finding("pyannote checkpoint", ckpt.is_file(), str(ckpt) if ckpt.is_file() else f"missing: {ckpt}")
+    ]
+    out.append(registry.module_present("pyannote.audio", "pip install 'kespeechchat[gpu]'"))
+    return out + registry.cuda_present(cfg.device or "cuda")
+
+
+def _campplus(cfg: SpeakerConfig) -> CAMPlusEncoder:
+    if not cfg.model_dir:
+        raise ValueError(
+            "speaker.backend 'campplus' needs speaker.model_dir (campplus.onnx or the CosyVoice model directory)"
+        )
+    return CAMPlusEncoder(cfg.model_dir, num_threads=cfg.num_threads)
+
+
+def diagnose_campplus(model_dir: str | None) -> list[Finding]:
+    """The CAM++ file loads and has the signature CosyVoice's CAM++ has (also used for CosyVoice's copy)."""
+    if not model_dir:
+        return [Finding("model_dir", False, "speaker.model_dir: campplus.onnx or the CosyVoice directory")]
+    try:
+        enc = CAMPlusEncoder(model_dir)
+        enc.setup()  # checks input (B, T, 80) and a 192-d output
+    except Exception as e:  # a model that cannot load is the finding
+        return [Finding("campplus.onnx", False, f"{type(e).__name__}: {e}"[:300])]
+    return [Finding("CAM++ signature", True, f"{enc.onnx_path().name}: (batch, frames, 80) -> 192")]
+
+
+registry.register(
+    registry.Backend(
+        "speaker",
+        "resemblyzer",
+        _resemblyzer,
+        "Resemblyzer GE2E speaker encoder",
+        "Apache-2.0",
+        lambda cfg: [registry.module_present("resemblyzer", "pip install 'kespeechchat[embedded]'")],
+        embedded=True,
+    )
+)
+registry.register(
+    registry.Backend(
+        "speaker",
+        "pyannote",
+        _pyannote,
+        "pyannote/WeSpeaker embedding",
+        "see the model's card",
+        _diagnose_pyannote,
+    )
+)
+registry.register(
+    registry.Backend(
+        "speaker",
+        "campplus",
+        _campplus,
+        "CAM++ (3D-Speaker), as shipped with CosyVoice",
+        "Apache-2.0",
+        lambda cfg: diagnose_campplus(cfg.model_dir),
+    )
+)

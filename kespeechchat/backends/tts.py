@@ -13,6 +13,7 @@ small factor drawn from the seed and the attempt, which changes every duration t
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import sys
@@ -22,12 +23,21 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from kespeechchat.backends import registry
 from kespeechchat.backends.kokoro_style import style_from_parts
 from kespeechchat.backends.lazy import LazyModel, needs_extra
 from kespeechchat.backends.onnx import ShrinkingSession
+from kespeechchat.backends.registry import Finding
+from kespeechchat.backends.speaker import diagnose_campplus
 from kespeechchat.backends.world import transform
 from kespeechchat.backends.zh_g2p import ZhG2P
-from kespeechchat.models import KOKORO_MODEL_FILE, KOKORO_VOCAB_FILE, KOKORO_VOICES_FILE, kokoro_dir
+from kespeechchat.models import (
+    KOKORO_MODEL_FILE,
+    KOKORO_VOCAB_FILE,
+    KOKORO_VOICES_FILE,
+    is_prepared,
+    kokoro_dir,
+)
 
 if TYPE_CHECKING:
     from kespeechchat.config import TTSConfig
@@ -441,24 +451,72 @@ def make_tts(cfg: TTSConfig, *, speed_jitter: float = 0.06) -> TTSBackend:
 
     ``speed_jitter`` is ``retry.speed_jitter``: how much a deterministic backend's retries vary.
     """
-    if cfg.backend == "kokoro":
-        return KokoroTTS(
-            model_dir=cfg.model_dir,
-            num_threads=cfg.num_threads,
-            sentence_pause_s=cfg.sentence_pause_s,
-            speed_jitter=speed_jitter,
-            zh_frontend=cfg.zh_frontend,
+    return registry.create("tts", cfg, speed_jitter=speed_jitter)
+
+
+def _kokoro(cfg: TTSConfig, *, speed_jitter: float = 0.06) -> KokoroTTS:
+    return KokoroTTS(
+        model_dir=cfg.model_dir,
+        num_threads=cfg.num_threads,
+        sentence_pause_s=cfg.sentence_pause_s,
+        speed_jitter=speed_jitter,
+        zh_frontend=cfg.zh_frontend,
+    )
+
+
+def _diagnose_kokoro(cfg: TTSConfig) -> list[Finding]:
+    if cfg.model_dir:
+        return registry.files_present(cfg.model_dir, [KOKORO_MODEL_FILE, KOKORO_VOICES_FILE])
+    ok = is_prepared("kokoro")
+    return [Finding("kokoro (embedded)", ok, str(kokoro_dir(check=False)) if ok else "run `make models`")]
+
+
+def _cosyvoice(cfg: TTSConfig, *, speed_jitter: float = 0.06) -> CosyVoiceTTS:
+    if not cfg.model_dir:
+        raise ValueError(
+            "tts.model_dir is required for the cosyvoice backend (a local CosyVoice2 model directory)"
         )
-    if cfg.backend == "cosyvoice":
-        if not cfg.model_dir:
-            raise ValueError(
-                "tts.model_dir is required for the cosyvoice backend (a local CosyVoice2 model directory)"
-            )
-        return CosyVoiceTTS(
-            cfg.model_dir,
-            source_dir=cfg.source_dir,
-            load_jit=cfg.load_jit,
-            load_trt=cfg.load_trt,
-            fp16=cfg.fp16,
+    return CosyVoiceTTS(
+        cfg.model_dir, source_dir=cfg.source_dir, load_jit=cfg.load_jit, load_trt=cfg.load_trt, fp16=cfg.fp16
+    )
+
+
+# what CosyVoice 2's loader reads from its model directory (alternatives in a tuple)
+COSYVOICE_FILES: list[str | tuple[str, ...]] = [
+    "cosyvoice2.yaml",
+    "llm.pt",
+    "flow.pt",
+    ("hift.pt", "hifigan.pt"),
+    "campplus.onnx",
+    ("speech_tokenizer_v2.onnx", "speech_tokenizer_v1.onnx"),
+]
+
+
+def _diagnose_cosyvoice(cfg: TTSConfig) -> list[Finding]:
+    out = registry.files_present(cfg.model_dir, COSYVOICE_FILES)
+    if cfg.model_dir and (Path(cfg.model_dir) / "campplus.onnx").is_file():
+        out += diagnose_campplus(cfg.model_dir)  # the CAM++ that makes the library's embeddings
+    src = cfg.source_dir or os.environ.get(COSYVOICE_SOURCE_ENV)
+    if src and (Path(src) / "cosyvoice" / "cli" / "cosyvoice.py").is_file():
+        out.append(Finding("CosyVoice source", True, src))
+    elif importlib.util.find_spec("cosyvoice") is not None:
+        out.append(Finding("CosyVoice source", True, "importable"))
+    else:
+        out.append(
+            Finding("CosyVoice source", False, "tts.source_dir (or $COSYVOICE_ROOT): a CosyVoice checkout")
         )
-    raise ValueError(f"unknown TTS backend {cfg.backend!r}")
+    if cfg.sample_rate_hz != 24000:
+        out.append(
+            Finding("sample rate", False, f"tts.sample_rate_hz {cfg.sample_rate_hz}; CosyVoice 2 makes 24000")
+        )
+    return out
+
+
+registry.register(
+    registry.Backend(
+        "tts", "kokoro", _kokoro, "Kokoro-82M v1.0, int8 ONNX", "Apache-2.0", _diagnose_kokoro, embedded=True
+    )
+)
+registry.register(
+    registry.Backend("tts", "cosyvoice", _cosyvoice, "CosyVoice 2 (0.5B)", "Apache-2.0", _diagnose_cosyvoice)
+)

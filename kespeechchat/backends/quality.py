@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 
 from kespeechchat.audio import resample
+from kespeechchat.backends import registry
 from kespeechchat.backends.lazy import LazyModel
 from kespeechchat.backends.onnx import ShrinkingSession
 
@@ -165,8 +166,24 @@ class DNSMOSScorer(LazyModel):
 
 def make_quality(cfg: QualityConfig) -> QualityScorer | None:
     """The configured scorer, or None when the quality score is switched off."""
-    if cfg.backend == "none":
-        return None
-    if cfg.backend == "dnsmos":
-        return DNSMOSScorer(num_threads=cfg.num_threads, personalized=cfg.personalized, hop_s=cfg.hop_s)
-    raise ValueError(f"unknown quality backend {cfg.backend!r}")
+    return registry.create("quality", cfg)
+
+
+def _dnsmos(cfg: QualityConfig) -> DNSMOSScorer:
+    return DNSMOSScorer(num_threads=cfg.num_threads, personalized=cfg.personalized, hop_s=cfg.hop_s)
+
+
+registry.register(
+    registry.Backend(
+        "quality",
+        "dnsmos",
+        _dnsmos,
+        "DNSMOS P.835 ONNX models from the speechmos package",
+        "see the package's licence",
+        lambda cfg: [
+            registry.module_present("speechmos", "make install (speechmos is installed with --no-deps)")
+        ],
+        embedded=True,
+    )
+)
+registry.register(registry.Backend("quality", "none", lambda cfg: None, diagnose=lambda cfg: []))
