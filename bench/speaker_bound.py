@@ -77,10 +77,10 @@ def main() -> int:
 
     from kespeechchat.audio import audio_sanity
     from kespeechchat.backends.asr import FasterWhisperASR
+    from kespeechchat.backends.quality import DNSMOSScorer
     from kespeechchat.backends.speaker import ResemblyzerEncoder, cosine
     from kespeechchat.backends.tts import KokoroTTS
     from kespeechchat.metrics import error_rate, spoken_chars
-    from kespeechchat.backends.quality import DNSMOSScorer
     from voice_library.recipes import agent_voices, build_library
     from voice_library.refs import PROBE_TEXTS
 

@@ -11,11 +11,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from kespeechchat.backends import registry
+
 ROLES = ("user", "agent")
 LANGUAGES = ("zh", "en", "multi")
 GENDERS = ("female", "male")
 AGE_BANDS = ("young", "adult", "senior")
-BACKENDS = ("kokoro", "cosyvoice")
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class VoiceRecipe:
 
     def __post_init__(self) -> None:
         for name, value, allowed in (
-            ("backend", self.backend, BACKENDS),
+            ("backend", self.backend, tuple(registry.names("tts"))),
             ("role", self.role, ROLES),
             ("language", self.language, LANGUAGES),
             ("gender", self.gender, GENDERS),

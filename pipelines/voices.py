@@ -13,8 +13,8 @@ from typing import Any
 from kespeechchat.config import RunConfig
 from kespeechchat.store import file_sha256
 from voice_library.assignment import usage_histogram
-from voice_library.embeddings import BACKEND_ENCODERS, check_encoder
-from voice_library.pool import load_pool
+from voice_library.embeddings import backend_encoder, check_encoder
+from voice_library.pool import load_pool, shipped_pool
 from voice_library.recipes import (
     agent_voices,
     build_library,
@@ -33,9 +33,10 @@ def _check_embeddings(backend: str, voices: list, encoder: str, source: str) -> 
     """An embedding-conditioned backend gets voices from its own encoder, each of its size
     (else every turn fails in the TTS, or worse, speaks in a voice from another space)."""
 
-    if backend not in BACKEND_ENCODERS:
+    want = backend_encoder(backend)
+    if want is None:
         return
-    name, dim = BACKEND_ENCODERS[backend]
+    name, dim = want
     for x in voices:
         n = 0 if x.speaker_embedding is None else len(x.speaker_embedding)
         if n != dim:
@@ -60,7 +61,7 @@ def resolve_voices(cfg: RunConfig) -> tuple[list, dict[str, Any]]:
         if not users:
             raise ValueError(f"{v.library}: the library has no user voices")
         if not agents:
-            pool = load_pool(v.pool) if (v.pool or backend == "kokoro") else None
+            pool = load_pool(v.pool or shipped_pool(backend)) if (v.pool or shipped_pool(backend)) else None
             if pool is None:
                 raise ValueError(
                     f"{v.library}: no agent voices in the library and no voices.pool to choose them from"
@@ -70,12 +71,12 @@ def resolve_voices(cfg: RunConfig) -> tuple[list, dict[str, Any]]:
             backend, users + agents, (meta.get("distinct") or {}).get("encoder") or "", str(v.library)
         )
         return users + agents, {**meta, "source": str(v.library)}
-    if backend != "kokoro" and not v.pool:
+    if not v.pool and shipped_pool(backend) is None:
         raise ValueError(
             f"tts.backend {backend!r} needs voices.pool (a pool of sampled speaker embeddings, "
             "`kespeechchat voices sample-embeddings`) or voices.library"
         )
-    pool = load_pool(v.pool)
+    pool = load_pool(v.pool or shipped_pool(backend))
     if v.max_identity_cosine is not None:
         if v.max_identity_cosine > pool.max_identity_cosine:
             raise ValueError(

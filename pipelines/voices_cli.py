@@ -12,9 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kespeechchat.backends import registry
 from kespeechchat.backends.asr import FasterWhisperASR
-from kespeechchat.backends.speaker import CAMPlusEncoder, ResemblyzerEncoder
-from kespeechchat.backends.tts import CosyVoiceTTS, KokoroTTS
+from kespeechchat.backends.speaker import ResemblyzerEncoder
+from kespeechchat.config import SpeakerConfig, TTSConfig
 from kespeechchat.store import write_bytes_atomic, write_json_atomic, write_parquet_atomic
 from pipelines.voices import run_usage
 from voice_library.assignment import format_usage
@@ -56,18 +57,18 @@ def _say(line: str) -> None:
 
 def _models(backend: str = "kokoro", model_dir: str | None = None) -> tuple[Any, Any, Any]:
     """The TTS, speaker encoder and ASR that measure a library of ``backend`` (one thread each;
-    they run side by side): Kokoro with resemblyzer, or CosyVoice 2 with its own CAM++ encoder
-    (both from ``model_dir``). The checker is the embedded Whisper base either way."""
+    they run side by side): the TTS with the encoder its registry entry names (Kokoro:
+    resemblyzer; CosyVoice 2: its own CAM++), both from ``model_dir``. The checker is the embedded
+    Whisper base either way."""
     import torch
 
     torch.set_num_threads(1)
-    if backend == "cosyvoice":
-        if not model_dir:
-            raise SystemExit(
-                "a CosyVoice library is measured with CosyVoice and its CAM++ encoder: pass --model-dir"
-            )
-        return CosyVoiceTTS(model_dir), CAMPlusEncoder(model_dir), FasterWhisperASR()
-    return KokoroTTS(), ResemblyzerEncoder(), FasterWhisperASR()
+    try:
+        tts = registry.create("tts", TTSConfig(backend=backend, model_dir=model_dir))
+        enc = _encoder(registry.get("tts", backend).voice_encoder, model_dir)
+    except ValueError as e:
+        raise SystemExit(f"error: {e} (pass --model-dir)") from None
+    return tts, enc, FasterWhisperASR()
 
 
 def _part(text: str) -> tuple[int, int]:
@@ -165,13 +166,12 @@ def cmd_listen(args: argparse.Namespace) -> int:
     voice = voices.get(args.voice_id)
     if voice is None:
         raise SystemExit(f"error: voice {args.voice_id!r} is not in {args.library}")
-    if voice.backend != "kokoro":
-        raise SystemExit(
-            f"error: voice {args.voice_id} is a {voice.backend} voice; `listen` speaks Kokoro voices"
-        )
     lang = args.lang or (voice.language if voice.language in ("zh", "en") else "zh")
     text = args.text or PROBE_TEXTS[lang]
-    tts = KokoroTTS()
+    try:
+        tts = registry.create("tts", TTSConfig(backend=voice.backend, model_dir=args.model_dir))
+    except ValueError as e:
+        raise SystemExit(f"error: voice {args.voice_id} is a {voice.backend} voice: {e}") from None
     audio = tts.synthesize(text, lang, voice)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     sf.write(args.out, audio, int(tts.sample_rate_hz), subtype="PCM_16")
@@ -308,17 +308,11 @@ def cmd_refine(args: argparse.Namespace) -> int:
 
 
 def _encoder(name: str, model_dir: str | None) -> Any:
-    """The speaker encoder a pool was measured with: resemblyzer (embedded) or campplus (CosyVoice's)."""
-
-    if name == "campplus":
-        if not model_dir:
-            raise SystemExit(
-                "the campplus encoder needs --model-dir (campplus.onnx or the CosyVoice model directory)"
-            )
-        return CAMPlusEncoder(model_dir)
-    if name in ("resemblyzer", ""):
-        return ResemblyzerEncoder()
-    raise SystemExit(f"unknown speaker encoder {name!r} (resemblyzer or campplus)")
+    """The speaker encoder a pool was measured with (a registered speaker backend; default resemblyzer)."""
+    try:
+        return registry.create("speaker", SpeakerConfig(backend=name or "resemblyzer", model_dir=model_dir))
+    except ValueError as e:
+        raise SystemExit(f"error: {e} (--model-dir)") from None
 
 
 def cmd_privacy(args: argparse.Namespace) -> int:
@@ -389,7 +383,7 @@ def register(subparsers: Any) -> None:
     b.add_argument(
         "--out", default=DEFAULT_LIBRARY, help=f"Parquet file to write (default {DEFAULT_LIBRARY})"
     )
-    b.add_argument("--backend", choices=["kokoro", "cosyvoice"], default="kokoro")
+    b.add_argument("--backend", choices=registry.names("tts"), default="kokoro")
     b.add_argument(
         "--pool", help="identity pool (default: the measured Kokoro pool shipped with the package)"
     )
@@ -429,6 +423,7 @@ def register(subparsers: Any) -> None:
     li.add_argument("--out", required=True, help="WAV file to write")
     li.add_argument("--text", help="what to say (default: the reference probe of the language)")
     li.add_argument("--lang", choices=["zh", "en"], help="language (default: the voice's)")
+    li.add_argument("--model-dir", help="the TTS model directory (a backend without an embedded model)")
     li.set_defaults(func=cmd_listen)
 
     se = vs.add_parser("search", help="synthesise candidate identities and embed them (resumable, slow)")

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from kespeechchat.audio import load_audio, resample
-from kespeechchat.config import QualityConfig
 from kespeechchat.backends.quality import DNSMOS_SAMPLE_RATE_HZ, DNSMOSScorer, QualityScorer, make_quality
+from kespeechchat.config import QualityConfig
 
 pytest.importorskip("speechmos")
 

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from kespeechchat.audio import load_audio
+from kespeechchat.backends import registry
 from voice_library.pool import Identity, IdentityPool, identity_id_for
 
 MAX_COMPONENTS = 16
@@ -103,14 +104,18 @@ def read_embeddings(path: str | Path) -> EmbeddingSet:
 
 
 ENCODER_META_KEY = b"kespeechchat.encoder"
-# the speaker encoder each embedding-conditioned backend speaks from, and its dimension
-BACKEND_ENCODERS = {"cosyvoice": ("campplus", 192)}
+
+
+def backend_encoder(backend: str) -> tuple[str, int] | None:
+    """(speaker encoder, dimension) an embedding-conditioned TTS speaks from; None for recipe voices."""
+    b = registry.get("tts", backend)
+    return None if b.embedding_dim is None else (b.voice_encoder, b.embedding_dim)
 
 
 def check_encoder(backend: str, encoder: str, dim: int, source: str) -> None:
     """Embeddings from ``encoder`` (``dim`` values) can condition ``backend``, or ValueError saying
     what to do instead."""
-    want = BACKEND_ENCODERS.get(backend)
+    want = backend_encoder(backend)
     if want is None:
         return
     name, size = want

@@ -43,6 +43,15 @@ POOL_META_KEY = b"kespeechchat.identity_pool"
 DEFAULT_POOL_PATH = Path(__file__).resolve().parent / "data" / "kokoro_identities.parquet"
 # what the identity search accepted, before the clarity measurement refined it into the default
 SEARCHED_POOL_PATH = Path(__file__).resolve().parent / "data" / "kokoro_searched_identities.parquet"
+# the identity pools shipped with the package, per TTS backend (others bring theirs: voices.pool)
+SHIPPED_POOLS = {"kokoro": DEFAULT_POOL_PATH}
+
+
+def shipped_pool(backend: str) -> Path | None:
+    """The measured identity pool shipped for ``backend``, or None when a run must bring its own."""
+    return SHIPPED_POOLS.get(backend)
+
+
 F0_RANGE_HZ = (85.0, 330.0)
 MAX_PROBE_ERROR = 0.10
 # Shipped Kokoro voices are voiced in 79-93 % of their audible frames; some extreme styles fall

@@ -48,7 +48,7 @@ from voice_library.bounds import (
     SPEED_RANGE,
     VARIANT_PITCH_RANGE,
 )
-from voice_library.pool import IdentityPool, load_pool
+from voice_library.pool import IdentityPool, load_pool, shipped_pool
 
 if TYPE_CHECKING:
     from voice_library.pool import Identity, IdentityPool
@@ -136,12 +136,12 @@ def _resolve_pool(
 ) -> IdentityPool:
 
     if not isinstance(pool, IdentityPool):
-        if pool is None and backend != "kokoro":
+        if pool is None and shipped_pool(backend) is None:
             raise ValueError(
                 f"the {backend} backend has no shipped identity pool: pass pool= (see "
                 "voice_library.embeddings.sample_pool for CosyVoice speaker embeddings)"
             )
-        pool = load_pool(pool)
+        pool = load_pool(pool if pool is not None else shipped_pool(backend))
     if pool.meta.get("backend", "kokoro") != backend:
         raise ValueError(f"identity pool is for backend {pool.meta.get('backend')!r}, not {backend!r}")
     if max_identity_cosine is not None:

@@ -41,6 +41,10 @@ class Backend:
     licence: str = ""
     diagnose: Callable[[Any], list[Finding]] | None = None  # (config section) -> findings
     embedded: bool = False  # ships inside the install (the laptop path)
+    # TTS only: the speaker encoder whose space the voice library measures this TTS's voices in,
+    # and, for a TTS conditioned on speaker embeddings, their length (None: recipes, not embeddings)
+    voice_encoder: str = "resemblyzer"
+    embedding_dim: int | None = None
 
 
 _REGISTRY: dict[str, dict[str, Backend]] = {k: {} for k in KINDS}

@@ -518,5 +518,14 @@ registry.register(
     )
 )
 registry.register(
-    registry.Backend("tts", "cosyvoice", _cosyvoice, "CosyVoice 2 (0.5B)", "Apache-2.0", _diagnose_cosyvoice)
+    registry.Backend(
+        "tts",
+        "cosyvoice",
+        _cosyvoice,
+        "CosyVoice 2 (0.5B)",
+        "Apache-2.0",
+        _diagnose_cosyvoice,
+        voice_encoder="campplus",
+        embedding_dim=COSYVOICE_EMBEDDING_DIM,
+    )
 )

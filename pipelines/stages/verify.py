@@ -33,10 +33,10 @@ import pyarrow as pa
 
 from kespeechchat.audio import audio_sanity, decode_audio, load_audio, repetition_ratio, resample
 from kespeechchat.backends.asr import make_asr
+from kespeechchat.backends.quality import make_quality
 from kespeechchat.backends.speaker import cosine, make_speaker
 from kespeechchat.config import RunConfig
 from kespeechchat.metrics import error_rate, spoken_chars
-from kespeechchat.backends.quality import make_quality
 from kespeechchat.stage import Resources, Stage, StageOutput, reject
 from kespeechchat.store import ENVIRONMENT_ERRNOS
 from voice_library.refs import ref_path
