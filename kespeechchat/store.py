@@ -129,6 +129,33 @@ class RunStore:
     def dataset_dir(self) -> Path:
         return self.root / "dataset"
 
+    def summary_path(self, stage: str) -> Path:
+        """The whole-run summary of a stage that runs once (ingest, package)."""
+        return self.root / stage / "stats" / f"{stage}.json"
+
+    def shard_files(self, stage: str) -> list[Path]:
+        return sorted((self.root / stage / "data").glob("shard-*.parquet"))
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def voices_dir(self) -> Path:
+        return self.root / "voices"
+
+    @property
+    def library_path(self) -> Path:
+        """The run's frozen voice library: every voice the run may assign."""
+        return self.voices_dir / "library.parquet"
+
+    def voice_ref_path(self, voice_id: str, language: str) -> Path:
+        """A voice's reference utterance, the target of speaker similarity."""
+        return self.voices_dir / "refs" / f"{voice_id}-{language}.flac"
+
+    def export_dir(self, repo_id: str) -> Path:
+        return self.root / "export" / repo_id.replace("/", "__")
+
     def read_marker(self, stage: str, shard: int | None) -> dict[str, Any] | None:
         return read_json(self.marker_path(stage, shard))
 
@@ -136,7 +163,7 @@ class RunStore:
         write_json_atomic(self.marker_path(stage, shard), marker)
 
     def clear_markers(self, stage: str) -> int:
-        d = self.root / stage / "_markers"
+        d = self.marker_path(stage, None).parent
         n = 0
         if d.is_dir():
             for p in d.glob("*.json"):
@@ -207,7 +234,7 @@ class RunStore:
         return hashlib.sha256((file_sha256(dp) + file_sha256(rp)).encode()).hexdigest()[:16]
 
     def shards(self) -> list[int]:
-        manifest = read_json(self.root / "ingest" / "manifest.json")
+        manifest = read_json(self.stage_dir("ingest") / "manifest.json")
         return list(manifest["shards"]) if manifest else []
 
     def remove_tmp_files(self) -> int:

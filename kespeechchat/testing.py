@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from kespeechchat.config import RunConfig
-from kespeechchat.store import TMP_PREFIX
+from kespeechchat.store import TMP_PREFIX, RunStore
 
 
 def small_config(
@@ -82,7 +82,7 @@ def final_rows(run_dir: Path) -> list[tuple[str, str]]:
     import pyarrow.parquet as pq
 
     rows = []
-    for f in sorted((Path(run_dir) / "dataset" / "data").glob("*.parquet")):
+    for f in sorted((RunStore(run_dir).dataset_dir / "data").glob("*.parquet")):
         for r in pq.read_table(f, columns=["utterance_id", "audio"]).to_pylist():
             rows.append((r["utterance_id"], hashlib.sha256(r["audio"]["bytes"]).hexdigest()))
     return sorted(rows)

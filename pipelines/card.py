@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from kespeechchat.backends import registry
 from kespeechchat.config import RunConfig
-from kespeechchat.store import atomic_path, read_json, write_bytes_atomic
+from kespeechchat.store import RunStore, atomic_path, read_json, write_bytes_atomic
 from pipelines.package import UTTERANCE_FIELDS, dataset_files, read_utterances
 from pipelines.report import run_summary
 from pipelines.stages import SHARD_STAGES
@@ -705,7 +705,7 @@ def write_card(
 
     dataset_dir, run_dir = Path(dataset_dir), Path(run_dir)
     if package_summary is None:
-        package_summary = read_json(run_dir / "package" / "stats" / "package.json")
+        package_summary = read_json(RunStore(run_dir).summary_path("package"))
     stats = collect_stats(dataset_dir)
     yaml_text = front_matter_yaml(cfg, dataset_dir, stats)
     plots = make_plots(stats, cfg, dataset_dir / IMAGES_DIR)

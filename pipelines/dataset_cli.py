@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from kespeechchat.store import RunStore
 from pipelines.card import write_card
 from pipelines.hub import check_repo_id, export_folder, load_run_config, push, ready_to_push
 from pipelines.package import read_utterances, write_wavs
@@ -15,7 +16,7 @@ from pipelines.package import read_utterances, write_wavs
 
 def _run_dir(arg: str, runs_dir: str) -> Path:
     for p in (Path(arg), Path(runs_dir) / arg):
-        if (p / "config.yaml").exists():
+        if RunStore(p).config_path.exists():
             return p
     raise SystemExit(
         f"error: no run directory {arg!r} (looked for config.yaml in {arg} and {runs_dir}/{arg})"
@@ -25,7 +26,7 @@ def _run_dir(arg: str, runs_dir: str) -> Path:
 def cmd_card(args: argparse.Namespace) -> int:
 
     run = _run_dir(args.run, args.runs_dir)
-    path = write_card(run / "dataset", load_run_config(run), run)
+    path = write_card(RunStore(run).dataset_dir, load_run_config(run), run)
     print(path)
     return 0
 
@@ -59,7 +60,7 @@ def _short(text: Any, n: int) -> str:
 def cmd_inspect(args: argparse.Namespace) -> int:
 
     run = _run_dir(args.run, args.runs_dir)
-    dataset = run / "dataset"
+    dataset = RunStore(run).dataset_dir
     columns = None if args.wav_dir else [
         "utterance_id", "dialogue_id", "turn_index", "role", "language", "voice_id", "speaker_id",
         "duration_s", "error_rate", "error_kind", "speaker_similarity", "text", "asr_text",

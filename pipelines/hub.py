@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from kespeechchat.config import RunConfig
+from kespeechchat.store import RunStore
 from pipelines.card import write_card
 from pipelines.package import dataset_files
 
@@ -57,7 +58,7 @@ def load_run_config(run_dir: str | Path) -> RunConfig:
     """The resolved config the run saved (`config.yaml`), which the card quotes."""
     import yaml
 
-    p = Path(run_dir) / "config.yaml"
+    p = RunStore(run_dir).config_path
     if not p.exists():
         raise FileNotFoundError(f"{p}: missing; {run_dir} is not a run directory (run the pipeline first)")
     try:
@@ -79,9 +80,9 @@ def export_folder(run_dir: str | Path, repo_id: str, out_dir: str | Path | None 
     check_repo_id(repo_id)
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
-    dataset = run_dir / "dataset"
+    dataset = RunStore(run_dir).dataset_dir
     files = dataset_files(dataset)
-    out = Path(out_dir) if out_dir else run_dir / "export" / repo_id.replace("/", "__")
+    out = Path(out_dir) if out_dir else RunStore(run_dir).export_dir(repo_id)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".tmp-export-{out.name}-{int(time.time() * 1000)}")
     (tmp / "data").mkdir(parents=True)

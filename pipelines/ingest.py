@@ -109,7 +109,7 @@ def run_ingest(cfg: RunConfig, store: RunStore, progress: Progress) -> dict[str,
         ),
         "sources": stats,
     }
-    write_json_atomic(store.root / "ingest" / "stats" / "ingest.json", summary)
+    write_json_atomic(store.summary_path("ingest"), summary)
     write_json_atomic(store.root / "ingest" / "manifest.json", {"shards": [int(k) for k in shard_fps]})
     store.write_marker(
         "ingest",

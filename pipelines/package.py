@@ -443,7 +443,7 @@ def run_package(cfg: RunConfig, store: RunStore, progress: Progress) -> Path:
             w.abort()
         if tmp_dir.exists():
             shutil.rmtree(tmp_dir, ignore_errors=True)
-    write_json_atomic(store.root / "package" / "stats" / "package.json", summary)
+    write_json_atomic(store.summary_path("package"), summary)
     store.write_marker(
         "package",
         None,

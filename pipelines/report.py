@@ -25,7 +25,7 @@ def run_summary(run_dir: str | Path) -> dict[str, Any]:
     out: dict[str, Any] = {"run_dir": str(store.root), "stages": [], "rejected_by_reason": {}}
     reasons: Counter[str] = Counter()
     ingest = store.read_marker("ingest", None)
-    ingest_stats = read_json(store.root / "ingest" / "stats" / "ingest.json") or {}
+    ingest_stats = read_json(store.summary_path("ingest")) or {}
     if ingest:
         out["records_in"] = ingest["rows_in"]
         out["dialogues_in"] = ingest["rows_out"]
@@ -66,7 +66,7 @@ def run_summary(run_dir: str | Path) -> dict[str, Any]:
             for k, v in st.get("rejected_by_reason", {}).items():
                 reasons[f"{name}:{k}"] += v
         out["stages"].append(row)
-    pkg = read_json(store.root / "package" / "stats" / "package.json")
+    pkg = read_json(store.summary_path("package"))
     pm = store.read_marker("package", None)
     if pkg and pm:
         out["dataset"] = pkg

@@ -86,7 +86,7 @@ class Pipeline:
     def save_config(self) -> None:
         data = self.cfg.model_dump(mode="json")
         write_bytes_atomic(
-            self.store.root / "config.yaml",
+            self.store.config_path,
             yaml.safe_dump(data, sort_keys=False, allow_unicode=True).encode(),
         )
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from kespeechchat.config import RunConfig
-from kespeechchat.store import file_sha256
+from kespeechchat.store import RunStore, file_sha256
 from voice_library.assignment import usage_histogram
 from voice_library.embeddings import backend_encoder, check_encoder
 from voice_library.pool import load_pool, shipped_pool
@@ -26,7 +26,7 @@ from voice_library.recipes import (
 
 
 def library_path(run_dir: Path) -> Path:
-    return Path(run_dir) / "voices" / "library.parquet"
+    return RunStore(run_dir).library_path
 
 
 def _check_embeddings(backend: str, voices: list, encoder: str, source: str) -> None:
@@ -124,7 +124,7 @@ def run_usage(run_dir: str | Path) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
     run_dir = Path(run_dir)
-    files = sorted((run_dir / "assign" / "data").glob("shard-*.parquet"))
+    files = RunStore(run_dir).shard_files("assign")
     if not files:
         raise FileNotFoundError(f"{run_dir}: the assign stage has no output yet")
     voices = load_library(library_path(run_dir))

@@ -99,7 +99,7 @@ def language_offsets(run_dir: str | Path) -> dict[int, dict[str, int]]:
         raise FileNotFoundError(f"{run_dir}: ingest has not run")
     fps = marker["shard_fingerprints"]
     key = stable_hash(fps)
-    cache = Path(run_dir) / "voices" / "language_offsets.json"
+    cache = RunStore(run_dir).voices_dir / "language_offsets.json"
     cached = read_json(cache)
     if cached and cached.get("ingest") == key:
         return {int(k): v for k, v in cached["offsets"].items()}

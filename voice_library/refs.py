@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from kespeechchat.audio import encode_flac
-from kespeechchat.store import write_bytes_atomic
+from kespeechchat.store import RunStore, write_bytes_atomic
 
 PROBE_TEXTS = {
     "zh": "今天天气很好，我们一起去公园散步吧。你最近工作忙不忙？",
@@ -18,7 +18,7 @@ PROBE_TEXTS = {
 
 
 def ref_path(run_dir: Path, voice_id: str, language: str) -> Path:
-    return Path(run_dir) / "voices" / "refs" / f"{voice_id}-{language}.flac"
+    return RunStore(run_dir).voice_ref_path(voice_id, language)
 
 
 def ensure_ref(run_dir: Path, tts, recipe, language: str, seed: int = 0) -> Path:

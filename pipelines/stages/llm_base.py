@@ -7,6 +7,7 @@ from typing import Any
 from kespeechchat.llm.client import LLMClient
 from kespeechchat.llm.tasks import SPOKEN_TEXT_PATTERN, load_prompt
 from kespeechchat.stage import Stage
+from kespeechchat.store import RunStore
 
 
 class LLMStage(Stage):
@@ -38,7 +39,7 @@ class LLMStage(Stage):
             timeout_s=llm.timeout_s,
             max_retries=llm.max_retries,
             structured_output=self.runtime.llm_structured_output,
-            cache_dir=self.runtime.run_dir / "_cache" / "llm",
+            cache_dir=RunStore(self.runtime.run_dir).cache_dir / "llm",
         )
 
     def teardown(self) -> None:
