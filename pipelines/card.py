@@ -506,9 +506,20 @@ def render_body(
     repo_id: str | None,
     voices_note: str | None = None,
 ) -> str:
+    """The card's Markdown body, section by section."""
+    sections = (
+        _intro_section(cfg),
+        _summary_section(cfg, stats, package_summary, voices_note),
+        _plots_section(plots),
+        _fields_and_loading_section(stats, repo_id),
+        _how_it_was_made_section(cfg, run_summary, package_summary),
+        _sources_and_limits_section(cfg, stats, plots),
+    )
+    return "\n".join(line for section in sections for line in section)
 
-    sel = cfg.select
-    lines = [
+
+def _intro_section(cfg: RunConfig) -> list[str]:
+    return [
         f"# {cfg.package.pretty_name}",
         "",
         "Synthetic Chinese and English spoken dialogues made with kespeechchat, the way Ke-SpeechChat was made: text",
@@ -519,6 +530,12 @@ def render_body(
         "## Summary",
         "",
     ]
+
+
+def _summary_section(
+    cfg: RunConfig, stats: dict[str, Any], package_summary: dict[str, Any] | None, voices_note: str | None
+) -> list[str]:
+    lines: list[str] = []
     rows = []
     for lg, d in stats["by_language"].items():
         mos = "-" if d["mean_dnsmos_ovrl"] is None else f"{d['mean_dnsmos_ovrl']:.2f}"
@@ -562,12 +579,20 @@ def render_body(
             else ""
         ),
         *([f"The voice library of the run: {voices_note}", ""] if voices_note else [""]),
-        "## Plots",
-        "",
     ]
+    return lines
+
+
+def _plots_section(plots: dict[str, str]) -> list[str]:
+    lines = ["## Plots", ""]
     for name, (title, _) in PLOTS.items():
         if name in plots:
             lines += [f"![{title}]({plots[name]})", ""]
+    return lines
+
+
+def _fields_and_loading_section(stats: dict[str, Any], repo_id: str | None) -> list[str]:
+    lines: list[str] = []
     lines += ["## Fields", ""]
     lines += _table(
         ["column", "meaning"],
@@ -595,6 +620,15 @@ def render_body(
         'dialogue = sorted(ds.filter(lambda r: r["dialogue_id"] == ds[0]["dialogue_id"]), key=lambda r: r["turn_index"])',
         "```",
         "",
+    ]
+    return lines
+
+
+def _how_it_was_made_section(
+    cfg: RunConfig, run_summary: dict[str, Any], package_summary: dict[str, Any] | None
+) -> list[str]:
+    sel = cfg.select
+    lines = [
         "## How it was made",
         "",
         *_flow_lines(cfg),
@@ -643,6 +677,11 @@ def render_body(
             "",
             f"Source records not sampled (outside the configured `limit`): {run_summary['not_sampled']}.",
         ]
+    return lines
+
+
+def _sources_and_limits_section(cfg: RunConfig, stats: dict[str, Any], plots: dict[str, str]) -> list[str]:
+    lines: list[str] = []
     lic = cfg.package.source_licenses
     lines += ["", "## Sources", ""]
     lines += _table(
@@ -676,7 +715,7 @@ def render_body(
         f"All plots in one image: [{IMAGES_DIR}/overview.png]({plots.get('overview', IMAGES_DIR + '/overview.png')}).",
         "",
     ]
-    return "\n".join(lines)
+    return lines
 
 
 def _voices_note(run_dir: Path) -> str | None:
