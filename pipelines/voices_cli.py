@@ -376,7 +376,13 @@ def register(subparsers: Any) -> None:
     """Add the `voices` command group to the main parser."""
     v = subparsers.add_parser("voices", help="the virtual speaker library: build, stats, audit, listen")
     vs = v.add_subparsers(dest="voices_command", required=True)
+    _register_library(vs)
+    _register_measurement(vs)
+    _register_embeddings(vs)
 
+
+def _register_library(vs: Any) -> None:
+    """Commands on a library: build, stats, listen, usage."""
     b = vs.add_parser("build", help="build a library of identities × prosodic variants from an identity pool")
     b.add_argument("--size", type=int, default=42_002, help="number of user voices (default 42002)")
     b.add_argument("--seed", type=int, default=0)
@@ -399,24 +405,6 @@ def register(subparsers: Any) -> None:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_stats)
 
-    a = vs.add_parser(
-        "audit", help="synthesise probes for a sample of voices; measure distinctness and ASR error"
-    )
-    a.add_argument("library")
-    a.add_argument("--sample", type=int, default=200, help="voices to audit (distinct identities first)")
-    a.add_argument("--seed", type=int, default=0)
-    a.add_argument(
-        "--baseline", action="store_true", help="also audit as many naive convex blends, same probes"
-    )
-    a.add_argument("--refs", help="real recordings (file or directory): report the closest voice to each")
-    a.add_argument("--work", help="directory for resumable probe results (default: next to the library)")
-    a.add_argument("--out", help="write the report as JSON (and Markdown next to it)")
-    a.add_argument("--part", default="0/1", help="i/n: this process takes chunks i mod n")
-    a.add_argument(
-        "--model-dir", help="CosyVoice 2 model directory (a CosyVoice library: its TTS and CAM++ encoder)"
-    )
-    a.set_defaults(func=cmd_audit)
-
     li = vs.add_parser("listen", help="write a sample WAV of one voice")
     li.add_argument("library")
     li.add_argument("voice_id")
@@ -426,6 +414,15 @@ def register(subparsers: Any) -> None:
     li.add_argument("--model-dir", help="the TTS model directory (a backend without an embedded model)")
     li.set_defaults(func=cmd_listen)
 
+    u = vs.add_parser("usage", help="how evenly a run used its voices (histogram)")
+    u.add_argument("run", help="run directory or name")
+    u.add_argument("--runs-dir", default="runs")
+    u.add_argument("--json", action="store_true")
+    u.set_defaults(func=cmd_usage)
+
+
+def _register_measurement(vs: Any) -> None:
+    """Commands that measure voices: search, pool, clarity, refine, confirm, audit, privacy."""
     se = vs.add_parser("search", help="synthesise candidate identities and embed them (resumable, slow)")
     se.add_argument("--out", required=True, help="search directory")
     se.add_argument("--blends", type=int, default=320, help="candidate styles (Kokoro runs)")
@@ -495,12 +492,27 @@ def register(subparsers: Any) -> None:
     pr.add_argument("--json", action="store_true")
     pr.set_defaults(func=cmd_privacy)
 
-    u = vs.add_parser("usage", help="how evenly a run used its voices (histogram)")
-    u.add_argument("run", help="run directory or name")
-    u.add_argument("--runs-dir", default="runs")
-    u.add_argument("--json", action="store_true")
-    u.set_defaults(func=cmd_usage)
+    a = vs.add_parser(
+        "audit", help="synthesise probes for a sample of voices; measure distinctness and ASR error"
+    )
+    a.add_argument("library")
+    a.add_argument("--sample", type=int, default=200, help="voices to audit (distinct identities first)")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument(
+        "--baseline", action="store_true", help="also audit as many naive convex blends, same probes"
+    )
+    a.add_argument("--refs", help="real recordings (file or directory): report the closest voice to each")
+    a.add_argument("--work", help="directory for resumable probe results (default: next to the library)")
+    a.add_argument("--out", help="write the report as JSON (and Markdown next to it)")
+    a.add_argument("--part", default="0/1", help="i/n: this process takes chunks i mod n")
+    a.add_argument(
+        "--model-dir", help="CosyVoice 2 model directory (a CosyVoice library: its TTS and CAM++ encoder)"
+    )
+    a.set_defaults(func=cmd_audit)
 
+
+def _register_embeddings(vs: Any) -> None:
+    """Commands for embedding-conditioned backends: embed real recordings, sample a pool from them."""
     e = vs.add_parser("embed-recordings", help="speaker embeddings of real recordings → Parquet")
     e.add_argument("audio", help="recording or directory of recordings")
     e.add_argument("--out", required=True)
@@ -520,6 +532,10 @@ def register(subparsers: Any) -> None:
     sm.add_argument("--seed", type=int, default=0)
     sm.add_argument("--privacy-max-cosine", type=float, default=0.75)
     sm.add_argument("--max-identity-cosine", type=float, default=0.9)
-    sm.add_argument("--backend", default="cosyvoice", choices=["cosyvoice"])
+    sm.add_argument(
+        "--backend",
+        default="cosyvoice",
+        choices=[n for n in registry.names("tts") if registry.get("tts", n).embedding_dim],
+    )
     sm.add_argument("--out", required=True)
     sm.set_defaults(func=cmd_sample_embeddings)
