@@ -313,65 +313,21 @@ def select_identities(
     """Accept identities from a finished search (see the module docstring); ASR runs only on
     candidates the greedy step wants (after the voicing gate), and failures are excluded and the
     step repeated."""
-
     search_dir = Path(search_dir)
     table = load_candidates(search_dir)
     rows = table.drop(["emb_zh", "emb_en"]).to_pylist()
     c = centroids(table)
-    f0 = np.asarray([r["f0_median_hz"] for r in rows], dtype=np.float64)
-    ok = np.isfinite(f0) & (f0 >= f0_range_hz[0]) & (f0 <= f0_range_hz[1])
-    if families is not None:
-        ok &= np.asarray([r["family"] in families for r in rows])
     ref_names = sorted(references)
-    if ref_names:
-        r = np.asarray([references[n] for n in ref_names], dtype=np.float64)
-        r = r / np.linalg.norm(r, axis=1, keepdims=True)
-        ref_cos = c @ r.T
-    else:
-        ref_cos = np.zeros((len(rows), 0))
-    too_close = (ref_cos > privacy_max_cosine).any(axis=1) if ref_names else np.zeros(len(rows), dtype=bool)
-    counts = {
-        "candidates": len(rows),
-        "f0_out_of_range": int((~np.isfinite(f0) | (f0 < f0_range_hz[0]) | (f0 > f0_range_hz[1])).sum()),
-        "too_close_to_reference": int((too_close & ok).sum()),
-    }
-    ok &= ~too_close
-    cache = ProbeCache(search_dir / "probe_errors.parquet", "error")
-    voicing = ProbeCache(search_dir / "probe_voicing.parquet", "voiced")
-    unvoiced: set[int] = set()
-    failed: set[int] = set()
+    ok, ref_cos, counts = _eligible(rows, c, references, ref_names, privacy_max_cosine, f0_range_hz, families)
+    gate = _AcceptanceGate(search_dir, rows, asr, max_error, min_voiced_share, log)
     while True:
         kept = greedy_accept(c, max_identity_cosine, eligible=ok, order=order, seed=seed)
-        ids = [rows[i]["candidate_id"] for i in kept]
-        todo = [cid for cid in ids if cid not in voicing.data]
-        if todo:
-            voicing.data.update(probe_voicing(load_candidate_audio(search_dir, todo)))
-            voicing.save()
-        bad = [i for i in kept if min(voicing.data[rows[i]["candidate_id"]].values()) < min_voiced_share]
-        unvoiced.update(bad)
-        if asr is not None:  # without an ASR backend there is no intelligibility gate (recorded)
-            voiced_ok = [rows[i]["candidate_id"] for i in kept if i not in unvoiced]
-            todo = [cid for cid in voiced_ok if cid not in cache.data]
-            for start in range(0, len(todo), 16):
-                part = todo[start : start + 16]
-                log(
-                    f"ASR gate: transcribing probes of candidates {start + 1}-{start + len(part)} of {len(todo)} …"
-                )
-                cache.data.update(probe_errors(asr, load_candidate_audio(search_dir, part), SEARCH_PROBES))
-                cache.save()
-            unheard = [
-                i
-                for i in kept
-                if i not in unvoiced and max(cache.data[rows[i]["candidate_id"]].values()) > max_error
-            ]
-            failed.update(unheard)
-            bad += unheard
+        bad = gate.rejects(kept)
         if not bad:
             break
-        for i in bad:
-            ok[i] = False
-    counts["unvoiced_rejected"] = len(unvoiced)
-    counts["unintelligible_rejected"] = len(failed)
+        ok[bad] = False
+    counts["unvoiced_rejected"] = len(gate.unvoiced)
+    counts["unintelligible_rejected"] = len(gate.failed)
     counts["accepted"] = len(kept)
     counts["accepted_random_order"] = len(
         greedy_accept(c, max_identity_cosine, eligible=ok, order="random", seed=seed)
@@ -381,31 +337,11 @@ def select_identities(
     np.fill_diagonal(sims, -1.0)
     identities = []
     for j, i in enumerate(kept):
-        r = rows[i]
-        err = cache.data.get(r["candidate_id"], {"zh": float("nan"), "en": float("nan")})
-        g = gender_from_f0(r["f0_median_hz"])
-        ident = dict(
-            backend="kokoro",
-            family=r["family"],
-            base_weights=_pairs(r["base_weights"]) or {},
-            prosody_weights=_pairs(r["prosody_weights"]),
-            style_offsets=None if r["style_offsets"] is None else [float(x) for x in r["style_offsets"]],
-            pitch_ratio=float(r["pitch_ratio"]),
-            formant_ratio=float(r["formant_ratio"]),
-            f0_median_hz=float(r["f0_median_hz"]),
-            gender=g,
-            age_band=age_band_from(float(r["formant_ratio"]), float(r["f0_median_hz"]), g),
-            error_zh=float(err["zh"]),
-            error_en=float(err["en"]),
-            voiced_share=float(min(voicing.data[r["candidate_id"]].values())),
-            nearest_identity_cosine=round(float(sims[j].max()), 4) if len(kept) > 1 else float("nan"),
-            nearest_reference=ref_names[int(np.argmax(ref_cos[i]))] if ref_names else "",
-            nearest_reference_cosine=round(float(ref_cos[i].max()), 4) if ref_names else float("nan"),
-            candidate_id=int(r["candidate_id"]),
-            centroid=[float(x) for x in c[i].astype(np.float32)],
+        nearest = round(float(sims[j].max()), 4) if len(kept) > 1 else float("nan")
+        ref = (
+            (ref_names[int(np.argmax(ref_cos[i]))], round(float(ref_cos[i].max()), 4)) if ref_names else None
         )
-        probe = Identity(identity_id="", **ident)
-        identities.append(Identity(**{**ident, "identity_id": identity_id_for(probe.conditioning())}))
+        identities.append(_searched_identity(rows[i], c[i], gate, nearest, ref))
     search_meta = json.loads((search_dir / "search.json").read_text(encoding="utf-8"))
     meta = {
         "version": POOL_VERSION,
@@ -431,6 +367,115 @@ def select_identities(
         },
     }
     return IdentityPool(identities, meta)
+
+
+def _eligible(
+    rows: list[dict[str, Any]],
+    c: np.ndarray,
+    references: Mapping[str, np.ndarray],
+    ref_names: list[str],
+    privacy_max_cosine: float,
+    f0_range_hz: tuple[float, float],
+    families: Sequence[str] | None,
+) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """(candidates that may be accepted, their cosines to the references, counts of the exclusions):
+    an F0 in range, a family asked for, and no closer to a real recording than the privacy bound."""
+    f0 = np.asarray([r["f0_median_hz"] for r in rows], dtype=np.float64)
+    ok = np.isfinite(f0) & (f0 >= f0_range_hz[0]) & (f0 <= f0_range_hz[1])
+    if families is not None:
+        ok &= np.asarray([r["family"] in families for r in rows])
+    if ref_names:
+        r = np.asarray([references[n] for n in ref_names], dtype=np.float64)
+        r = r / np.linalg.norm(r, axis=1, keepdims=True)
+        ref_cos = c @ r.T
+    else:
+        ref_cos = np.zeros((len(rows), 0))
+    too_close = (ref_cos > privacy_max_cosine).any(axis=1) if ref_names else np.zeros(len(rows), dtype=bool)
+    counts = {
+        "candidates": len(rows),
+        "f0_out_of_range": int((~np.isfinite(f0) | (f0 < f0_range_hz[0]) | (f0 > f0_range_hz[1])).sum()),
+        "too_close_to_reference": int((too_close & ok).sum()),
+    }
+    return ok & ~too_close, ref_cos, counts
+
+
+class _AcceptanceGate:
+    """The voicing and intelligibility gates, measured only on candidates the greedy step wants and
+    cached in the search directory (a rerun measures nothing twice)."""
+
+    def __init__(self, search_dir: Path, rows: list[dict[str, Any]], asr: Any, max_error: float,
+                 min_voiced_share: float, log: Callable[[str], None]):  # fmt: skip
+        self.search_dir, self.rows, self.asr, self.log = search_dir, rows, asr, log
+        self.max_error, self.min_voiced_share = max_error, min_voiced_share
+        self.errors = ProbeCache(search_dir / "probe_errors.parquet", "error")
+        self.voicing = ProbeCache(search_dir / "probe_voicing.parquet", "voiced")
+        self.unvoiced: set[int] = set()
+        self.failed: set[int] = set()
+
+    def _cid(self, i: int) -> Any:
+        return self.rows[i]["candidate_id"]
+
+    def rejects(self, kept: list[int]) -> list[int]:
+        """The kept candidates that fail a gate (they are excluded and the greedy step repeated)."""
+        todo = [self._cid(i) for i in kept if self._cid(i) not in self.voicing.data]
+        if todo:
+            self.voicing.data.update(probe_voicing(load_candidate_audio(self.search_dir, todo)))
+            self.voicing.save()
+        bad = [i for i in kept if min(self.voicing.data[self._cid(i)].values()) < self.min_voiced_share]
+        self.unvoiced.update(bad)
+        if self.asr is None:  # without an ASR backend there is no intelligibility gate (recorded)
+            return bad
+        todo = [self._cid(i) for i in kept if i not in self.unvoiced and self._cid(i) not in self.errors.data]
+        for start in range(0, len(todo), 16):
+            part = todo[start : start + 16]
+            self.log(
+                f"ASR gate: transcribing probes of candidates {start + 1}-{start + len(part)} of {len(todo)} …"
+            )
+            self.errors.data.update(
+                probe_errors(self.asr, load_candidate_audio(self.search_dir, part), SEARCH_PROBES)
+            )
+            self.errors.save()
+        unheard = [
+            i
+            for i in kept
+            if i not in self.unvoiced and max(self.errors.data[self._cid(i)].values()) > self.max_error
+        ]
+        self.failed.update(unheard)
+        return bad + unheard
+
+
+def _searched_identity(
+    r: dict[str, Any],
+    centroid: np.ndarray,
+    gate: _AcceptanceGate,
+    nearest: float,
+    ref: tuple[str, float] | None,
+) -> Identity:
+    """The pool identity of an accepted search candidate."""
+    err = gate.errors.data.get(r["candidate_id"], {"zh": float("nan"), "en": float("nan")})
+    g = gender_from_f0(r["f0_median_hz"])
+    ident = dict(
+        backend="kokoro",
+        family=r["family"],
+        base_weights=_pairs(r["base_weights"]) or {},
+        prosody_weights=_pairs(r["prosody_weights"]),
+        style_offsets=None if r["style_offsets"] is None else [float(x) for x in r["style_offsets"]],
+        pitch_ratio=float(r["pitch_ratio"]),
+        formant_ratio=float(r["formant_ratio"]),
+        f0_median_hz=float(r["f0_median_hz"]),
+        gender=g,
+        age_band=age_band_from(float(r["formant_ratio"]), float(r["f0_median_hz"]), g),
+        error_zh=float(err["zh"]),
+        error_en=float(err["en"]),
+        voiced_share=float(min(gate.voicing.data[r["candidate_id"]].values())),
+        nearest_identity_cosine=nearest,
+        nearest_reference=ref[0] if ref else "",
+        nearest_reference_cosine=ref[1] if ref else float("nan"),
+        candidate_id=int(r["candidate_id"]),
+        centroid=[float(x) for x in centroid.astype(np.float32)],
+    )
+    probe = Identity(identity_id="", **ident)
+    return Identity(**{**ident, "identity_id": identity_id_for(probe.conditioning())})
 
 
 # --- storage ------------------------------------------------------------------------------------
