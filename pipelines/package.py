@@ -374,7 +374,6 @@ def _new_stats() -> dict[str, Any]:
 
 def run_package(cfg: RunConfig, store: RunStore, progress: Progress) -> Path:
     """Write (or keep, when its inputs did not change) the dataset folder of the run."""
-
     shards = store.shards()
     fps = []
     for shard in shards:
@@ -396,6 +395,33 @@ def run_package(cfg: RunConfig, store: RunStore, progress: Progress) -> Path:
         return final_dir
 
     t0 = time.perf_counter()
+    summary, files = _write_dataset(cfg, store, shards, progress)
+    write_json_atomic(store.summary_path("package"), summary)
+    store.write_marker(
+        "package",
+        None,
+        {
+            "stage": "package",
+            "stage_version": PACKAGE_VERSION,
+            "input_fingerprint": data_fp,
+            "card_fingerprint": card_fp,
+            "rows_in": summary["dialogues"],
+            "rows_out": summary["utterances"],
+            "rows_rejected": 0,
+            "duration_s": round(time.perf_counter() - t0, 3),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
+    )
+    _report(summary, files, final_dir, progress)
+    return final_dir
+
+
+def _write_dataset(
+    cfg: RunConfig, store: RunStore, shards: list[int], progress: Progress
+) -> tuple[dict[str, Any], dict[str, list[Path]]]:
+    """Write the split files and the card into a temporary folder, then swap it in for the old one:
+    a reader sees the old dataset or the new one, never half of either."""
+    final_dir = store.dataset_dir
     tmp_dir = final_dir.with_name(f".tmp-dataset-{int(time.time() * 1000)}")
     data_dir = tmp_dir / "data"
     data_dir.mkdir(parents=True)
@@ -405,8 +431,7 @@ def run_package(cfg: RunConfig, store: RunStore, progress: Progress) -> Path:
     sample_rate: int | None = None
     try:
         for shard in shards:
-            table = store.read_table(LAST_SHARD_STAGE, shard)
-            for row in table.to_pylist():
+            for row in store.read_table(LAST_SHARD_STAGE, shard).to_pylist():
                 sr = int(row["sample_rate_hz"])
                 if sample_rate is None:
                     sample_rate = sr
@@ -443,22 +468,12 @@ def run_package(cfg: RunConfig, store: RunStore, progress: Progress) -> Path:
             w.abort()
         if tmp_dir.exists():
             shutil.rmtree(tmp_dir, ignore_errors=True)
-    write_json_atomic(store.summary_path("package"), summary)
-    store.write_marker(
-        "package",
-        None,
-        {
-            "stage": "package",
-            "stage_version": PACKAGE_VERSION,
-            "input_fingerprint": data_fp,
-            "card_fingerprint": card_fp,
-            "rows_in": summary["dialogues"],
-            "rows_out": summary["utterances"],
-            "rows_rejected": 0,
-            "duration_s": round(time.perf_counter() - t0, 3),
-            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        },
-    )
+    return summary, files
+
+
+def _report(
+    summary: dict[str, Any], files: dict[str, list[Path]], final_dir: Path, progress: Progress
+) -> None:
     n_files = sum(len(v) for v in files.values())
     split_txt = ", ".join(f"{s} {d['dialogues']}" for s, d in summary["splits"].items())
     progress.note(
@@ -471,7 +486,6 @@ def run_package(cfg: RunConfig, store: RunStore, progress: Progress) -> Path:
         progress.note(
             f"[package] no dialogue fell into split(s) {', '.join(summary['empty_splits'])}: left out"
         )
-    return final_dir
 
 
 def _write_card_or_note(
