@@ -335,10 +335,12 @@ class RetryConfig(_Model):
         "change the sampling seed instead.",
     )
     by_sentence: bool = Field(
-        True,
+        False,
         description="A turn of several sentences that is misheard is redone sentence by sentence: each sentence is "
         "synthesised and checked alone, later attempts redo only the sentences still misheard, the best rendering "
-        "of each sentence is kept, and the joined turn is scored again as a whole (select decides on that score).",
+        "of each sentence is kept, and the joined turn is scored again as a whole (select decides on that score). "
+        "Off by default: on the demo it accepted the same 12 dialogues as whole-turn retries (its misheard words, "
+        "e.g. 双关语, are misheard in every rendering) and took longer.",
     )
 
 
@@ -401,12 +403,18 @@ class SelectConfig(_Model):
         default_factory=lambda: {"zh": 8.5, "en": 32.0},
         description="Fastest plausible rate (same unit); faster means dropped or truncated text.",
     )
-    rate_min_chars: int = Field(
-        6,
-        ge=0,
-        description="Check the speaking rate only for turns of at least this many spoken characters: the rate "
-        "of a two-word turn says little.",
+    rate_min_chars: dict[str, int] = Field(
+        default_factory=lambda: {"zh": 6, "en": 12},
+        description="Check the speaking rate only for turns of at least this many spoken characters, per "
+        "language: the rate of a two-word turn says little. zh 6 characters are six syllables; en 12 are two or "
+        "three words (a one-word turn like 'Goodbye!' is said at 7 characters/s by clean Kokoro voices). A single "
+        "number applies to every language.",
     )
+
+    @field_validator("rate_min_chars", mode="before")
+    @classmethod
+    def _rate_min_chars_per_language(cls, v: Any) -> Any:
+        return {"zh": v, "en": v} if isinstance(v, int) else v
     min_dnsmos_ovrl: float | None = Field(
         2.0,
         ge=1,

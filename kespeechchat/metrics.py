@@ -72,14 +72,15 @@ def _strip_punctuation(text: str) -> str:
 
 
 # Written forms that sound the same, so no listener (and no recogniser) can tell them apart: the
-# third-person pronouns are all "tā". A mismatch between them is not an error of the audio.
-_ZH_SAME_SOUND = str.maketrans({"她": "他", "它": "他", "祂": "他", "牠": "他"})
+# third-person pronouns are all "tā", and the question particles 吗/嘛 are both a toneless "ma"
+# (Whisper writes 嘛 for a clearly spoken 吗). A mismatch between them is not an error of the audio.
+_ZH_SAME_SOUND = str.maketrans({"她": "他", "它": "他", "祂": "他", "牠": "他", "嘛": "吗"})
 
 
 def normalize_for_scoring(text: str, language: str) -> str:
     """Canonical form for scoring: NFKC, traditional->simplified, TN, lowercase, no punctuation.
 
-    zh: all spaces removed (scored per character), and 她/它 written as 他 (``_ZH_SAME_SOUND``);
+    zh: all spaces removed (scored per character), 她/它 written as 他 and 嘛 as 吗 (``_ZH_SAME_SOUND``);
     en: single spaces between words.
     """
     kind = error_kind(language)

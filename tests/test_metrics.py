@@ -30,6 +30,8 @@ def test_numbers_do_not_count_in_chinese():
 def test_pronouns_that_sound_alike_are_not_errors_in_chinese():
     # 他 / 她 / 它 are all "tā": speech cannot carry the difference, so neither can the check
     assert error_rate("她在银行工作了十年。", "他在银行工作了10年", "zh") == 0.0
+    assert error_rate("你看到我的狗了吗？", "你看到我的狗了嘛", "zh") == 0.0  # the same toneless "ma"
+    assert error_rate("你看到我的狗了吗？", "你看到我的狗了么", "zh") > 0  # 么 is not mapped (什么: "me")
     assert error_rate("它很可爱", "牠很可爱", "zh") == 0.0
     assert error_rate("他在银行工作。", "他在银行工做", "zh") > 0  # a real character error still counts
 

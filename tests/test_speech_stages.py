@@ -352,6 +352,10 @@ def test_speaking_rate_is_not_judged_on_very_short_turns():
     cfg = SelectConfig()
     assert turn_failure(cfg, "zh", "好的。", _turn(chars_per_s=1.0)) is None
     assert turn_failure(cfg, "zh", ZH_LONG, _turn(chars_per_s=1.0)) == "speaking_rate_slow"
+    # per language: a one-word English turn is not judged, a sentence is
+    assert turn_failure(cfg, "en", "Goodbye!", _turn(chars_per_s=7.0)) is None
+    assert turn_failure(cfg, "en", EN_LONG, _turn(chars_per_s=7.0)) == "speaking_rate_slow"
+    assert SelectConfig(rate_min_chars=4).rate_min_chars == {"zh": 4, "en": 4}  # one number: every language
     assert turn_failure(SelectConfig(min_dnsmos_ovrl=None), "zh", ZH_LONG, _turn(dnsmos_ovrl=1.0)) is None
     # the short-turn bound never makes a turn stricter than the main bound
     loose = SelectConfig(min_speaker_similarity=0.5)
@@ -451,7 +455,7 @@ def test_a_misheard_turn_of_several_sentences_is_redone_sentence_by_sentence(cfg
     verify.setup()
     before = verify.process(table_from_rows([row], synthesized.column_names), 0).kept
     assert [why for _, why in row_failures(cfg.select, before.to_pylist()[0])] == ["asr_mismatch"]
-    c = cfg.model_copy(update={"retry": cfg.retry.model_copy(update={"retries": 2})})
+    c = cfg.model_copy(update={"retry": cfg.retry.model_copy(update={"retries": 2, "by_sentence": True})})
     stage = RepairStage(c, Runtime(run_dir=cfg.run_dir))
     stage.setup()
     out = stage.process(before, 0)

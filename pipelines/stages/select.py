@@ -75,7 +75,7 @@ def turn_failure(cfg: SelectConfig, language: str, text: str, scores: dict[str, 
     if _f32(scores.get("repeat_ratios")) > _f32(cfg.max_repeat_ratio):
         return "audio_repetition"
     cps = _f32(scores.get("chars_per_s"))
-    if math.isfinite(cps) and spoken_chars(text, language) >= cfg.rate_min_chars:
+    if math.isfinite(cps) and spoken_chars(text, language) >= cfg.rate_min_chars.get(language, 0):
         if cps < _f32(cfg.min_chars_per_s.get(language, 0.0)):
             return "speaking_rate_slow"
         if cps > _f32(cfg.max_chars_per_s.get(language, math.inf)):
