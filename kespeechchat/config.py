@@ -415,6 +415,7 @@ class SelectConfig(_Model):
     @classmethod
     def _rate_min_chars_per_language(cls, v: Any) -> Any:
         return {"zh": v, "en": v} if isinstance(v, int) else v
+
     min_dnsmos_ovrl: float | None = Field(
         2.0,
         ge=1,

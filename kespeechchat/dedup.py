@@ -33,10 +33,12 @@ from typing import Literal
 
 import numpy as np
 
+from kespeechchat.langid import HAN_RANGES
+
 MODES = ("off", "exact", "near")
 Mode = Literal["off", "exact", "near"]
 
-_CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af"
+_CJK = HAN_RANGES + "\u3040-\u30ff\uac00-\ud7af"  # Han, kana, Hangul
 _TOKEN = re.compile(rf"[{_CJK}]|[^\W_{_CJK}]+")
 _MASK32 = np.uint64(0xFFFFFFFF)
 _SHINGLE_BASE = np.uint64(1_000_003)

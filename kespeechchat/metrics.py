@@ -13,11 +13,13 @@ import unicodedata
 from collections.abc import Callable
 from functools import lru_cache
 
+from kespeechchat.langid import HAN_RANGES
+
 _KINDS = {"zh": "cer", "en": "wer"}
 # apostrophes inside words are dropped ("it's" -> "its"); all other punctuation splits words
 _APOSTROPHES = "'\u2019\u2018\u02bc\uff07"
 _SPACES = re.compile(r"\s+")
-_HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_HAN = re.compile(f"[{HAN_RANGES}]")
 _LATIN_WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)*")
 _ALNUM = re.compile(r"[A-Za-z0-9]")
 # One English word inside Chinese speech takes about as long as two Chinese characters; one Chinese

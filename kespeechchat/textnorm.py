@@ -40,6 +40,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from kespeechchat.langid import HAN_RANGES
+
 log = logging.getLogger(__name__)
 
 LANGUAGES = ("zh", "en")
@@ -447,7 +449,7 @@ def _post_en(line: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # zh
 
-_HAN = r"\u3400-\u4dbf\u4e00-\u9fff"
+_HAN = HAN_RANGES  # the compatibility ideographs too (this copy used to miss them)
 _MONEY_ZH = re.compile(r"(?<![0-9A-Za-z$])(US\$|HK\$|\$|€|£|¥)\s?(\d+(?:\.\d+)?)(\s?[万亿千百]+)?(元|块)?")
 _CURRENCY_ZH = {"$": "美元", "US$": "美元", "HK$": "港元", "€": "欧元", "£": "英镑", "¥": "元"}
 _NEG_PERCENT = re.compile(r"(?<![0-9A-Za-z.])-(?=\d+(?:\.\d+)?%)")

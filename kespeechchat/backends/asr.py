@@ -26,6 +26,7 @@ from kespeechchat.audio import resample
 from kespeechchat.backends import registry
 from kespeechchat.backends.lazy import LazyModel, needs_extra
 from kespeechchat.backends.registry import Finding
+from kespeechchat.langid import HAN_RANGES
 from kespeechchat.models import is_prepared, whisper_dir
 
 if TYPE_CHECKING:
@@ -59,7 +60,7 @@ def _t2s() -> Any:
     return opencc.OpenCC("t2s")
 
 
-_CJK = r"\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uff00-\uffef"
+_CJK = "\u3000-\u303f" + HAN_RANGES + "\uff00-\uffef"  # CJK punctuation, Han, full-width forms
 _SPACE_NEXT_TO_CJK = re.compile(rf"(?<=[{_CJK}]) (?=[{_CJK}])|(?<=[{_CJK}]) (?=\w)|(?<=\w) (?=[{_CJK}])")
 
 

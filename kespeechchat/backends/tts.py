@@ -31,6 +31,7 @@ from kespeechchat.backends.registry import Finding
 from kespeechchat.backends.speaker import diagnose_campplus
 from kespeechchat.backends.world import transform
 from kespeechchat.backends.zh_g2p import ZhG2P
+from kespeechchat.langid import HAN_RANGES
 from kespeechchat.models import (
     KOKORO_MODEL_FILE,
     KOKORO_VOCAB_FILE,
@@ -54,7 +55,7 @@ _SENTENCE_END = {
     "zh": re.compile(r"(?<=[。！？；!?;…])\s*|\n+"),
     "en": re.compile(r"(?<=[.!?;…])\s+|\n+"),
 }
-_HAN = r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_HAN = HAN_RANGES
 _LATIN_RUN = re.compile(r"[A-Za-z][A-Za-z'\- ]*[A-Za-z]|[A-Za-z]")
 _HAN_RUN = re.compile(rf"[{_HAN}][{_HAN}，、：“”‘’（）《》 ]*")
 

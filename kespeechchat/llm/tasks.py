@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from kespeechchat.config import REPO_ROOT, RewriteConfig, SpokenConfig
+from kespeechchat.langid import HAN_RANGES
 
 PROMPTS_ENV = "KESPEECHCHAT_PROMPTS_DIR"
 TASKS = ("rewrite", "judge", "spoken")
@@ -298,7 +299,7 @@ _MARKDOWN = [
     ("markdown link", re.compile(r"\[[^\]\n]+\]\([^)\n]+\)")),
     ("asterisk", re.compile(r"\*")),
 ]
-_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_CJK = re.compile(f"[{HAN_RANGES}]")
 _LATIN = re.compile(r"[A-Za-z]")
 
 
