@@ -36,10 +36,34 @@ class _BackendSection(_Model):
         return v
 
 
+class ColumnMapping(_Model):
+    """Where a layout the reader does not know keeps its turns (as LLaMA-Factory's dataset_info says it)."""
+
+    messages: str = Field(description="Key of the list of messages in each record.")
+    role: str = Field("role", description="Key of a message's speaker.")
+    content: str = Field("content", description="Key of a message's text.")
+    user_tag: str = Field("user", description="Speaker value of a user turn.")
+    assistant_tag: str = Field("assistant", description="Speaker value of an assistant turn.")
+    system_tag: str = Field("system", description="Speaker value of a system message (dropped).")
+    system: str | None = Field(None, description="Key of a record-level system prompt (dropped), if any.")
+
+
 class SourceConfig(_Model):
-    path: str = Field(description="File of text dialogues: .json (array), .jsonl or .parquet.")
-    format: Literal["auto", "alpaca", "sharegpt", "openai"] = Field(
-        "auto", description="Record format; 'auto' detects it per record from its keys."
+    path: str = Field(
+        description="Text dialogues: a .json / .jsonl / .parquet file (also .gz or .zst compressed; the content "
+        "decides whether JSON is an array, one object or JSON Lines), or a folder of such files read as one source "
+        "(the Hugging Face layout data/train-*.parquet)."
+    )
+    format: Literal["auto", "alpaca", "sharegpt", "openai", "firefly", "preference", "self_instruct"] = Field(
+        "auto", description="Record layout; 'auto' detects it per record from its keys."
+    )
+    preference: Literal["chosen", "rejected"] = Field(
+        "chosen",
+        description="Preference data (a prompt with chosen/rejected answers): which answer is the dialogue.",
+    )
+    columns: ColumnMapping | None = Field(
+        None,
+        description="Column mapping of a layout the reader does not know; when set, every record is read with it.",
     )
     limit: int | None = Field(
         None,

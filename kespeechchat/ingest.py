@@ -30,7 +30,7 @@ import json
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,8 +43,11 @@ if TYPE_CHECKING:
     from kespeechchat.config import SourceConfig
     from kespeechchat.dedup import Deduper, Signature
 
-FORMATS = ("alpaca", "sharegpt", "openai")
+FORMATS = ("alpaca", "sharegpt", "openai", "firefly", "preference", "self_instruct", "mapped")
 EXTENSIONS = (".json", ".jsonl", ".parquet")
+# compressed files are recognised by their first bytes, whatever their name says
+_MAGIC = {b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd"}
+_COMPRESSED_SUFFIXES = (".gz", ".zst", ".zstd")
 EXCERPT_CHARS = 300
 
 ROW_KEYS = (
@@ -66,6 +69,8 @@ REASONS = (
     "wrong_type",
     "empty_turn",
     "unknown_role",
+    "tool_call",
+    "non_text_content",
     "bad_turn_order",
     "no_turns",
     "duplicate",
@@ -82,6 +87,14 @@ SHAREGPT_ROLES = {
     "system": "system",
 }
 OPENAI_ROLES = {"user": "user", "assistant": "assistant", "system": "system"}
+# turns of tool use (OpenAI, ShareGPT/LLaMA-Factory, ChatGLM): a dialogue with them is not a spoken one
+TOOL_ROLES = frozenset(
+    {"tool", "function", "function_call", "observation", "ipython", "tool_call", "tool_response"}
+)
+TEXT_PART_TYPES = frozenset({"text", "input_text", "output_text"})
+# parts that are the model's private reasoning, not what it says: left out of the spoken turn
+SILENT_PART_TYPES = frozenset({"reasoning", "thinking"})
+TOOL_PART_TYPES = frozenset({"tool_call", "tool_use", "tool_result", "tool_response", "function_call"})
 # Button labels that scraped chat logs (ShareGPT) carry at the end of a turn: "Share Prompt", and
 # a browser translator's "지금 번역하기" ("translate now"), which made English turns look Korean.
 _SCRAPE_TAIL = re.compile(r"(?:\s*(?:지금 번역하기|번역결과|Share Prompt|Copy to Clipboard))+$")
@@ -178,81 +191,153 @@ def _raw_excerpt(data: bytes | str, limit: int = EXCERPT_CHARS) -> str:
 def read_records(path: str | Path) -> Iterator[tuple[int, Any] | IngestReject]:
     """Yield ``(record_index, raw)`` per record, or an :class:`IngestReject` for what cannot be read.
 
-    ``record_index`` is the 0-based position in the file: array index for .json, line - 1 for
-    .jsonl (blank lines are not records), row number for .parquet. A file that cannot be read at
-    all (missing, unknown extension, broken JSON array, broken Parquet) yields one reject with
-    ``record_index=None`` and nothing else.
+    ``record_index`` is the 0-based position in its file: array index for a JSON array, line - 1
+    for JSON Lines (blank lines are not records), row number for Parquet. A file that cannot be
+    read at all (missing, unknown extension, broken JSON array, broken Parquet) yields one reject
+    with ``record_index=None`` and nothing else. See :func:`iter_source` for what is sniffed.
+    """
+    for _, item in iter_source(path):
+        yield item
+
+
+def iter_source(path: str | Path) -> Iterator[tuple[str, tuple[int, Any] | IngestReject]]:
+    """``(file label, record or reject)`` of a source: a file, or a folder of files read as one
+    source in name order (the Hugging Face layout ``data/train-00000-of-00002.parquet``; the label
+    is the path inside the folder).
+
+    The content decides, not the name: gzip and zstd files are recognised by their first bytes and
+    read as what their inner name says (``x.jsonl.gz``); a JSON file is an array, one object or
+    JSON Lines, whichever it holds; a UTF-8 byte-order mark is skipped.
     """
     path = Path(path)
-    name = path.name
-    suffix = path.suffix.lower()
-    if suffix not in EXTENSIONS:
-        yield IngestReject(
-            name,
-            None,
-            "unreadable_file",
-            f"unknown extension {suffix!r}; expected one of {', '.join(EXTENSIONS)}",
-            "",
-        )
+    if path.is_dir():
+        files = sorted(f for f in path.rglob("*") if f.is_file() and _inner_suffix(f.name) in EXTENSIONS)
+        if not files:
+            reason = f"folder {path} holds no {'/'.join(EXTENSIONS)} file (compressed or not)"
+            yield path.name, IngestReject(path.name, None, "unreadable_file", reason, "")
+        for f in files:
+            label = f.relative_to(path).as_posix()
+            for item in _read_file(f, label):
+                yield label, item
         return
+    for item in _read_file(path, path.name):
+        yield path.name, item
+
+
+def _inner_suffix(name: str) -> str:
+    """``.jsonl`` for ``x.jsonl.gz`` and ``x.jsonl``: the suffix under any compression suffix."""
+    suffixes = [x.lower() for x in Path(name).suffixes]
+    if suffixes and suffixes[-1] in _COMPRESSED_SUFFIXES:
+        suffixes = suffixes[:-1]
+    return suffixes[-1] if suffixes else ""
+
+
+def _read_file(path: Path, name: str) -> Iterator[tuple[int, Any] | IngestReject]:
+    suffix = _inner_suffix(path.name)
     if not path.is_file():
         yield IngestReject(name, None, "unreadable_file", f"{path} does not exist or is not a file", "")
         return
-    if suffix == ".jsonl":
-        yield from _read_jsonl(path)
-    elif suffix == ".json":
-        yield from _read_json(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        yield IngestReject(name, None, "unreadable_file", f"cannot open: {e}", "")
+        return
+    compression = next((c for m, c in _MAGIC.items() if head.startswith(m)), None)
+    if compression is None and suffix not in EXTENSIONS and head != b"PAR1":
+        detail = f"unknown extension {path.suffix.lower()!r}; expected one of {', '.join(EXTENSIONS)} (or .gz/.zst)"
+        yield IngestReject(name, None, "unreadable_file", detail, "")
+        return
+    if compression is not None:
+        try:
+            data = _decompress(path, compression)
+        except Exception as e:  # a truncated or corrupt stream
+            yield IngestReject(name, None, "unreadable_file", f"{compression}: {type(e).__name__}: {e}", "")
+            return
+        if data.startswith(b"PAR1"):
+            import pyarrow as pa
+
+            yield from _read_parquet(pa.BufferReader(data), name)
+        else:
+            yield from _records_from_bytes(data, name, lines_first=suffix == ".jsonl")
+    elif head == b"PAR1":
+        yield from _read_parquet(path, name)
+    elif suffix == ".parquet":
+        yield IngestReject(name, None, "unreadable_file", "not a Parquet file (no PAR1 magic)", "")
+    elif suffix == ".jsonl" and head.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"{":
+        yield from _read_jsonl(path, name)  # streamed: JSON Lines files can be large
     else:
-        yield from _read_parquet(path)
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            yield IngestReject(name, None, "unreadable_file", f"cannot read: {e}", "")
+            return
+        yield from _records_from_bytes(data, name, lines_first=suffix == ".jsonl")
 
 
-def _read_jsonl(path: Path) -> Iterator[tuple[int, Any] | IngestReject]:
-    name = path.name
+def _decompress(path: Path, compression: str) -> bytes:
+    if compression == "gzip":
+        import gzip
+
+        with gzip.open(path, "rb") as f:
+            return f.read()
+    import pyarrow as pa
+
+    with pa.input_stream(str(path), compression="zstd") as f:
+        return f.read()
+
+
+def _read_jsonl(path: Path, name: str) -> Iterator[tuple[int, Any] | IngestReject]:
     try:
         f = open(path, "rb")  # noqa: SIM115 - closed below; a generator keeps it open between records
     except OSError as e:
         yield IngestReject(name, None, "unreadable_file", f"cannot open: {e}", "")
         return
     with f:
-        for lineno, line in enumerate(f):
-            if lineno == 0 and line.startswith(b"\xef\xbb\xbf"):
-                line = line[3:]
-            if not line.strip():
-                continue
-            try:
-                text = line.decode("utf-8")
-            except UnicodeDecodeError as e:
-                yield IngestReject(
-                    name, lineno, "invalid_utf8", f"line {lineno + 1}: {e}", _raw_excerpt(line)
-                )
-                continue
-            try:
-                yield lineno, json.loads(text)
-            except json.JSONDecodeError as e:
-                yield IngestReject(name, lineno, "bad_json", f"line {lineno + 1}: {e}", _raw_excerpt(text))
-            except RecursionError:
-                yield IngestReject(
-                    name, lineno, "bad_json", f"line {lineno + 1}: nested too deeply", _raw_excerpt(text)
-                )
+        yield from _records_from_lines(f, name)
 
 
-def _read_json(path: Path) -> Iterator[tuple[int, Any] | IngestReject]:
-    name = path.name
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        yield IngestReject(name, None, "unreadable_file", f"cannot read: {e}", "")
+def _records_from_lines(lines: Iterable[bytes], name: str) -> Iterator[tuple[int, Any] | IngestReject]:
+    for lineno, line in enumerate(lines):
+        if lineno == 0 and line.startswith(b"\xef\xbb\xbf"):
+            line = line[3:]
+        if not line.strip():
+            continue
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            yield IngestReject(name, lineno, "invalid_utf8", f"line {lineno + 1}: {e}", _raw_excerpt(line))
+            continue
+        try:
+            yield lineno, json.loads(text)
+        except json.JSONDecodeError as e:
+            yield IngestReject(name, lineno, "bad_json", f"line {lineno + 1}: {e}", _raw_excerpt(text))
+        except RecursionError:
+            yield IngestReject(
+                name, lineno, "bad_json", f"line {lineno + 1}: nested too deeply", _raw_excerpt(text)
+            )
+
+
+def _records_from_bytes(
+    data: bytes, name: str, *, lines_first: bool
+) -> Iterator[tuple[int, Any] | IngestReject]:
+    """A JSON array, one JSON object, or JSON Lines, whichever ``data`` holds."""
+    body = data[3:] if data.startswith(b"\xef\xbb\xbf") else data
+    first = body.lstrip()[:1]
+    if lines_first and first != b"[":
+        yield from _records_from_lines(body.splitlines(keepends=True), name)
         return
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
     try:
-        text = data.decode("utf-8")
+        text = body.decode("utf-8")
     except UnicodeDecodeError as e:
-        yield IngestReject(name, None, "invalid_utf8", f"whole file: {e}", _raw_excerpt(data))
+        yield IngestReject(name, None, "invalid_utf8", f"whole file: {e}", _raw_excerpt(body))
         return
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
+        if first == b"{" and e.msg == "Extra data":  # one object per line in a file named .json
+            yield from _records_from_lines(body.splitlines(keepends=True), name)
+            return
         yield IngestReject(name, None, "bad_json", f"whole file: {e}", _raw_excerpt(text))
         return
     except RecursionError:
@@ -263,21 +348,15 @@ def _read_json(path: Path) -> Iterator[tuple[int, Any] | IngestReject]:
     elif isinstance(obj, dict):
         yield 0, obj
     else:
-        yield IngestReject(
-            name,
-            None,
-            "not_an_object",
-            f"top level is {type(obj).__name__}; expected an array of records or one object",
-            excerpt(obj),
-        )
+        detail = f"top level is {type(obj).__name__}; expected an array of records or one object"
+        yield IngestReject(name, None, "not_an_object", detail, excerpt(obj))
 
 
-def _read_parquet(path: Path) -> Iterator[tuple[int, Any] | IngestReject]:
+def _read_parquet(source: Any, name: str) -> Iterator[tuple[int, Any] | IngestReject]:
     import pyarrow.parquet as pq
 
-    name = path.name
     try:
-        pf = pq.ParquetFile(path)
+        pf = pq.ParquetFile(source)
     except Exception as e:  # pyarrow raises several types for a broken file
         yield IngestReject(
             name, None, "unreadable_file", f"not a readable Parquet file: {type(e).__name__}: {e}", ""
@@ -300,16 +379,41 @@ def _read_parquet(path: Path) -> Iterator[tuple[int, Any] | IngestReject]:
 # normalising one record
 
 
+@dataclass(frozen=True)
+class ParseOptions:
+    """How a source's records are read beyond their layout: which answer of preference data is the
+    dialogue, and the column mapping of a layout the reader does not know (``SourceConfig.columns``)."""
+
+    preference: str = "chosen"
+    columns: Any = None  # kespeechchat.config.ColumnMapping
+
+    @classmethod
+    def of(cls, source: SourceConfig) -> ParseOptions:
+        return cls(preference=source.preference, columns=source.columns)
+
+
 def detect_format(raw: dict[str, Any]) -> str:
-    """Format of one record from its keys (``messages`` > ``conversations`` > ``instruction``)."""
+    """Layout of one record from its keys: preference data (``chosen``) first, then ``messages``
+    (OpenAI), ``conversations`` (ShareGPT), ``conversation`` (Firefly/MOSS), ``instances``
+    (self-instruct seed tasks), ``instruction`` (Alpaca)."""
+    if raw.get("chosen") is not None or raw.get("chosen_messages") is not None:
+        return "preference"
     if raw.get("messages") is not None:
         return "openai"
     if raw.get("conversations") is not None:
         return "sharegpt"
+    if raw.get("conversation") is not None:
+        return "firefly"
+    if "instruction" in raw and raw.get("instances") is not None:
+        return "self_instruct"
     if "instruction" in raw:
         return "alpaca"
     keys = ", ".join(repr(k) for k in list(raw)[:10]) or "none"
-    raise RecordError("unknown_format", f"no 'messages', 'conversations' or 'instruction' key (keys: {keys})")
+    raise RecordError(
+        "unknown_format",
+        f"no 'messages', 'conversations', 'conversation', 'chosen' or 'instruction' key (keys: {keys}); "
+        "map the layout with the source's `columns`",
+    )
 
 
 def clean_text(text: str) -> str:
@@ -377,49 +481,30 @@ def _message_list(raw: dict[str, Any], key: str) -> list[Any]:
     return msgs
 
 
-def _parse_sharegpt(raw: dict[str, Any]) -> tuple[list[str], list[str], bool]:
-    roles: list[str] = []
-    texts: list[str] = []
-    for i, m in enumerate(_message_list(raw, "conversations")):
-        where = f"conversations[{i}]"
-        if not isinstance(m, dict):
-            raise RecordError("wrong_type", f"{where} is {_type_name(m)}, expected an object")
-        frm = m.get("from", m.get("role"))
-        if frm is None:
-            raise RecordError("missing_field", f"{where}.from is missing")
-        if not isinstance(frm, str):
-            raise RecordError("wrong_type", f"{where}.from is {_type_name(frm)}, expected str")
-        role = SHAREGPT_ROLES.get(frm.strip().lower())
-        if role is None:
-            raise RecordError(
-                "unknown_role", f"{where}.from={frm!r} is not one of {'/'.join(SHAREGPT_ROLES)}"
-            )
-        value = m.get("value", m.get("content"))
-        roles.append(role)
-        texts.append(_text(value, f"{where}.value"))
-    system = raw.get("system")
-    if system is not None and not isinstance(system, str):
-        raise RecordError("wrong_type", f"system is {_type_name(system)}, expected str")
-    return roles, texts, bool(system and system.strip())
-
-
-def _openai_content(content: Any, where: str) -> Any:
-    """Plain string content, or the text parts of a content list joined by newlines."""
-    if not isinstance(content, list):
-        return content
+def _content(value: Any, where: str) -> Any:
+    """Plain string content, or the text parts of a typed content list joined by newlines
+    (``{"type": "text", "text": …}``, or ``"value"`` for the text); any other part (an image, audio)
+    cannot be spoken and rejects the record."""
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list):
+        return value
     parts = []
-    for j, part in enumerate(content):
+    for j, part in enumerate(value):
         pw = f"{where}[{j}]"
         if isinstance(part, str):
             parts.append(part)
             continue
         if not isinstance(part, dict):
             raise RecordError("wrong_type", f"{pw} is {_type_name(part)}, expected an object")
-        if part.get("type") != "text":
-            raise RecordError(
-                "wrong_type", f"{pw}.type={part.get('type')!r} is not 'text' (only text can be spoken)"
-            )
-        text = part.get("text")
+        kind = part.get("type", "text")
+        if kind in SILENT_PART_TYPES:
+            continue
+        if kind in TOOL_PART_TYPES:
+            raise RecordError("tool_call", f"{pw}.type={kind!r}: a tool call is not a spoken dialogue")
+        if kind not in TEXT_PART_TYPES:
+            raise RecordError("non_text_content", f"{pw}.type={kind!r}: only text can be spoken")
+        text = part.get("text", part.get("value"))
         if not isinstance(text, str):
             raise RecordError(
                 "wrong_type" if text is not None else "missing_field", f"{pw}.text is not a string"
@@ -428,24 +513,160 @@ def _openai_content(content: Any, where: str) -> Any:
     return "\n".join(p.strip() for p in parts if p.strip())
 
 
-def _parse_openai(raw: dict[str, Any]) -> tuple[list[str], list[str], bool]:
+def _messages(
+    msgs: list[Any],
+    where: str,
+    role_keys: tuple[str, ...],
+    content_keys: tuple[str, ...],
+    roles: dict[str, str],
+) -> tuple[list[str], list[str]]:
+    """(roles, texts) of a message list; each message an object with a role under one of
+    ``role_keys`` (mapped through ``roles``) and its content under one of ``content_keys``."""
+    out_roles: list[str] = []
+    texts: list[str] = []
+    for i, m in enumerate(msgs):
+        w = f"{where}[{i}]"
+        if not isinstance(m, dict):
+            raise RecordError("wrong_type", f"{w} is {_type_name(m)}, expected an object")
+        rk = next((k for k in role_keys if m.get(k) is not None), role_keys[0])
+        role = m.get(rk)
+        if role is None:
+            raise RecordError("missing_field", f"{w}.{rk} is missing")
+        if not isinstance(role, str):
+            raise RecordError("wrong_type", f"{w}.{rk} is {_type_name(role)}, expected str")
+        key = role.strip().lower()
+        if key in TOOL_ROLES or m.get("tool_calls") or m.get("function_call"):
+            raise RecordError(
+                "tool_call", f"{w} is a tool call or its result ({rk}={role!r}): not a spoken dialogue"
+            )
+        norm = roles.get(key)
+        if norm is None:
+            raise RecordError("unknown_role", f"{w}.{rk}={role!r} is not one of {'/'.join(roles)}")
+        ck = next((k for k in content_keys if k in m), content_keys[0])
+        out_roles.append(norm)
+        texts.append(_text(_content(m.get(ck), f"{w}.{ck}"), f"{w}.{ck}"))
+    return out_roles, texts
+
+
+def _system(raw: dict[str, Any], key: str = "system") -> bool:
+    system = raw.get(key)
+    if system is not None and not isinstance(system, str):
+        raise RecordError("wrong_type", f"{key} is {_type_name(system)}, expected str")
+    return bool(system and system.strip())
+
+
+def _parse_sharegpt(raw: dict[str, Any]) -> tuple[list[str], list[str], bool]:
+    msgs = _message_list(raw, "conversations")
+    roles, texts = _messages(msgs, "conversations", ("from", "role"), ("value", "content"), SHAREGPT_ROLES)
+    return roles, texts, _system(raw)
+
+
+def _parse_openai(raw: dict[str, Any], key: str = "messages") -> tuple[list[str], list[str], bool]:
+    msgs = _message_list(raw, key)
+    roles, texts = _messages(msgs, key, ("role",), ("content",), OPENAI_ROLES)
+    return roles, texts, False
+
+
+def _parse_firefly(raw: dict[str, Any]) -> tuple[list[str], list[str], bool]:
+    """Firefly / MOSS: ``{"conversation": [{"human": …, "assistant": …}, …]}``, one exchange per item."""
     roles: list[str] = []
     texts: list[str] = []
-    for i, m in enumerate(_message_list(raw, "messages")):
-        where = f"messages[{i}]"
-        if not isinstance(m, dict):
-            raise RecordError("wrong_type", f"{where} is {_type_name(m)}, expected an object")
-        role = m.get("role")
-        if role is None:
-            raise RecordError("missing_field", f"{where}.role is missing")
-        if not isinstance(role, str):
-            raise RecordError("wrong_type", f"{where}.role is {_type_name(role)}, expected str")
-        norm = OPENAI_ROLES.get(role.strip().lower())
-        if norm is None:
-            raise RecordError("unknown_role", f"{where}.role={role!r} is not one of system/user/assistant")
-        roles.append(norm)
-        texts.append(_text(_openai_content(m.get("content"), f"{where}.content"), f"{where}.content"))
-    return roles, texts, False
+    for i, pair in enumerate(_message_list(raw, "conversation")):
+        w = f"conversation[{i}]"
+        if not isinstance(pair, dict):
+            raise RecordError("wrong_type", f"{w} is {_type_name(pair)}, expected an object")
+        roles += ["user", "assistant"]
+        texts += [_text(pair.get("human"), f"{w}.human"), _text(pair.get("assistant"), f"{w}.assistant")]
+    return roles, texts, _system(raw)
+
+
+_HH_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):\s*")
+
+
+def _transcript(text: str, where: str) -> tuple[list[str], list[str]]:
+    """An Anthropic-HH transcript string (``\\n\\nHuman: … \\n\\nAssistant: …``) as turns."""
+    parts = _HH_TURN.split(text)
+    if len(parts) < 3:
+        raise RecordError("missing_field", f"{where} is a string with no 'Human:' / 'Assistant:' turns")
+    roles = ["user" if who == "Human" else "assistant" for who in parts[1::2]]
+    return roles, [_text(t, f"{where} turn {i}") for i, t in enumerate(parts[2::2])]
+
+
+def _answer(value: Any, where: str) -> tuple[list[str], list[str]]:
+    """The answer of preference data: a string, one message, or a list of messages."""
+    if isinstance(value, str):
+        if _HH_TURN.search(value):
+            return _transcript(value, where)
+        return ["assistant"], [_text(value, where)]
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise RecordError("wrong_type", f"{where} is {_type_name(value)}, expected a string or messages")
+    return _messages(value, where, ("role", "from"), ("content", "value"), {**SHAREGPT_ROLES, **OPENAI_ROLES})
+
+
+def _parse_preference(raw: dict[str, Any], side: str) -> tuple[list[str], list[str], bool]:
+    """Preference data (DPO/KTO/RLHF): the prompt turns, then the ``chosen`` answer (or the
+    ``rejected`` one, ``preference: rejected``). The prompt is ``messages`` / ``conversations`` (a
+    message list) or ``prompt`` (a string or a message list); an answer that repeats the whole
+    dialogue (TRL's implicit prompt, HH transcripts) is the dialogue."""
+    key = side if raw.get(side) is not None else f"{side}_messages"  # LLaMA-Factory v1: chosen_messages
+    if raw.get(key) is None:
+        raise RecordError("missing_field", f"{side} is missing (preference data; `preference: {side}`)")
+    a_roles, a_texts = _answer(raw[key], key)
+    if a_roles[0] == "system":  # a full dialogue with its system prompt
+        return a_roles, a_texts, _system(raw)
+    if a_roles[0] == "user":  # the answer holds the whole dialogue
+        return a_roles, a_texts, _system(raw)
+    prompt = raw.get("prompt")
+    if raw.get("messages") is not None:
+        roles, texts, system = _parse_openai(raw)
+    elif raw.get("conversations") is not None:
+        roles, texts, system = _parse_sharegpt(raw)
+    elif isinstance(prompt, str):
+        roles, texts, system = ["user"], [_text(prompt, "prompt")], False
+    elif isinstance(prompt, list):
+        roles, texts, system = _parse_openai(raw, "prompt")
+    else:
+        raise RecordError(
+            "missing_field", "preference data without a prompt (messages, conversations or prompt)"
+        )
+    return roles + a_roles, texts + a_texts, system or _system(raw)
+
+
+def _parse_self_instruct(raw: dict[str, Any]) -> tuple[list[str], list[str], bool]:
+    """A self-instruct seed task: ``instruction`` and ``instances: [{input, output}, …]``; the
+    first instance is the dialogue (as Alpaca reads instruction, input and output)."""
+    instances = raw.get("instances")
+    if not isinstance(instances, list):
+        raise RecordError("wrong_type", f"instances is {_type_name(instances)}, expected a list")
+    if not instances:
+        raise RecordError("no_turns", "instances is an empty list")
+    first = instances[0]
+    if not isinstance(first, dict):
+        raise RecordError("wrong_type", f"instances[0] is {_type_name(first)}, expected an object")
+    return _parse_alpaca(
+        {"instruction": raw.get("instruction"), "input": first.get("input"), "output": first.get("output")}
+    )
+
+
+def _parse_mapped(raw: dict[str, Any], columns: Any) -> tuple[list[str], list[str], bool]:
+    """A layout named by the source's column mapping (LLaMA-Factory's dataset_info style)."""
+    msgs = raw.get(columns.messages)
+    if msgs is None:
+        keys = ", ".join(repr(k) for k in list(raw)[:10]) or "none"
+        raise RecordError(
+            "missing_field", f"columns.messages={columns.messages!r} is not in the record (keys: {keys})"
+        )
+    if not isinstance(msgs, list):
+        raise RecordError("wrong_type", f"{columns.messages} is {_type_name(msgs)}, expected a list")
+    tags = {
+        columns.user_tag.lower(): "user",
+        columns.assistant_tag.lower(): "assistant",
+        columns.system_tag.lower(): "system",
+    }
+    roles, texts = _messages(msgs, columns.messages, (columns.role,), (columns.content,), tags)
+    return roles, texts, _system(raw, columns.system) if columns.system else False
 
 
 def _check_order(roles: list[str], texts: list[str], system_dropped: bool, fmt: str) -> ParsedRecord:
@@ -471,28 +692,37 @@ def _check_order(roles: list[str], texts: list[str], system_dropped: bool, fmt: 
     return ParsedRecord(fmt, list(roles), list(texts), system_dropped, trailing)
 
 
-def parse_record(raw: Any, fmt: str = "auto") -> ParsedRecord:
+def parse_record(raw: Any, fmt: str = "auto", options: ParseOptions | None = None) -> ParsedRecord:
     """Like :func:`normalize_record`, but also says whether a system or trailing user turn was dropped."""
+    opts = options or ParseOptions()
     if not isinstance(raw, dict):
         raise RecordError("not_an_object", f"record is {_type_name(raw)}, expected an object")
-    if fmt == "auto":
+    if opts.columns is not None:
+        fmt = "mapped"
+    elif fmt == "auto":
         fmt = detect_format(raw)
-    elif fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}; expected auto or one of {', '.join(FORMATS)}")
-    if fmt == "alpaca":
-        if "instruction" not in raw:
-            raise RecordError("missing_field", "instruction is missing")
-        roles, texts, system = _parse_alpaca(raw)
-    elif fmt == "sharegpt":
-        roles, texts, system = _parse_sharegpt(raw)
-    else:
-        roles, texts, system = _parse_openai(raw)
+    elif fmt not in FORMATS or fmt == "mapped":
+        raise ValueError(f"unknown format {fmt!r}; expected auto or one of {', '.join(FORMATS[:-1])}")
+    if fmt == "alpaca" and "instruction" not in raw:
+        raise RecordError("missing_field", "instruction is missing")
+    parsers = {
+        "alpaca": _parse_alpaca,
+        "sharegpt": _parse_sharegpt,
+        "openai": _parse_openai,
+        "firefly": _parse_firefly,
+        "self_instruct": _parse_self_instruct,
+        "preference": lambda r: _parse_preference(r, opts.preference),
+        "mapped": lambda r: _parse_mapped(r, opts.columns),
+    }
+    roles, texts, system = parsers[fmt](raw)
     return _check_order(roles, texts, system, fmt)
 
 
-def normalize_record(raw: Any, fmt: str = "auto") -> tuple[str, list[str], list[str]]:
+def normalize_record(
+    raw: Any, fmt: str = "auto", options: ParseOptions | None = None
+) -> tuple[str, list[str], list[str]]:
     """``(format, roles, texts)`` of one raw record; raises :class:`RecordError` with a reason."""
-    p = parse_record(raw, fmt)
+    p = parse_record(raw, fmt, options)
     return p.format, p.roles, p.texts
 
 
@@ -555,30 +785,31 @@ def ingest_source(
     st = _SourceStats(source_file=name, path=str(path))
     rejects: list[IngestReject] = []
     candidates: list[_Candidate] = []
-    first_in_file: dict[str, int] = {}
+    first_in_file: dict[str, str] = {}
     local = dedup.empty_like() if dedup is not None else None
 
-    for item in read_records(path):
+    options = ParseOptions.of(source)
+    for label, item in iter_source(path):
         st.records += 1
         if isinstance(item, IngestReject):
             rejects.append(item)
             continue
         index, raw = item
         try:
-            p = parse_record(raw, source.format)
+            p = parse_record(raw, source.format, options)
         except RecordError as e:
-            rejects.append(IngestReject(name, index, e.reason, e.detail, excerpt(raw)))
+            rejects.append(IngestReject(label, index, e.reason, e.detail, excerpt(raw)))
             continue
         except RecursionError:
             rejects.append(
-                IngestReject(name, index, "wrong_type", "record is nested too deeply", excerpt(raw))
+                IngestReject(label, index, "wrong_type", "record is nested too deeply", excerpt(raw))
             )
             continue
         did = dialogue_id(p.roles, p.texts)
-        earlier = seen_ids.get(did) or (f"{name}#{first_in_file[did]}" if did in first_in_file else None)
+        earlier = seen_ids.get(did) or first_in_file.get(did)
         if earlier is not None:
             rejects.append(
-                IngestReject(name, index, "duplicate", f"same turns as {earlier} ({did})", excerpt(raw))
+                IngestReject(label, index, "duplicate", f"same turns as {earlier} ({did})", excerpt(raw))
             )
             continue
         sig = None
@@ -586,16 +817,16 @@ def ingest_source(
             sig = dedup.signature(p.roles, p.texts)
             match = dedup.find(sig) or local.find(sig)
             if match is not None:
-                rejects.append(IngestReject(name, index, "duplicate", match.describe(), excerpt(raw)))
+                rejects.append(IngestReject(label, index, "duplicate", match.describe(), excerpt(raw)))
                 continue
-            local.add(f"{name}#{index}", sig)
-        first_in_file[did] = index
+            local.add(f"{label}#{index}", sig)
+        first_in_file[did] = f"{label}#{index}"
         st.formats[p.format] += 1
         st.system_dropped += int(p.system_dropped)
         st.trailing_user_dropped += int(p.trailing_user_dropped)
         row = {
             "dialogue_id": did,
-            "source_file": name,
+            "source_file": label,
             "source_index": index,
             "source_format": p.format,
             "language": detect_dialogue_language(p.texts),
@@ -615,13 +846,13 @@ def ingest_source(
             else:
                 pool.append(c)
                 continue
-            rejects.append(IngestReject(name, c.index, "not_sampled", why, c.raw_excerpt))
+            rejects.append(IngestReject(c.row["source_file"], c.index, "not_sampled", why, c.raw_excerpt))
         pool.sort(key=lambda c: _sample_key(seed, c.row["dialogue_id"]))
         chosen = {id(c) for c in pool[: source.limit]}
         for c in pool[source.limit :]:
             rejects.append(
                 IngestReject(
-                    name,
+                    c.row["source_file"],
                     c.index,
                     "not_sampled",
                     f"not among the {source.limit} sampled with seed {seed}",
@@ -632,11 +863,11 @@ def ingest_source(
 
     rows = [c.row for c in kept]
     for c in kept:
-        seen_ids[c.row["dialogue_id"]] = f"{name}#{c.index}"
+        seen_ids[c.row["dialogue_id"]] = f"{c.row['source_file']}#{c.index}"
         st.languages[c.row["language"]] += 1
         if dedup is not None and c.signature is not None:
-            dedup.add(f"{name}#{c.index}", c.signature)
-    rejects.sort(key=lambda r: -1 if r.record_index is None else r.record_index)
+            dedup.add(f"{c.row['source_file']}#{c.index}", c.signature)
+    rejects.sort(key=lambda r: (r.source_file, -1 if r.record_index is None else r.record_index))
     for r in rejects:
         st.rejected[r.reason] += 1
     st.kept = len(rows)

@@ -57,11 +57,11 @@ MALFORMED_EXPECTED = {
     5: "missing_field",
     6: "wrong_type",
     7: "empty_turn",
-    8: "unknown_role",
+    8: "tool_call",
     9: "bad_turn_order",
     10: "no_turns",
     11: "duplicate",
-    15: "wrong_type",
+    15: "non_text_content",
     16: "no_turns",
     17: "not_an_object",
     18: "invalid_utf8",
@@ -78,7 +78,7 @@ def test_malformed_jsonl_reasons() -> None:
         assert r.reason in REASONS and r.detail and r.source_file == "malformed.jsonl"
         assert len(r.raw_excerpt) <= 300
     by_index = {r.record_index: r for r in rejects}
-    assert by_index[8].detail == "messages[2].role='tool' is not one of system/user/assistant"
+    assert by_index[8].detail == "messages[2] is a tool call or its result (role='tool'): not a spoken dialogue"
     assert by_index[11].detail.startswith("same turns as malformed.jsonl#0")
     assert by_index[1].raw_excerpt == '{"instruction": "broken", "output":'
     assert "messages[0].content[0].type='image_url'" in by_index[15].detail

@@ -22,7 +22,7 @@ BAD_RECORDS = [
     '{"instruction": "broken", "output": ',  # bad JSON
     '{"conversations": [{"from": "human"}]}',  # missing field (value)
     '{"messages": [{"role": "user", "content": "   "}, {"role": "assistant", "content": "ok"}]}',  # empty turn
-    '{"messages": [{"role": "user", "content": "hi"}, {"role": "tool", "content": "{}"}]}',  # unknown role
+    '{"messages": [{"role": "user", "content": "hi"}, {"role": "tool", "content": "{}"}]}',  # a tool call
     '{"instruction": "What is the weather like today?", "input": "", "output": "It is sunny and warm today."}',  # valid en
 ]
 
@@ -67,7 +67,7 @@ def test_malformed_records_rejected_with_reasons_and_the_rest_go_through(finishe
     assert by_index[2]["reason"] == "bad_json"
     assert by_index[3]["reason"] == "missing_field"
     assert by_index[4]["reason"] == "empty_turn"
-    assert by_index[5]["reason"] == "unknown_role"
+    assert by_index[5]["reason"] == "tool_call"
     assert "tool" in by_index[5]["detail"]
     assert set(by_index) == {2, 3, 4, 5}
     s = result.summary
