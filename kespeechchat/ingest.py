@@ -92,6 +92,7 @@ TOOL_ROLES = frozenset(
     {"tool", "function", "function_call", "observation", "ipython", "tool_call", "tool_response"}
 )
 TEXT_PART_TYPES = frozenset({"text", "input_text", "output_text"})
+MEDIA_KEYS = ("images", "videos", "audios", "image", "video", "audio")
 # parts that are the model's private reasoning, not what it says: left out of the spoken turn
 SILENT_PART_TYPES = frozenset({"reasoning", "thinking"})
 TOOL_PART_TYPES = frozenset({"tool_call", "tool_use", "tool_result", "tool_response", "function_call"})
@@ -697,6 +698,11 @@ def parse_record(raw: Any, fmt: str = "auto", options: ParseOptions | None = Non
     opts = options or ParseOptions()
     if not isinstance(raw, dict):
         raise RecordError("not_an_object", f"record is {_type_name(raw)}, expected an object")
+    for key in MEDIA_KEYS:  # LLaMA-Factory / LLaVA multimodal records: the text points at the media
+        if raw.get(key):
+            raise RecordError(
+                "non_text_content", f"record has {key!r}: its turns refer to media that cannot be spoken"
+            )
     if opts.columns is not None:
         fmt = "mapped"
     elif fmt == "auto":

@@ -76,6 +76,16 @@ def test_a_tool_dialogue_and_an_image_are_named_as_such():
     assert "image_url" in rejects[0].detail
 
 
+def test_a_record_with_media_files_is_not_spoken(tmp_path):
+    rec = {"messages": [{"role": "user", "content": "<image>Who are they?"}, {"role": "assistant", "content": "Two players."}],
+           "images": ["mllm_demo_data/1.jpg"]}  # fmt: skip
+    f = tmp_path / "mllm.json"
+    f.write_text(json.dumps([rec, {**rec, "images": []}]), encoding="utf-8")
+    rows, rejects, _ = ingest(f)
+    assert [r.reason for r in rejects] == ["non_text_content"] and "'images'" in rejects[0].detail
+    assert len(rows) == 1  # an empty media list is no media
+
+
 def _records():
     return [
         {
@@ -153,3 +163,20 @@ def test_a_column_mapping_reads_an_unknown_layout(tmp_path):
     assert [r["source_texts"] for r in rows] == [["几点了？", "三点半。"]] and s["formats"] == {"mapped": 1}
     assert [(r.record_index, r.reason) for r in rejects] == [(1, "unknown_role"), (2, "missing_field")]
     assert "columns.messages='dialog'" in rejects[1].detail  # a mapping that does not fit names itself
+
+
+def test_ingest_check_reports_layout_counts_and_one_example_per_reason(capsys):
+    from pipelines.cli import main
+
+    files = [
+        str(LAYOUTS / "llamafactory_glaive_toolcall_en_demo.json"),
+        str(LAYOUTS / "firefly_sample.jsonl"),
+    ]
+    assert main(["ingest-check", *files]) == 0
+    out = capsys.readouterr().out
+    assert "layout: sharegpt 2" in out and "3 records read -> 2 dialogues kept (en 2), 1 rejected" in out
+    assert "tool_call" in out and "llamafactory_glaive_toolcall_en_demo.json#0" in out
+    assert "layout: firefly 2" in out and "empty_turn" in out and "conversation[0].human is empty" in out
+    assert main(["ingest-check", "--json", str(LAYOUTS / "llamafactory_v1_multimodal_demo.jsonl")]) == 2
+    rep = json.loads(capsys.readouterr().out)[0]
+    assert rep["kept"] == 0 and rep["rejected"] == {"non_text_content": 2}
