@@ -8,11 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import pyarrow as pa
-
 from kespeechchat.llm.tasks import judge_request, parse_judge
 from kespeechchat.rules import check_dialogue
-from kespeechchat.stage import Resources, StageOutput, reject
+from kespeechchat.stage import Resources
 from pipelines.stages.llm_base import LLMStage
 
 
@@ -27,44 +25,25 @@ class FilterStage(LLMStage):
     resources = Resources(cpus=0.1, memory_mb=300)  # waits on HTTP or is cheap: leave the cores to TTS/ASR
     prompt_name = "judge"
 
+    section = "filter"
+
     def needs_llm(self) -> bool:
         return self.cfg.filter.llm_judge
 
-    def config_section(self) -> dict[str, Any]:
-        section: dict[str, Any] = {"filter": self.cfg.filter.model_dump()}
-        if self.needs_llm():
-            section["llm"] = self.llm_config_section()
-        return section
+    def prefilter(self, row: dict[str, Any]) -> tuple[str, str] | None:
+        hit = check_dialogue(row["roles"], row["rewritten_texts"], row["language"], self.cfg.filter)
+        return None if hit is None else (hit.reason, hit.detail)
 
-    def process(self, table: pa.Table, shard: int) -> StageOutput:
+    def without_llm(self, row: dict[str, Any]) -> dict[str, Any]:
+        return {**row, "filter_notes": "rules_only"}
 
-        self.check_inputs(table)
-        kept: list[dict[str, Any]] = []
-        rejected: list[dict[str, Any]] = []
-        todo: list[dict[str, Any]] = []
-        for row in table.to_pylist():
-            hit = check_dialogue(row["roles"], row["rewritten_texts"], row["language"], self.cfg.filter)
-            if hit is not None:
-                rejected.append(reject(row, hit.reason, hit.detail))
-            else:
-                todo.append(row)
-        metrics: dict[str, float] = {}
-        if not self.needs_llm():
-            kept = [{**row, "filter_notes": "rules_only"} for row in todo]
-            return self.build_output(table, kept, rejected, metrics)
-        requests = []
-        for row in todo:
-            req = judge_request(row["roles"], row["rewritten_texts"], row["language"])
-            req["validate"] = parse_judge
-            requests.append(req)
-        results, metrics = self.ask_all(requests)
-        for row, res in zip(todo, results, strict=True):
-            if res.error:
-                rejected.append(reject(row, res.error, res.detail))
-                continue
-            keep, why = parse_judge(res.value)
-            if keep:
-                kept.append({**row, "filter_notes": why})
-            else:
-                rejected.append(reject(row, f"judge_{why}", str(res.value)[:500]))
-        return self.build_output(table, kept, rejected, metrics)
+    def request(self, row: dict[str, Any]) -> dict[str, Any]:
+        req = judge_request(row["roles"], row["rewritten_texts"], row["language"])
+        req["validate"] = parse_judge
+        return req
+
+    def accept(self, row: dict[str, Any], value: Any) -> tuple[dict[str, Any] | None, tuple[str, str] | None]:
+        keep, why = parse_judge(value)
+        if keep:
+            return {**row, "filter_notes": why}, None
+        return None, (f"judge_{why}", str(value)[:500])

@@ -1,12 +1,21 @@
-"""Shared plumbing of the LLM text stages: one client per worker, batched calls, token accounting."""
+"""The skeleton of the LLM text stages: rules first, one request per remaining dialogue, then each
+reply accepted or rejected; one client per worker, batched calls, token accounting.
+
+A text stage says only what differs: its config section (``section``), its rule prefilter
+(``prefilter``), the row it keeps when the LLM is switched off (``without_llm``), its request
+(``request``) and what a reply becomes (``accept``). ``spoken`` adds its own guard and fallback on
+top of the same plumbing.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+import pyarrow as pa
+
 from kespeechchat.llm.client import LLMClient
 from kespeechchat.llm.tasks import SPOKEN_TEXT_PATTERN, load_prompt
-from kespeechchat.stage import Stage
+from kespeechchat.stage import Stage, StageOutput, reject
 from kespeechchat.store import RunStore
 
 
@@ -20,6 +29,66 @@ class LLMStage(Stage):
     """
 
     prompt_name: str = ""
+    section: str = ""  # the stage's own config section, part of its config hash
+
+    # -- what a text stage specialises ---------------------------------------------------------------
+    def needs_llm(self) -> bool:
+        raise NotImplementedError
+
+    def extra_config(self) -> dict[str, Any]:
+        """More of the config hash than the stage's section and the LLM's (e.g. prefilter limits)."""
+        return {}
+
+    def prefilter(self, row: dict[str, Any]) -> tuple[str, str] | None:
+        """(reason, detail) when cheap rules reject the row before any request; None to go on."""
+        return None
+
+    def without_llm(self, row: dict[str, Any]) -> dict[str, Any]:
+        """The kept row when the stage's LLM is switched off."""
+        raise NotImplementedError
+
+    def request(self, row: dict[str, Any]) -> dict[str, Any]:
+        """The structured-output request of a row, with its ``validate`` callable."""
+        raise NotImplementedError
+
+    def accept(self, row: dict[str, Any], value: Any) -> tuple[dict[str, Any] | None, tuple[str, str] | None]:
+        """(kept row, None) or (None, (reason, detail)) for a valid reply."""
+        raise NotImplementedError
+
+    # -- the skeleton ----------------------------------------------------------------------------------
+    def config_section(self) -> dict[str, Any]:
+        section: dict[str, Any] = {
+            self.section: getattr(self.cfg, self.section).model_dump(),
+            **self.extra_config(),
+        }
+        if self.needs_llm():
+            section["llm"] = self.llm_config_section()
+        return section
+
+    def process(self, table: pa.Table, shard: int) -> StageOutput:
+        self.check_inputs(table)
+        kept: list[dict[str, Any]] = []
+        rejected: list[dict[str, Any]] = []
+        todo: list[dict[str, Any]] = []
+        for row in table.to_pylist():
+            hit = self.prefilter(row)
+            if hit is not None:
+                rejected.append(reject(row, *hit))
+            else:
+                todo.append(row)
+        if not self.needs_llm():
+            return self.build_output(table, [self.without_llm(r) for r in todo], rejected, {})
+        results, metrics = self.ask_all([self.request(r) for r in todo])
+        for row, res in zip(todo, results, strict=True):
+            if res.error:
+                rejected.append(reject(row, res.error, res.detail))
+                continue
+            out, why = self.accept(row, res.value)
+            if out is not None:
+                kept.append(out)
+            else:
+                rejected.append(reject(row, *why))
+        return self.build_output(table, kept, rejected, metrics)
 
     def setup(self) -> None:
         self.client = None

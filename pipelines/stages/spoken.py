@@ -38,11 +38,10 @@ class SpokenStage(LLMStage):
     def needs_llm(self) -> bool:
         return self.cfg.spoken.mode == "llm"
 
-    def config_section(self) -> dict[str, Any]:
-        section: dict[str, Any] = {"spoken": self.cfg.spoken.model_dump(), "textnorm": "wetext-2"}
-        if self.needs_llm():
-            section["llm"] = self.llm_config_section()
-        return section
+    section = "spoken"
+
+    def extra_config(self) -> dict[str, Any]:
+        return {"textnorm": "wetext-2"}
 
     def setup(self) -> None:
 
