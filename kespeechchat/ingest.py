@@ -779,6 +779,31 @@ def _sample_key(seed: int, did: str) -> str:
     return hashlib.sha256(f"{seed}:{did}".encode()).hexdigest()
 
 
+def _sample(
+    source: SourceConfig, seed: int, candidates: list[_Candidate], rejects: list[IngestReject]
+) -> list[_Candidate]:
+    """The candidates a source keeps: all of them, or with ``limit`` a deterministic sample of those
+    within ``max_chars`` and ``languages``; every other one is a ``not_sampled`` reject with its why."""
+    if source.limit is None:
+        return candidates
+    pool: list[_Candidate] = []
+    for c in candidates:
+        if source.max_chars is not None and c.chars > source.max_chars:
+            why = f"{c.chars} chars > max_chars {source.max_chars}"
+        elif source.languages is not None and c.row["language"] not in source.languages:
+            why = f"language {c.row['language']!r} not in {list(source.languages)}"
+        else:
+            pool.append(c)
+            continue
+        rejects.append(IngestReject(c.row["source_file"], c.index, "not_sampled", why, c.raw_excerpt))
+    pool.sort(key=lambda c: _sample_key(seed, c.row["dialogue_id"]))
+    chosen = {id(c) for c in pool[: source.limit]}
+    for c in pool[source.limit :]:
+        why = f"not among the {source.limit} sampled with seed {seed}"
+        rejects.append(IngestReject(c.row["source_file"], c.index, "not_sampled", why, c.raw_excerpt))
+    return [c for c in candidates if id(c) in chosen]
+
+
 def ingest_source(
     source: SourceConfig, seed: int, seen_ids: dict[str, str], dedup: Deduper | None = None
 ) -> tuple[list[dict[str, Any]], list[IngestReject], dict[str, Any]]:
@@ -841,32 +866,7 @@ def ingest_source(
         }
         candidates.append(_Candidate(index, row, excerpt(raw), sum(len(t) for t in p.texts), sig))
 
-    kept = candidates
-    if source.limit is not None:
-        pool: list[_Candidate] = []
-        for c in candidates:
-            if source.max_chars is not None and c.chars > source.max_chars:
-                why = f"{c.chars} chars > max_chars {source.max_chars}"
-            elif source.languages is not None and c.row["language"] not in source.languages:
-                why = f"language {c.row['language']!r} not in {list(source.languages)}"
-            else:
-                pool.append(c)
-                continue
-            rejects.append(IngestReject(c.row["source_file"], c.index, "not_sampled", why, c.raw_excerpt))
-        pool.sort(key=lambda c: _sample_key(seed, c.row["dialogue_id"]))
-        chosen = {id(c) for c in pool[: source.limit]}
-        for c in pool[source.limit :]:
-            rejects.append(
-                IngestReject(
-                    c.row["source_file"],
-                    c.index,
-                    "not_sampled",
-                    f"not among the {source.limit} sampled with seed {seed}",
-                    c.raw_excerpt,
-                )
-            )
-        kept = [c for c in candidates if id(c) in chosen]
-
+    kept = _sample(source, seed, candidates, rejects)
     rows = [c.row for c in kept]
     for c in kept:
         seen_ids[c.row["dialogue_id"]] = f"{c.row['source_file']}#{c.index}"
