@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kespeechchat.langid import detect_dialogue_language
+from kespeechchat.schema import INGEST_COLUMNS, INGEST_REJECT_SCHEMA
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -50,15 +51,7 @@ _MAGIC = {b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd"}
 _COMPRESSED_SUFFIXES = (".gz", ".zst", ".zstd")
 EXCERPT_CHARS = 300
 
-ROW_KEYS = (
-    "dialogue_id",
-    "source_file",
-    "source_index",
-    "source_format",
-    "language",
-    "roles",
-    "source_texts",
-)
+ROW_KEYS = INGEST_COLUMNS
 
 REASONS = (
     "bad_json",
@@ -134,20 +127,10 @@ class IngestReject:
 
 
 def rejects_table(rejects: Sequence[IngestReject]) -> pa.Table:
-    """Arrow table of :meth:`IngestReject.to_row` rows (ingest rejects have no dialogue columns)."""
+    """Arrow table of :meth:`IngestReject.to_row` rows, as ingest writes them (``INGEST_REJECT_SCHEMA``)."""
     import pyarrow as pa
 
-    schema = pa.schema(
-        [
-            ("source_file", pa.string()),
-            ("record_index", pa.int64()),
-            ("reject_stage", pa.string()),
-            ("reject_reason", pa.string()),
-            ("reject_detail", pa.string()),
-            ("raw_excerpt", pa.string()),
-        ]
-    )
-    return pa.Table.from_pylist([r.to_row() for r in rejects], schema=schema)
+    return pa.Table.from_pylist([r.to_row() for r in rejects], schema=INGEST_REJECT_SCHEMA)
 
 
 @dataclass

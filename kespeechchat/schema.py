@@ -52,6 +52,27 @@ COLUMN_TYPES: dict[str, pa.DataType] = {
 
 REJECT_COLUMNS = ("reject_stage", "reject_reason", "reject_detail")
 
+# What ingest writes: one row per dialogue, and one per record (or whole file) it could not read.
+INGEST_COLUMNS = (
+    "dialogue_id",
+    "source_file",
+    "source_index",
+    "source_format",
+    "language",
+    "roles",
+    "source_texts",
+)
+INGEST_REJECT_SCHEMA = pa.schema(
+    [
+        ("source_file", pa.string()),
+        ("record_index", pa.int64()),
+        ("reject_stage", pa.string()),
+        ("reject_reason", pa.string()),
+        ("reject_detail", pa.string()),
+        ("raw_excerpt", pa.string()),
+    ]
+)
+
 
 def schema_for(columns: Iterable[str]) -> pa.Schema:
     """Arrow schema of the named columns, in the given order."""

@@ -12,37 +12,18 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import pyarrow as pa
-
 from kespeechchat.config import RunConfig, stable_hash
 from kespeechchat.dedup import Deduper, duplicate_kind
-from kespeechchat.ingest import ingest_sources
+from kespeechchat.ingest import ingest_sources, rejects_table
 from kespeechchat.progress import Progress
-from kespeechchat.schema import table_from_rows
+from kespeechchat.schema import INGEST_COLUMNS, table_from_rows
 from kespeechchat.store import RunStore, file_sha256, write_json_atomic, write_parquet_atomic
 
 if TYPE_CHECKING:
     from kespeechchat.dedup import Deduper
 
 INGEST_VERSION = "2"
-DIALOGUE_COLUMNS = (
-    "dialogue_id",
-    "source_file",
-    "source_index",
-    "source_format",
-    "language",
-    "roles",
-    "source_texts",
-)
-REJECT_SCHEMA = pa.schema(
-    [
-        ("source_file", pa.string()),
-        ("record_index", pa.int64()),
-        ("reject_reason", pa.string()),
-        ("reject_detail", pa.string()),
-        ("raw_excerpt", pa.string()),
-    ]
-)
+DIALOGUE_COLUMNS = INGEST_COLUMNS
 
 
 def source_fingerprint(cfg: RunConfig) -> str:
@@ -93,7 +74,7 @@ def run_ingest(cfg: RunConfig, store: RunStore, progress: Progress) -> dict[str,
         path = store.data_path("ingest", shard)
         write_parquet_atomic(path, table)
         shard_fps[str(shard)] = file_sha256(path)[:16]
-    rej_table = pa.Table.from_pylist([r.to_row() for r in rejects], schema=REJECT_SCHEMA)
+    rej_table = rejects_table(rejects)
     write_parquet_atomic(store.root / "ingest" / "rejected" / "ingest.parquet", rej_table)
     reasons = Counter(r.reason for r in rejects)
     n_records = len(rows) + len(rejects)
