@@ -433,6 +433,41 @@ def _greedy(
     return kept
 
 
+def _refined_identity(
+    source: Any, m: Measured, serves: Any, nearest: float, ref: tuple[str, float] | None
+) -> Any:
+    """The pool identity of one measured version: the source identity at the version's warp scale,
+    with what was measured of it."""
+    base = soften(source, m.scale)
+    g = gender_from_f0(m.f0_median_hz)
+    ident = replace(
+        base,
+        identity_id="",
+        f0_median_hz=round(m.f0_median_hz, 2),
+        gender=g,
+        age_band=age_band_from(base.formant_ratio, m.f0_median_hz, g),
+        error_zh=round(m.error["zh"], 4),
+        error_en=round(m.error["en"], 4),
+        voiced_share=round(m.voiced_share, 4),
+        nearest_identity_cosine=nearest,
+        nearest_reference=ref[0] if ref else "",
+        nearest_reference_cosine=ref[1] if ref else math.nan,
+        centroid=[float(x) for x in m.centroid.astype(np.float32)],
+        languages=list(serves),
+        warp_scale=m.scale,
+    )
+    return replace(ident, identity_id=identity_id_for(ident.conditioning()))
+
+
+def _served_counts(identities: list[Any], scales: list[float]) -> dict[str, Any]:
+    counts: dict[str, Any] = {"accepted": len(identities)}
+    for lang in LANGS:
+        counts[f"serving_{lang}"] = sum(1 for i in identities if lang in i.languages)
+    counts["serving_both"] = sum(1 for i in identities if len(i.languages) == 2)
+    counts["by_warp_scale"] = {f"{s:g}": sum(1 for i in identities if i.warp_scale == s) for s in scales}
+    return counts
+
+
 def refine_pool(
     pool: Any,
     measured: Mapping[str, Measured],
@@ -496,33 +531,12 @@ def refine_pool(
     np.fill_diagonal(sims, -1.0)
     identities = []
     for j, k in enumerate(kept):
-        m = vers[k]
-        base = soften(by_id[m.source_id], m.scale)
-        g = gender_from_f0(m.f0_median_hz)
-        ident = replace(
-            base,
-            identity_id="",
-            f0_median_hz=round(m.f0_median_hz, 2),
-            gender=g,
-            age_band=age_band_from(base.formant_ratio, m.f0_median_hz, g),
-            error_zh=round(m.error["zh"], 4),
-            error_en=round(m.error["en"], 4),
-            voiced_share=round(m.voiced_share, 4),
-            nearest_identity_cosine=round(float(sims[j].max()), 4) if len(kept) > 1 else math.nan,
-            nearest_reference=ref_names[int(np.argmax(ref_cos[k]))] if ref_names else "",
-            nearest_reference_cosine=round(float(ref_cos[k].max()), 4) if ref_names else math.nan,
-            centroid=[float(x) for x in m.centroid.astype(np.float32)],
-            languages=list(serves[k]),
-            warp_scale=m.scale,
+        nearest = round(float(sims[j].max()), 4) if len(kept) > 1 else math.nan
+        ref = (
+            (ref_names[int(np.argmax(ref_cos[k]))], round(float(ref_cos[k].max()), 4)) if ref_names else None
         )
-        identities.append(replace(ident, identity_id=identity_id_for(ident.conditioning())))
-    counts["accepted"] = len(identities)
-    for lang in LANGS:
-        counts[f"serving_{lang}"] = sum(1 for i in identities if lang in i.languages)
-    counts["serving_both"] = sum(1 for i in identities if len(i.languages) == 2)
-    counts["by_warp_scale"] = {
-        f"{s:g}": sum(1 for i in identities if i.warp_scale == s) for s in sorted({m.scale for m in vers})
-    }
+        identities.append(_refined_identity(by_id[vers[k].source_id], vers[k], serves[k], nearest, ref))
+    counts.update(_served_counts(identities, sorted({m.scale for m in vers})))
     meta = {
         **{k: v for k, v in pool.meta.items() if k not in ("sha", "counts", "accepted_at_other_bounds")},
         "version": POOL_VERSION,
