@@ -860,6 +860,12 @@ def ingest_source(
     for r in rejects:
         st.rejected[r.reason] += 1
     st.kept = len(rows)
+    if source.columns is not None and not candidates and st.records:
+        first = next((r for r in rejects if r.record_index is not None), rejects[0])
+        raise ValueError(
+            f"{path}: the column mapping fits none of its {st.records} records; the first, "
+            f"{first.source_file}#{first.record_index}: {first.reason}: {first.detail}"
+        )
     return rows, rejects, st.to_dict()
 
 

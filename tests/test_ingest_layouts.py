@@ -163,6 +163,10 @@ def test_a_column_mapping_reads_an_unknown_layout(tmp_path):
     assert [r["source_texts"] for r in rows] == [["几点了？", "三点半。"]] and s["formats"] == {"mapped": 1}
     assert [(r.record_index, r.reason) for r in rejects] == [(1, "unknown_role"), (2, "missing_field")]
     assert "columns.messages='dialog'" in rejects[1].detail  # a mapping that does not fit names itself
+    # a mapping that fits no record at all is the config's mistake: an error naming the first record
+    with pytest.raises(ValueError, match=r"fits none of its 3 records; the first, custom.jsonl#0: missing_field: "
+                       r"columns.messages='conversation' is not in the record"):  # fmt: skip
+        ingest(f, columns={**cols, "messages": "conversation"})
 
 
 def test_ingest_check_reports_layout_counts_and_one_example_per_reason(capsys):
