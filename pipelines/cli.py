@@ -19,7 +19,12 @@ from pipelines.executors import LocalExecutor, RayExecutor
 from pipelines.report import read_rejects, run_summary
 from pipelines.runner import Pipeline, make_stages
 
-COMMAND_MODULES = ("pipelines.voices_cli", "pipelines.dataset_cli", "pipelines.ingest_cli")
+COMMAND_MODULES = (
+    "pipelines.voices_cli",
+    "pipelines.dataset_cli",
+    "pipelines.ingest_cli",
+    "pipelines.report_cli",
+)
 
 
 def _resolve_run(arg: str, runs_dir: str) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -190,3 +191,127 @@ def test_export_of_a_real_run_loads_and_matches_its_accounting(finished_run, tmp
         assert len(x) / sr == pytest.approx(ex["duration_s"], rel=1e-3)
         total_s += len(x) / sr
     assert total_s == pytest.approx(summary["dataset"]["audio_s"], rel=1e-3)
+
+
+@pytest.fixture(scope="module")
+def run_with_rejects(finished_run, tmp_path_factory):
+    """A copy of the finished run whose select stage was rerun with a speaker bound no turn meets
+    and a CER/WER bound of 0, so that it holds rejected dialogues with audio as well."""
+    import shutil
+
+    from kespeechchat.config import RunConfig
+
+    cfg, _ = finished_run
+    runs = tmp_path_factory.mktemp("strict-runs")
+    shutil.copytree(cfg.run_dir, runs / cfg.name)
+    data = cfg.model_dump(mode="json")
+    data["runs_dir"] = str(runs)
+    strict = RunConfig.model_validate(data)
+    # reject half: every turn whose error rate is above 0 (keep the rest accepted)
+    strict.select.max_cer_zh = 0.0
+    strict.select.max_wer_en = 0.0
+    Pipeline(strict, quiet=True).run(only="select", executor=LocalExecutor())
+    return strict
+
+
+def test_report_page_plays_its_audio_and_filters_in_a_real_browser(run_with_rejects, tmp_path):
+    """`kespeechchat report` on a real run, opened in headless Chromium: every player loads its
+    audio (with the turn's duration), the filters hide and show what they say, a screenshot is saved."""
+    import shutil as sh
+
+    from pipelines.cli import main
+    from pipelines.listen import ReportOptions, write_report
+
+    chromium = os.environ.get("KESPEECHCHAT_CHROMIUM") or sh.which("chromium") or sh.which("chromium-browser")
+    if not chromium:
+        pytest.skip("needs Debian's chromium (make install puts it there when run as root)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (the dev extra)")
+
+    cfg = run_with_rejects
+    assert main(["report", str(cfg.run_dir)]) == 0
+    page_path = cfg.run_dir / "report" / "index.html"
+    assert page_path.is_file()
+    accepted = sum(1 for _ in cfg.run_dir.glob("select/data/*.parquet"))
+    assert accepted, "the run has select output"
+    html_text = page_path.read_text(encoding="utf-8")
+    assert "Rejects per stage and reason" in html_text and "select" in html_text
+
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        page.goto(page_path.as_uri())
+        n_audio = page.locator("audio").count()
+        assert n_audio > 0
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('audio')].every(a => a.readyState >= 1 && a.duration > 0)",
+            timeout=60_000,
+        )
+        shown = page.eval_on_selector_all(
+            "article.dlg", "els => els.map(e => ({status: e.dataset.status, lang: e.dataset.lang}))"
+        )
+        statuses = {s["status"] for s in shown}
+        assert statuses == {"accepted", "rejected"}, statuses
+        # every player's duration is its turn's, so each loads the right file
+        pairs = page.eval_on_selector_all(
+            ".turn", "els => els.map(t => [t.dataset.dur, t.querySelector('audio')?.duration ?? null])"
+        )
+        assert sum(1 for _, d in pairs if d) == n_audio
+        for said, duration in pairs:
+            if duration is not None:
+                assert abs(duration - float(said)) < 0.1, (said, duration)
+
+        def visible(selector: str) -> list[dict]:
+            return page.eval_on_selector_all(
+                selector,
+                "els => els.filter(e => !e.hidden && !e.closest('[hidden]')).map(e => ({...e.dataset}))",
+            )
+
+        page.select_option("#f-status", "rejected")
+        rows = visible("article.dlg")
+        assert rows and all(r["status"] == "rejected" for r in rows)
+        assert "dialogue(s)" in page.locator("#shown").inner_text()
+        page.select_option("#f-status", "")
+        lang = shown[0]["lang"]
+        page.select_option("#f-lang", lang)
+        assert all(r["lang"] == lang for r in visible("article.dlg"))
+        page.select_option("#f-lang", "")
+        page.fill("#f-err-min", "0.01")
+        turns = visible(".turn")
+        assert turns and all(float(t["err"]) >= 0.01 for t in turns if t["err"])
+        page.fill("#f-err-min", "")
+        page.check("#f-fail-only")
+        fails = page.eval_on_selector_all(
+            ".turn", "els => els.filter(e => !e.hidden && !e.closest('[hidden]')).map(e => e.classList.contains('fail'))"
+        )
+        assert fails and all(fails)
+        page.uncheck("#f-fail-only")
+        shot = tmp_path / "report.png"
+        page.screenshot(path=str(shot), full_page=False)
+        browser.close()
+    assert shot.stat().st_size > 10_000
+
+    # a size limit leaves dialogues out and says so; the sample is seeded
+    small = write_report(cfg.run_dir, tmp_path / "small", ReportOptions(max_mb=0.05, seed=1))
+    assert small.omitted_for_size > 0 and small.audio_bytes <= 50_000
+    assert "left out" in (tmp_path / "small" / "index.html").read_text(encoding="utf-8")
+
+
+def test_plan_from_a_real_run_uses_its_markers(finished_run):
+    """`plan --from-run`: shares kept, work per dialogue and throughputs come from the run's markers."""
+    from pipelines.plan import load_run_config, make_plan, run_measurements
+
+    cfg, _ = finished_run
+    run_cfg = load_run_config(cfg.run_dir)
+    plan = make_plan(run_cfg, hours=1, run_dir=cfg.run_dir)
+    m = run_measurements(run_cfg, cfg.run_dir)
+    syn = next(s for s in plan.stages if s.stage == "synthesize")
+    assert syn.rate.value == pytest.approx(m["synthesize"]["work"] / m["synthesize"]["busy_s"])
+    assert syn.rate.source.startswith(f"run {cfg.run_dir.name}")
+    sel = next(s for s in plan.stages if s.stage == "select")
+    assert sel.pass_rate.value == pytest.approx(m["select"]["rows_out"] / m["select"]["rows_in"])
+    total_audio = sum(
+        sum(d)
+        for f in sorted((cfg.run_dir / "select" / "data").glob("*.parquet"))
+        for d in pq.read_table(f, columns=["durations_s"]).column("durations_s").to_pylist()
+    )
+    assert plan.accepted_dialogues == pytest.approx(3600 / (total_audio / m["select"]["rows_out"]))
