@@ -235,7 +235,7 @@ def run_rate(cfg: RunConfig, stage: Any, m: dict[str, float], run_name: str) -> 
         if cfg.llm.backend != "llamacpp":
             return None  # a remote endpoint's devices are not the run's: use the figures file
         secs = m["union_s"] * threads
-        how = f"{m['union_s']:.0f} s busy x {threads} server thread(s)"
+        how = f"{m['union_s']:.4g} s busy x {threads} server thread(s)"
     else:
         per_unit = (
             cfg.executor.stage_gpus.get(stage.name, stage.resources.gpus)
@@ -243,8 +243,10 @@ def run_rate(cfg: RunConfig, stage: Any, m: dict[str, float], run_name: str) -> 
             else max(stage.resources.cpus, 1.0)
         )
         secs = m["busy_s"] * per_unit
-        how = f"{m['busy_s']:.0f} unit-s x {per_unit:g} {device}(s)"
-    return Figure(m["work"] / secs, f"run {run_name}: {m['work']:.0f} {_stage_work_unit(stage)} in {how}")
+        how = f"{m['busy_s']:.4g} unit-s x {per_unit:g} {device}(s)"
+    return Figure(
+        m["work"] / secs, f"run {run_name}, {stage.name}: {m['work']:.4g} {_stage_work_unit(stage)} in {how}"
+    )
 
 
 # --------------------------------------------------------------------------- the plan
@@ -265,11 +267,12 @@ def shape_from_run(cfg: RunConfig, run_dir: str | Path, measured: dict[str, dict
     passes, works = {}, {}
     for stage, m in measured.items():
         if m["rows_in"]:
-            src = f"run {name}: {m['rows_out']:.0f} of {m['rows_in']:.0f} dialogues kept"
-            passes[stage] = Figure(m["rows_out"] / m["rows_in"], src)
+            passes[stage] = Figure(
+                m["rows_out"] / m["rows_in"], f"run {name}: dialogues in and kept per stage"
+            )
             works[stage] = Figure(
                 m["work"] / m["rows_in"],
-                f"run {name}: {m['work']:.0f} {units[stage]} over {m['rows_in']:.0f} dialogues",
+                f"run {name}: work done per stage ({units[stage]}) over dialogues in",
             )
     audio, n = accepted_audio_per_dialogue(run_dir)
     per = Figure(audio, f"run {name}: mean of {n} accepted dialogue(s)") if n else None
@@ -428,7 +431,7 @@ def _assumptions(cfg: RunConfig, plan: Plan, run_dir: str | Path | None) -> list
     out = [
         "Stages run side by side on the cluster (the design's pipelining); days = the larger of "
         "GPU-hours / GPUs and core-hours / cores, over 24 h, with every device busy.",
-        "Model loading, start-up and data transfer are not counted; the throughputs are busy rates.",
+        "Cluster start-up and data transfer are not counted; the throughputs are busy rates.",
     ]
     if any(s.device == "gpu" and s.backend in ("openai",) for s in plan.stages):
         out.append(
@@ -455,6 +458,10 @@ def _si(x: float) -> str:
 def _rate_unit(unit: str, device: str) -> str:
     short = {"output tokens": "tok", "audio s": "audio s", "dialogues": "dlg"}[unit]
     return f"{short}/{'GPU' if device == 'gpu' else 'core'}-s"
+
+
+def _days(days: float) -> str:
+    return f"{days:,.1f} days" if days >= 1 else f"{days * 24:.2g} hours"
 
 
 def format_plan(plan: Plan) -> str:
@@ -492,7 +499,7 @@ def format_plan(plan: Plan) -> str:
     lines += [
         "",
         f"total: {gpu_h:,.0f} GPU-hours and {cpu_h:,.0f} core-hours",
-        f"on {plan.gpus} GPU(s) and {plan.cpus} core(s): {plan.days:,.1f} days, bounded by {b.stage} "
+        f"on {plan.gpus} GPU(s) and {plan.cpus} core(s): {_days(plan.days)}, bounded by {b.stage} "
         f"({b.device_hours / max(plan.hours(b.device), 1e-12):.0%} of the {b.device.upper()}-hours)",
     ]
     if gpu_h:

@@ -195,8 +195,9 @@ def test_export_of_a_real_run_loads_and_matches_its_accounting(finished_run, tmp
 
 @pytest.fixture(scope="module")
 def run_with_rejects(finished_run, tmp_path_factory):
-    """A copy of the finished run whose select stage was rerun with a speaker bound no turn meets
-    and a CER/WER bound of 0, so that it holds rejected dialogues with audio as well."""
+    """A copy of the finished run whose select stage was rerun with a speaker-similarity bound
+    between its dialogues' lowest similarities, so that it holds accepted dialogues and rejected
+    dialogues with audio."""
     import shutil
 
     from kespeechchat.config import RunConfig
@@ -204,12 +205,17 @@ def run_with_rejects(finished_run, tmp_path_factory):
     cfg, _ = finished_run
     runs = tmp_path_factory.mktemp("strict-runs")
     shutil.copytree(cfg.run_dir, runs / cfg.name)
+    lows = sorted(
+        min(sims)
+        for f in sorted((cfg.run_dir / "select" / "data").glob("*.parquet"))
+        for sims in pq.read_table(f, columns=["speaker_similarities"]).column("speaker_similarities").to_pylist()
+    )
+    assert len(lows) >= 2 and lows[0] < lows[-1], lows
     data = cfg.model_dump(mode="json")
     data["runs_dir"] = str(runs)
+    bound = (lows[0] + lows[-1]) / 2
+    data["select"].update(min_speaker_similarity=bound, min_speaker_similarity_short=bound)
     strict = RunConfig.model_validate(data)
-    # reject half: every turn whose error rate is above 0 (keep the rest accepted)
-    strict.select.max_cer_zh = 0.0
-    strict.select.max_wer_en = 0.0
     Pipeline(strict, quiet=True).run(only="select", executor=LocalExecutor())
     return strict
 
@@ -275,10 +281,20 @@ def test_report_page_plays_its_audio_and_filters_in_a_real_browser(run_with_reje
         page.select_option("#f-lang", lang)
         assert all(r["lang"] == lang for r in visible("article.dlg"))
         page.select_option("#f-lang", "")
-        page.fill("#f-err-min", "0.01")
+        everyone = visible(".turn")
+        sims = sorted(float(t["sim"]) for t in everyone if t["sim"])
+        cut = sims[len(sims) // 2]
+        page.fill("#f-sim-min", f"{cut:.4f}")
         turns = visible(".turn")
-        assert turns and all(float(t["err"]) >= 0.01 for t in turns if t["err"])
-        page.fill("#f-err-min", "")
+        assert turns and len(turns) < len(everyone)
+        assert all(float(t["sim"]) >= cut - 1e-4 for t in turns)
+        page.fill("#f-sim-min", "")
+        errs = sorted(float(t["err"]) for t in everyone if t["err"])
+        page.fill("#f-err-max", f"{errs[0]:.4f}")
+        turns = visible(".turn")
+        assert turns and all(float(t["err"]) <= errs[0] + 1e-4 for t in turns)
+        page.fill("#f-err-max", "")
+        assert len(visible(".turn")) == len(everyone)
         page.check("#f-fail-only")
         fails = page.eval_on_selector_all(
             ".turn", "els => els.filter(e => !e.hidden && !e.closest('[hidden]')).map(e => e.classList.contains('fail'))"
