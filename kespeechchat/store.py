@@ -4,9 +4,12 @@ Layout::
 
     runs/<name>/config.yaml                      resolved config (no secrets)
     runs/<name>/<stage>/data/shard-00000.parquet  rows that go on
-    runs/<name>/<stage>/rejected/shard-00000.parquet  rows dropped here, with a reason
-    runs/<name>/<stage>/stats/shard-00000.json    counts and metrics of the unit
-    runs/<name>/<stage>/_markers/shard-00000.json written last; the unit is done iff it matches
+    runs/<name>/<stage>/rejected/shard-00000.parquet  rows dropped here, with a reason (only if any)
+    runs/<name>/<stage>/_markers/shard-00000.json counts, rejects by reason and metrics of the unit;
+                                                  written last: the unit is done iff it matches
+
+Two files per unit at most (data and marker; a rejects file only where rows were rejected): at the
+paper's scale, about a million units, the number of files is what shared storage feels first.
 
 Every file is written to a temporary name in the same folder, fsynced and renamed, so a crash
 leaves either the old file or the new one, never half of one.
@@ -214,13 +217,14 @@ class RunStore:
         shard: int,
         kept: pa.Table,
         rejected: pa.Table,
-        stats: dict[str, Any],
         input_table: pa.Table | None = None,
     ) -> str:
-        """Write data, rejects and stats of one unit atomically; returns the output fingerprint.
+        """Write data and rejects of one unit atomically; returns the output fingerprint.
 
         A heavy column this stage left as it found it is not written again: the file points to
-        the stage that holds it. Rejected rows never carry heavy columns (they point too)."""
+        the stage that holds it. Rejected rows never carry heavy columns (they point too). No
+        rejects file is written when nothing was rejected (one left by an earlier run of the unit
+        is removed); the fingerprint is the same as if it had been."""
         sources = heavy_sources(input_table) if input_table is not None else {}
         kept = _drop_unchanged_heavy(kept, input_table, sources, stage)
         rej_sources = {**sources, **{c: stage for c in HEAVY_COLUMNS if c in kept.column_names}}
@@ -229,9 +233,15 @@ class RunStore:
         )
         dp, rp = self.data_path(stage, shard), self.rejected_path(stage, shard)
         write_parquet_atomic(dp, kept)
-        write_parquet_atomic(rp, rejected)
-        write_json_atomic(self.stats_path(stage, shard), stats)
-        return hashlib.sha256((file_sha256(dp) + file_sha256(rp)).encode()).hexdigest()[:16]
+        if rejected.num_rows:
+            write_parquet_atomic(rp, rejected)
+            rejected_sha = file_sha256(rp)
+        else:
+            rp.unlink(missing_ok=True)
+            buf = pa.BufferOutputStream()
+            pq.write_table(rejected, buf)
+            rejected_sha = hashlib.sha256(buf.getvalue().to_pybytes()).hexdigest()
+        return hashlib.sha256((file_sha256(dp) + rejected_sha).encode()).hexdigest()[:16]
 
     def shards(self) -> list[int]:
         manifest = read_json(self.stage_dir("ingest") / "manifest.json")

@@ -96,6 +96,12 @@ def init_ray(cfg: RunConfig, address: str | None = None) -> Any:
     return ray
 
 
+# A full collection and malloc_trim cost tens of milliseconds in a worker that has loaded Ray, Arrow
+# and a model; after a unit that took this long (one that held audio or model outputs) they are noise,
+# after a bookkeeping unit of a few milliseconds they would be most of its time.
+RELEASE_AFTER_S = 1.0
+
+
 def release_free_memory() -> None:
     """Hand freed heap pages back to the OS after a unit (glibc keeps them otherwise, and a long-lived
     worker's RSS creeps up shard after shard with fragmentation). A no-op where there is no glibc."""
@@ -144,10 +150,12 @@ class _Worker:
             "node_id": ctx.get_node_id(),
             "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
         }
+        t0 = time.perf_counter()
         try:
             return execute_unit(self.stage, self.store, self.input_stage, shard, input_fp, worker)
         finally:
-            release_free_memory()
+            if time.perf_counter() - t0 >= RELEASE_AFTER_S:
+                release_free_memory()
 
 
 def worker_class_name(stage_name: str) -> str:

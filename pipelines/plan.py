@@ -186,6 +186,18 @@ def _union_seconds(intervals: list[tuple[float, float]]) -> float:
     return total
 
 
+def shared_seconds(intervals: dict[str, list[tuple[float, float]]]) -> dict[str, float]:
+    """Seconds of one shared resource per stage: at each moment it is split evenly between the
+    stages that had a unit running (a stage's own overlapping units count once)."""
+    events = sorted({t for ivs in intervals.values() for iv in ivs for t in iv})
+    out = dict.fromkeys(intervals, 0.0)
+    for a, b in zip(events, events[1:], strict=False):
+        busy = [k for k, ivs in intervals.items() if any(s <= a and b <= e for s, e in ivs)]
+        for k in busy:
+            out[k] += (b - a) / len(busy)
+    return out
+
+
 def run_measurements(cfg: RunConfig, run_dir: str | Path) -> dict[str, dict[str, float]]:
     """Per stage: dialogues in and out, work done (in the stage's unit), busy seconds summed over
     units and busy seconds as a union (units that overlapped counted once)."""
@@ -207,6 +219,10 @@ def run_measurements(cfg: RunConfig, run_dir: str | Path) -> dict[str, dict[str,
         if row["units"]:
             row["union_s"] = _union_seconds(_intervals(store, stage))
             out[stage] = row
+    llm = [st.name for st in _active_stages(cfg) if st.needs_llm() and st.name in out]
+    if llm:  # the LLM stages share one server: split its time between them
+        for stage, secs in shared_seconds({n: _intervals(store, n) for n in llm}).items():
+            out[stage]["server_s"] = secs
     return out
 
 
@@ -234,8 +250,9 @@ def run_rate(cfg: RunConfig, stage: Any, m: dict[str, float], run_name: str) -> 
         threads = cfg.llm.n_threads or os.cpu_count() or 1
         if cfg.llm.backend != "llamacpp":
             return None  # a remote endpoint's devices are not the run's: use the figures file
-        secs = m["union_s"] * threads
-        how = f"{m['union_s']:.4g} s busy x {threads} server thread(s)"
+        busy = m.get("server_s", m["union_s"])
+        secs = busy * threads
+        how = f"{busy:.4g} s of the shared server x {threads} thread(s)"
     else:
         per_unit = (
             cfg.executor.stage_gpus.get(stage.name, stage.resources.gpus)
@@ -441,6 +458,12 @@ def _assumptions(cfg: RunConfig, plan: Plan, run_dir: str | Path | None) -> list
     if run_dir is None:
         out.append(
             "Shares kept and work per dialogue come from a reference run, not from this config's data."
+        )
+    else:
+        out.append(
+            "Throughputs from the run are as the run did the work: a unit's time includes loading its "
+            "models (paid often in a small run, rarely in a big one), and the LLM stages shared one "
+            "server, whose time is split between the stages busy at each moment."
         )
     return out
 

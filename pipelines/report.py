@@ -62,8 +62,10 @@ def run_summary(run_dir: str | Path) -> dict[str, Any]:
             for k in ("rows_in", "rows_out", "rows_rejected"):
                 row[k] += m[k]
             row["duration_s"] += m.get("duration_s", 0.0)
-            st = read_json(store.stats_path(name, shard)) or {}
-            for k, v in st.get("rejected_by_reason", {}).items():
+            by_reason = m.get("rejected_by_reason")
+            if by_reason is None:  # a unit written before markers held it
+                by_reason = (read_json(store.stats_path(name, shard)) or {}).get("rejected_by_reason", {})
+            for k, v in by_reason.items():
                 reasons[f"{name}:{k}"] += v
         out["stages"].append(row)
     pkg = read_json(store.summary_path("package"))

@@ -113,8 +113,12 @@ class Pipeline:
                 n_threads=llm.n_threads,
                 log_path=self.store.root / "logs" / "llama-server.log",
                 start_timeout_s=llm.server_start_timeout_s,
+                slots=llm.concurrency,
+                engine=llm.server_engine,
             )
-            self.progress.note(f"starting llama.cpp server for {model.name} on 127.0.0.1 …")
+            self.progress.note(
+                f"starting llama.cpp server ({server.engine}, {server.slots} slot(s)) for {model.name} on 127.0.0.1 …"
+            )
             server.start()
             self._llm_server = server
             self.runtime.llm_endpoints = [server.base_url]

@@ -79,7 +79,7 @@ class SleepPipeline(Pipeline):
         units = []
         for shard in range(self.n_shards):
             table = pa.table({"dialogue_id": [f"d{shard}"]})
-            fp = self.store.write_unit("ingest", shard, table, _REJECTED.empty_table(), {"shard": shard})
+            fp = self.store.write_unit("ingest", shard, table, _REJECTED.empty_table())
             u = self.plan(0, shard, fp, len(self.stages) - 1)
             if u:
                 units.append(u)

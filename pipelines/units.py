@@ -59,17 +59,7 @@ def execute_unit(
         )
     reasons = Counter(out.rejected.column("reject_reason").to_pylist())
     duration_s = time.perf_counter() - t0
-    stats = {
-        "stage": stage.name,
-        "shard": shard,
-        "rows_in": n_in,
-        "rows_out": n_out,
-        "rows_rejected": n_rej,
-        "rejected_by_reason": dict(sorted(reasons.items())),
-        "duration_s": round(duration_s, 3),
-        "metrics": out.metrics,
-    }
-    out_fp = store.write_unit(stage.name, shard, out.kept, out.rejected, stats, input_table=table)
+    out_fp = store.write_unit(stage.name, shard, out.kept, out.rejected, input_table=table)
     marker = {
         "stage": stage.name,
         "shard": shard,
@@ -80,6 +70,7 @@ def execute_unit(
         "rows_in": n_in,
         "rows_out": n_out,
         "rows_rejected": n_rej,
+        "rejected_by_reason": dict(sorted(reasons.items())),
         "duration_s": round(duration_s, 3),
         "metrics": out.metrics,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

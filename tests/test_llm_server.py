@@ -88,7 +88,7 @@ def server(models_dir):
     mp = pytest.MonkeyPatch()
     for name, value in {"PORT": "1", "HOST": "0.0.0.0", "API_KEY": "from-env", "MODEL": "/nope"}.items():
         mp.setenv(name, value)  # settings the server would read from the environment: must not leak in
-    srv = ManagedLlamaServer(llm_gguf_path(models_dir), n_ctx=2048, start_timeout_s=180)
+    srv = ManagedLlamaServer(llm_gguf_path(models_dir), n_ctx=2048, start_timeout_s=180, slots=2)
     try:
         srv.start()
     finally:
@@ -102,10 +102,62 @@ def test_server_is_on_loopback_with_a_private_key(server):
     assert server.base_url == f"http://127.0.0.1:{server.port}/v1" and server.port != 1
     assert len(server.api_key) >= 24 and server.api_key != "from-env"
     cmdline = Path(f"/proc/{server.pid}/cmdline").read_bytes().decode(errors="replace")
-    assert "llama_cpp.server" in cmdline and server.api_key not in cmdline  # `ps` must not show the key
+    engine_mark = "llama-server" if server.engine == "native" else "llama_cpp.server"
+    assert engine_mark in cmdline and server.api_key not in cmdline  # `ps` must not show the key
     assert get_status(f"{server.base_url}/models", server.api_key) == 200
     assert get_status(f"{server.base_url}/models", None) == 401
     assert get_status(f"{server.base_url}/models", "wrong") == 401
+
+
+@pytest.mark.slow
+def test_native_server_decodes_requests_together_and_reuses_the_prompt_prefix(server):
+    """llama.cpp's own server: two slots decode two requests at once; a second request with the same
+    system prompt takes that prefix from the cache; JSON-schema output holds."""
+    if server.engine != "native":
+        pytest.skip("llama-server not built (make install builds it into the virtual environment)")
+    import json as _json
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{server.port}/slots", headers={"Authorization": f"Bearer {server.api_key}"}
+    )
+    with opener.open(req, timeout=10) as resp:
+        assert len(_json.loads(resp.read())) == 2
+    client = LLMClient(
+        [server.base_url],
+        api_key=server.api_key,
+        model=server.model_name,
+        concurrency=2,
+        structured_output="json_object_schema",
+        timeout_s=300,
+    )
+    system = "You answer with a JSON object holding one short English sentence. " * 8
+    schema = {
+        "type": "object",
+        "properties": {"sentence": {"type": "string", "maxLength": 80}},
+        "required": ["sentence"],
+        "additionalProperties": False,
+    }
+    requests = [
+        {
+            "messages": [
+                {"role": "system", "content": system},
+                {"role": "user", "content": f"Say something about {w}."},
+            ],
+            "schema": schema,
+            "max_tokens": 40,
+            "temperature": 0.0,
+        }
+        for w in ("rain", "bread", "trains", "cats")
+    ]
+    t0 = time.perf_counter()
+    results = client.complete_json_many(requests)
+    wall = time.perf_counter() - t0
+    assert all(r.ok and isinstance(r.value.get("sentence"), str) for r in results), [r.error for r in results]
+    assert client.stats["tokens_cached"] > 0, client.stats  # the shared system prompt came from the cache
+    print(
+        f"\nnative server: 4 requests, 2 slots, {wall:.1f} s; cached {client.stats['tokens_cached']} of {client.stats['tokens_in']} prompt tokens"
+    )
 
 
 @pytest.mark.slow

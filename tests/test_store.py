@@ -45,7 +45,7 @@ def test_unchanged_heavy_column_is_stored_once_and_joined_back(tmp_path):
         ]
     )
     store.write_unit(
-        "synthesize", 0, produced, _t([]).append_column("reject_reason", pa.array([], pa.string())), {}
+        "synthesize", 0, produced, _t([]).append_column("reject_reason", pa.array([], pa.string()))
     )
     inp = store.read_table("synthesize", 0)
     assert heavy_sources(inp) == {"audio_flac": "synthesize"}
@@ -55,7 +55,7 @@ def test_unchanged_heavy_column_is_stored_once_and_joined_back(tmp_path):
         [{"dialogue_id": "b", "language": "en", "audio_flac": [b"B0"], "reject_reason": "x"}],
         COLS + ["reject_reason"],
     )
-    store.write_unit("verify", 0, kept, rej, {}, input_table=inp)
+    store.write_unit("verify", 0, kept, rej, input_table=inp)
     on_disk = pq.read_table(store.data_path("verify", 0))
     assert "audio_flac" not in on_disk.column_names
     assert "audio_flac" not in pq.read_table(store.rejected_path("verify", 0)).column_names
@@ -63,10 +63,10 @@ def test_unchanged_heavy_column_is_stored_once_and_joined_back(tmp_path):
     assert back.column("audio_flac").to_pylist() == [[b"A0", b"A1"]]
     # a stage that changes the column owns it from then on
     changed = _t([{"dialogue_id": "a", "language": "zh", "audio_flac": [b"A0", b"A1-retry"]}])
-    store.write_unit("repair", 0, changed, rej.slice(0, 0), {}, input_table=back)
+    store.write_unit("repair", 0, changed, rej.slice(0, 0), input_table=back)
     assert "audio_flac" in pq.read_table(store.data_path("repair", 0)).column_names
     assert store.read_table("repair", 0).column("audio_flac").to_pylist() == [[b"A0", b"A1-retry"]]
-    store.write_unit("select", 0, changed, rej.slice(0, 0), {}, input_table=store.read_table("repair", 0))
+    store.write_unit("select", 0, changed, rej.slice(0, 0), input_table=store.read_table("repair", 0))
     assert heavy_sources(pq.read_table(store.data_path("select", 0))) == {"audio_flac": "repair"}
     assert store.read_table("select", 0).column("audio_flac").to_pylist() == [[b"A0", b"A1-retry"]]
 
@@ -75,8 +75,39 @@ def test_missing_holder_of_a_heavy_column_is_a_clear_error(tmp_path):
     store = RunStore(tmp_path)
     produced = _t([{"dialogue_id": "a", "language": "zh", "audio_flac": [b"A0"]}])
     empty_rej = table_from_rows([], COLS + ["reject_reason"])
-    store.write_unit("synthesize", 0, produced, empty_rej, {})
-    store.write_unit("verify", 0, produced, empty_rej, {}, input_table=store.read_table("synthesize", 0))
+    store.write_unit("synthesize", 0, produced, empty_rej)
+    store.write_unit("verify", 0, produced, empty_rej, input_table=store.read_table("synthesize", 0))
     store.data_path("synthesize", 0).unlink()
     with pytest.raises(FileNotFoundError, match="holds column 'audio_flac'"):
         store.read_table("verify", 0)
+
+
+def test_a_unit_without_rejects_writes_no_rejects_file_and_the_same_fingerprint(tmp_path):
+    """Two files per unit at most: no empty rejects file, and the fingerprint does not depend on it."""
+    store = RunStore(tmp_path)
+    produced = _t([{"dialogue_id": "a", "language": "zh", "audio_flac": [b"A0"]}])
+    empty_rej = table_from_rows([], COLS + ["reject_reason"])
+    fp = store.write_unit("synthesize", 0, produced, empty_rej)
+    assert not store.rejected_path("synthesize", 0).exists()
+    # the fingerprint is what it would be with the empty file written
+    import hashlib
+
+    from kespeechchat.store import file_sha256, with_heavy_sources, write_parquet_atomic
+
+    probe = tmp_path / "probe.parquet"
+    write_parquet_atomic(
+        probe, with_heavy_sources(empty_rej.drop_columns(["audio_flac"]), {"audio_flac": "synthesize"})
+    )
+    want = hashlib.sha256(
+        (file_sha256(store.data_path("synthesize", 0)) + file_sha256(probe)).encode()
+    ).hexdigest()[:16]
+    assert fp == want
+    # a rerun of a unit that rejected rows before and none now leaves no stale rejects
+    rej = table_from_rows(
+        [{"dialogue_id": "b", "language": "en", "reject_reason": "x"}], COLS + ["reject_reason"]
+    )
+    store.write_unit("verify", 0, produced.slice(0, 0), rej)
+    assert store.rejected_path("verify", 0).exists()
+    store.write_unit("verify", 0, produced, empty_rej)
+    assert not store.rejected_path("verify", 0).exists()
+    assert sorted(p.name for p in (tmp_path / "verify").rglob("*") if p.is_file()) == ["shard-00000.parquet"]

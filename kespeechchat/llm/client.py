@@ -274,6 +274,7 @@ class LLMClient:
             "retries": 0,  # transport retries (429/5xx/timeouts/connection)
             "invalid_retries": 0,  # re-asks after an invalid reply
             "tokens_in": 0,
+            "tokens_cached": 0,  # prompt tokens the server took from its prefix cache
             "tokens_out": 0,
             "errors": {},  # final error code -> count
             "transient": {},  # kind of transient failure (http_503, timeout, ...) -> count
@@ -467,8 +468,11 @@ class LLMClient:
             usage = getattr(resp, "usage", None)
             t_in = int(getattr(usage, "prompt_tokens", 0) or 0)
             t_out = int(getattr(usage, "completion_tokens", 0) or 0)
+            details = getattr(usage, "prompt_tokens_details", None)
+            t_cached = int(getattr(details, "cached_tokens", 0) or 0)  # prompt prefix the server reused
             tokens_in, tokens_out = tokens_in + t_in, tokens_out + t_out
             self._count("tokens_in", t_in)
+            self._count("tokens_cached", t_cached)
             self._count("tokens_out", t_out)
             choice = resp.choices[0]
             content = getattr(choice.message, "content", None)

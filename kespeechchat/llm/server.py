@@ -1,8 +1,13 @@
 """A llama.cpp OpenAI-compatible server on loopback, started and stopped by the run itself.
 
-The embedded profile has no LLM service to talk to, so a run starts
-``python -m llama_cpp.server`` on 127.0.0.1 with a random port and a random API key, waits until
-``GET /v1/models`` answers, and stops it at the end. The child is tied to the parent's life:
+The embedded profile has no LLM service to talk to, so a run starts a server on 127.0.0.1 with a
+random port and a random API key, waits until ``GET /v1/models`` answers, and stops it at the end.
+
+Two engines. ``native``: llama.cpp's own ``llama-server`` (``make install`` builds it from the
+llama.cpp source inside the llama-cpp-python sdist), which decodes ``slots`` requests at once
+(continuous batching) and reuses a cached prompt prefix across requests. ``python``: the
+``llama_cpp.server`` module of llama-cpp-python, one request at a time; used when no binary is
+found (``engine="auto"``). The child is tied to the parent's life:
 Linux ``PR_SET_PDEATHSIG`` (set by a tiny launcher that then ``exec``s the server, so no unsafe
 ``preexec_fn`` runs in a threaded parent) kills it when the parent dies, even by SIGKILL, and a
 ``weakref.finalize`` stops it when the object goes away or the interpreter exits.
@@ -19,6 +24,7 @@ import contextlib
 import logging
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -38,6 +44,9 @@ STOP_TIMEOUT_S = 10.0
 LOG_TAIL_CHARS = 3000
 PORT_ATTEMPTS = 3
 
+SERVER_BINARY_ENV = "KESPEECHCHAT_LLAMA_SERVER"
+ENGINES = ("auto", "native", "python")
+
 # Runs in the child before the server: die with the parent, then become the server (same pid).
 _LAUNCHER = """
 import ctypes, os, signal, sys
@@ -47,8 +56,24 @@ if sys.platform.startswith("linux"):
     libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
 if os.getppid() != parent:  # the parent died before prctl took effect
     sys.exit(3)
-os.execv(sys.executable, [sys.executable, "-m", "llama_cpp.server"] + sys.argv[2:])
+os.execv(sys.argv[2], sys.argv[2:])
 """
+
+
+def llama_server_binary() -> Path | None:
+    """llama.cpp's ``llama-server``: ``$KESPEECHCHAT_LLAMA_SERVER``, else next to this interpreter
+    (where ``make install`` puts it), else on ``PATH``; None when there is none."""
+    named = os.environ.get(SERVER_BINARY_ENV)
+    if named:
+        p = Path(named)
+        if not (p.is_file() and os.access(p, os.X_OK)):
+            raise FileNotFoundError(f"${SERVER_BINARY_ENV}={named}: no executable there")
+        return p
+    here = Path(sys.executable).parent / "llama-server"
+    if here.is_file() and os.access(here, os.X_OK):
+        return here
+    found = shutil.which("llama-server")
+    return Path(found) if found else None
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -92,7 +117,19 @@ class ManagedLlamaServer:
         port: int | None = None,
         log_path: Path | None = None,
         start_timeout_s: float = 120,
+        slots: int = 1,
+        engine: str = "auto",
     ):
+        if engine not in ENGINES:
+            raise ValueError(f"engine {engine!r}: expected one of {ENGINES}")
+        self.binary = llama_server_binary() if engine != "python" else None
+        if engine == "native" and self.binary is None:
+            raise FileNotFoundError(
+                "llama.cpp's llama-server was not found (make install builds it into the virtual "
+                f"environment; or set ${SERVER_BINARY_ENV})"
+            )
+        self.engine = "native" if self.binary is not None else "python"
+        self.slots = max(1, int(slots)) if self.engine == "native" else 1
         self.model_path = Path(model_path)
         self.n_ctx = n_ctx
         self.n_threads = n_threads or _default_threads()
@@ -130,7 +167,7 @@ class ManagedLlamaServer:
             return
         import importlib.util
 
-        if importlib.util.find_spec("llama_cpp") is None:
+        if self.engine == "python" and importlib.util.find_spec("llama_cpp") is None:
             raise ImportError(INSTALL_HINT)
         if not self.model_path.is_file():
             raise FileNotFoundError(f"GGUF model {self.model_path} not found")
@@ -158,43 +195,72 @@ class ManagedLlamaServer:
                 raise RuntimeError(f"{e}\n--- server log tail ({self.log_path}) ---\n{tail}") from None
 
     def _command(self) -> list[str]:
-        flags = {
-            "--model": str(self.model_path),
-            "--model_alias": self.model_name,
-            "--host": self.host,
-            "--port": str(self.port),
-            "--n_ctx": str(self.n_ctx),
-            "--n_threads": str(self.n_threads),
-            "--n_threads_batch": str(self.n_threads),
-            "--use_mlock": "False",  # do not pin a GB of RAM on a shared machine
-            "--logits_all": "False",  # we never read logits; keeping them all costs memory and time
-            "--verbose": "False",
-        }
-        args = [item for flag, value in flags.items() for item in (flag, value)]
-        return [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *args]
+        if self.engine == "native":
+            assert self.binary is not None
+            flags = {
+                "--model": str(self.model_path),
+                "--alias": self.model_name,
+                "--host": self.host,
+                "--port": str(self.port),
+                "--ctx-size": str(self.n_ctx * self.slots),  # every slot gets n_ctx
+                "--parallel": str(self.slots),
+                "--threads": str(self.n_threads),
+                "--threads-batch": str(self.n_threads),
+            }
+            args = [item for flag, value in flags.items() for item in (flag, value)]
+            target = [str(self.binary), *args, "--cont-batching", "--no-webui"]
+        else:
+            flags = {
+                "--model": str(self.model_path),
+                "--model_alias": self.model_name,
+                "--host": self.host,
+                "--port": str(self.port),
+                "--n_ctx": str(self.n_ctx),
+                "--n_threads": str(self.n_threads),
+                "--n_threads_batch": str(self.n_threads),
+                "--use_mlock": "False",  # do not pin a GB of RAM on a shared machine
+                "--logits_all": "False",  # we never read logits; keeping them all costs memory and time
+                "--verbose": "False",
+            }
+            args = [item for flag, value in flags.items() for item in (flag, value)]
+            target = [sys.executable, "-m", "llama_cpp.server", *args]
+        return [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *target]
 
     def _environment(self) -> dict[str, str]:
         """Parent environment minus anything the server would read as a setting, plus ours."""
-        try:
-            from llama_cpp.server.settings import ConfigFileSettings, Settings
-
-            setting_names = {n.upper() for n in (*Settings.model_fields, *ConfigFileSettings.model_fields)}
-        except Exception:  # an older/newer server layout: drop at least the names it reads directly
-            setting_names = set()
-        setting_names |= {"HOST", "PORT", "API_KEY", "CONFIG_FILE", "MODEL"}
-        env = {k: v for k, v in os.environ.items() if k.upper() not in setting_names}
+        env = {k: v for k, v in os.environ.items() if k.upper() not in self._setting_names()}
         env.update(
             {
-                "API_KEY": self.api_key,
-                "HOST": self.host,  # uvicorn.run reads HOST/PORT from the environment over the flags
-                "PORT": str(self.port),
                 "OMP_WAIT_POLICY": "PASSIVE",  # spinning OpenMP threads starve everything else on a busy CPU
                 "NO_PROXY": "127.0.0.1,localhost",
                 "no_proxy": "127.0.0.1,localhost",
-                "PYTHONUNBUFFERED": "1",
             }
         )
+        if self.engine == "native":
+            env["LLAMA_API_KEY"] = (
+                self.api_key
+            )  # read by --api-key's environment form: not on the command line
+        else:
+            env.update(
+                {
+                    "API_KEY": self.api_key,
+                    "HOST": self.host,  # uvicorn.run reads HOST/PORT from the environment over the flags
+                    "PORT": str(self.port),
+                    "PYTHONUNBUFFERED": "1",
+                }
+            )
         return env
+
+    def _setting_names(self) -> set[str]:
+        if self.engine == "native":  # llama.cpp reads LLAMA_ARG_* and LLAMA_API_KEY
+            return {k.upper() for k in os.environ if k.upper().startswith(("LLAMA_ARG_", "LLAMA_API_KEY"))}
+        try:
+            from llama_cpp.server.settings import ConfigFileSettings, Settings
+
+            names = {n.upper() for n in (*Settings.model_fields, *ConfigFileSettings.model_fields)}
+        except Exception:  # an older/newer server layout: drop at least the names it reads directly
+            names = set()
+        return names | {"HOST", "PORT", "API_KEY", "CONFIG_FILE", "MODEL"}
 
     def _spawn(self) -> None:
         assert self.log_path is not None
