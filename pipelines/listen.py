@@ -515,7 +515,8 @@ _TEMPLATE = """<!doctype html>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{title}</title>
 <style>
-body {{ font: 14px/1.45 system-ui, sans-serif; margin: 0 1.5em 3em; color: #222; }}
+body {{ font: 14px/1.45 system-ui, "Noto Sans CJK SC", "PingFang SC", "Microsoft YaHei", "WenQuanYi Zen Hei", sans-serif;
+  margin: 0 1.5em 3em; color: #222; }}
 h1 {{ font-size: 1.4em; }} h2 {{ font-size: 1.15em; margin-top: 1.6em; }} h3 {{ font-size: 1em; margin: 0 0 .4em; }}
 pre.summary {{ background: #f6f6f6; padding: .8em; overflow-x: auto; }}
 table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ddd; padding: .2em .5em; vertical-align: top; }}
