@@ -119,6 +119,18 @@ def response_format(schema: dict, mode: str, name: str = "reply") -> dict:
     raise ValueError(f"structured_output {mode!r}: expected one of {STRUCTURED_OUTPUT_MODES}")
 
 
+def _usage(resp: Any) -> tuple[int, int, int]:
+    """(prompt, completion, cached prompt) tokens of a reply; the cached ones are the prompt prefix
+    the server took from its cache (llama.cpp and vLLM report them)."""
+    usage = getattr(resp, "usage", None)
+    details = getattr(usage, "prompt_tokens_details", None)
+    return (
+        int(getattr(usage, "prompt_tokens", 0) or 0),
+        int(getattr(usage, "completion_tokens", 0) or 0),
+        int(getattr(details, "cached_tokens", 0) or 0),
+    )
+
+
 # --- schema checks -----------------------------------------------------------------------------
 
 
@@ -465,11 +477,7 @@ class LLMClient:
             except _BadRequest as e:
                 return self._fail("llm_bad_request", str(e), tokens_in, tokens_out, attempts + e.sent)
             attempts += sent
-            usage = getattr(resp, "usage", None)
-            t_in = int(getattr(usage, "prompt_tokens", 0) or 0)
-            t_out = int(getattr(usage, "completion_tokens", 0) or 0)
-            details = getattr(usage, "prompt_tokens_details", None)
-            t_cached = int(getattr(details, "cached_tokens", 0) or 0)  # prompt prefix the server reused
+            t_in, t_out, t_cached = _usage(resp)
             tokens_in, tokens_out = tokens_in + t_in, tokens_out + t_out
             self._count("tokens_in", t_in)
             self._count("tokens_cached", t_cached)
