@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from kespeechchat.config import RunConfig, load_config
@@ -155,38 +157,65 @@ def _turns(row: dict[str, Any], cfg: RunConfig, identities: dict[str, str]) -> l
     return out
 
 
-def _accepted_rows(store: RunStore) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    for shard in store.shards():
-        if store.data_path("select", shard).is_file():
-            rows += store.read_table("select", shard).to_pylist()
-    return rows
+# A run can hold millions of dialogues: the samples are drawn from ids (one light column), and only
+# the sampled rows are read with their audio, one shard at a time.
+Ref = tuple[str, int, str]  # (stage, shard, dialogue_id)
 
 
-def _rejected_rows_with_audio(store: RunStore, stages: tuple[str, ...]) -> list[tuple[str, dict[str, Any]]]:
-    """(stage, row) of every rejected dialogue whose audio is still in the run, audio joined back."""
-    out: list[tuple[str, dict[str, Any]]] = []
+def _ids(path: Path) -> list[str]:
+    return pq.read_table(path, columns=["dialogue_id"]).column("dialogue_id").to_pylist()
+
+
+def _accepted_refs(store: RunStore) -> list[Ref]:
+    refs = [
+        ("select", shard, i)
+        for shard in store.shards()
+        if store.data_path("select", shard).is_file()
+        for i in _ids(store.data_path("select", shard))
+    ]
+    return sorted(refs, key=lambda r: r[2])
+
+
+def _rejected_refs(store: RunStore, stages: tuple[str, ...]) -> list[Ref]:
+    """Rejected dialogues whose audio is still in the run (the stage that holds it has their row)."""
+    refs: list[Ref] = []
     for stage in stages:
         for shard in store.shards():
             path = store.rejected_path(stage, shard)
             if not path.is_file():
                 continue
-            table = pq.read_table(path)
-            source = heavy_sources(table).get("audio_flac")
-            if not source or table.num_rows == 0 or not store.data_path(source, shard).is_file():
+            source = heavy_sources(pq.read_schema(path).empty_table()).get("audio_flac")
+            if not source or not store.data_path(source, shard).is_file():
                 continue
-            audio = pq.read_table(store.data_path(source, shard), columns=["dialogue_id", "audio_flac"])
-            by_id = dict(
-                zip(
-                    audio.column("dialogue_id").to_pylist(),
-                    audio.column("audio_flac").to_pylist(),
-                    strict=True,
-                )
+            with_audio = set(_ids(store.data_path(source, shard)))
+            refs += [(stage, shard, i) for i in _ids(path) if i in with_audio]
+    return sorted(refs, key=lambda r: r[2])
+
+
+def _rows(table: pa.Table, ids: set[str]) -> list[dict[str, Any]]:
+    return table.filter(pc.is_in(table.column("dialogue_id"), pa.array(sorted(ids)))).to_pylist()
+
+
+def _load(store: RunStore, refs: list[Ref], rejected: bool) -> dict[str, tuple[str, dict[str, Any]]]:
+    """dialogue_id -> (stage, row with its audio) for the sampled refs."""
+    wanted: dict[tuple[str, int], set[str]] = {}
+    for stage, shard, i in refs:
+        wanted.setdefault((stage, shard), set()).add(i)
+    out: dict[str, tuple[str, dict[str, Any]]] = {}
+    for (stage, shard), ids in wanted.items():
+        if not rejected:
+            rows = _rows(store.read_table(stage, shard), ids)
+        else:
+            path = store.rejected_path(stage, shard)
+            rows = _rows(pq.read_table(path), ids)
+            source = heavy_sources(pq.read_schema(path).empty_table())["audio_flac"]
+            audio = _rows(
+                pq.read_table(store.data_path(source, shard), columns=["dialogue_id", "audio_flac"]), ids
             )
-            for row in table.to_pylist():
-                if row["dialogue_id"] in by_id:
-                    row["audio_flac"] = by_id[row["dialogue_id"]]
-                    out.append((stage, row))
+            by_id = {a["dialogue_id"]: a["audio_flac"] for a in audio}
+            for row in rows:
+                row["audio_flac"] = by_id[row["dialogue_id"]]
+        out.update((row["dialogue_id"], (stage, row)) for row in rows)
     return out
 
 
@@ -202,28 +231,26 @@ def collect(run_dir: str | Path, opts: ReportOptions) -> tuple[list[Dialogue], d
     store = RunStore(run_dir)
     cfg = load_config(store.config_path)
     identities = _identities(store)
-
-    accepted = sorted(_accepted_rows(store), key=lambda r: r["dialogue_id"])
-    rejected = sorted(
-        _rejected_rows_with_audio(store, tuple(STAGE_NAMES[1:-1])), key=lambda sr: sr[1]["dialogue_id"]
-    )
+    accepted = _accepted_refs(store)
+    rejected = _rejected_refs(store, tuple(STAGE_NAMES[1:-1]))
     counts = {"accepted_total": len(accepted), "rejected_with_audio": len(rejected)}
-    dialogues = [
-        Dialogue(r["dialogue_id"], r["language"], "accepted", None, None, None, _turns(r, cfg, identities))
-        for r in _sample(accepted, opts.accepted, opts.seed)
-    ]
-    dialogues += [
-        Dialogue(
-            r["dialogue_id"],
-            r["language"],
-            "rejected",
-            stage,
-            r.get("reject_reason"),
-            r.get("reject_detail"),
-            _turns(r, cfg, identities),
-        )
-        for stage, r in _sample(rejected, opts.rejected, opts.seed)
-    ]
+    dialogues = []
+    for refs, is_rejected, n in ((accepted, False, opts.accepted), (rejected, True, opts.rejected)):
+        picked = _sample(refs, n, opts.seed)
+        loaded = _load(store, picked, is_rejected)
+        for _, _, i in picked:
+            stage, r = loaded[i]
+            dialogues.append(
+                Dialogue(
+                    r["dialogue_id"],
+                    r["language"],
+                    "rejected" if is_rejected else "accepted",
+                    stage if is_rejected else None,
+                    r.get("reject_reason"),
+                    r.get("reject_detail"),
+                    _turns(r, cfg, identities),
+                )
+            )
     return dialogues, counts
 
 
