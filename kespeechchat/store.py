@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,18 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 def write_parquet_atomic(path: Path, table: pa.Table, **kwargs: Any) -> None:
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, **kwargs)
+
+
+def swap_dir_in(tmp: Path, final: Path) -> None:
+    """Put the finished folder ``tmp`` in the place of ``final`` by renames: a reader sees the old
+    folder or the new one, never half of either. The old one is removed afterwards."""
+    old = None
+    if final.exists():
+        old = final.with_name(f"{TMP_PREFIX}old-{final.name}-{time.time_ns()}")
+        final.rename(old)
+    tmp.rename(final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def file_sha256(path: Path) -> str:

@@ -16,7 +16,7 @@ from kespeechchat.progress import format_summary
 from kespeechchat.stage import Runtime
 from pipelines.doctor import format_checks, run_checks
 from pipelines.executors import LocalExecutor, RayExecutor
-from pipelines.report import read_rejects, run_summary
+from pipelines.report import read_rejects, resolve_run, run_summary
 from pipelines.runner import Pipeline, make_stages
 
 COMMAND_MODULES = (
@@ -25,16 +25,6 @@ COMMAND_MODULES = (
     "pipelines.ingest_cli",
     "pipelines.report_cli",
 )
-
-
-def _resolve_run(arg: str, runs_dir: str) -> Path:
-    p = Path(arg)
-    if p.is_dir():
-        return p
-    q = Path(runs_dir) / arg
-    if q.is_dir():
-        return q
-    raise SystemExit(f"error: no run directory {arg!r} (looked in . and {runs_dir}/)")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -84,7 +74,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
 
-    s = run_summary(_resolve_run(args.run, args.runs_dir))
+    s = run_summary(resolve_run(args.run, args.runs_dir))
     print(json.dumps(s, indent=2, ensure_ascii=False) if args.json else format_summary(s))
     return 0
 
@@ -117,7 +107,7 @@ def cmd_describe(args: argparse.Namespace) -> int:
 
 def cmd_rejects(args: argparse.Namespace) -> int:
 
-    t = read_rejects(_resolve_run(args.run, args.runs_dir), stage=args.stage, reason=args.reason)
+    t = read_rejects(resolve_run(args.run, args.runs_dir), stage=args.stage, reason=args.reason)
     rows = t.to_pylist()
     for r in rows[: args.limit]:
         where = f"{r['source_file']}#{r['record_index']}" if r["source_file"] else ""

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from kespeechchat.config import RunConfig
-from kespeechchat.store import RunStore
+from kespeechchat.store import RunStore, swap_dir_in
 from pipelines.card import write_card
 from pipelines.package import dataset_files
 
@@ -92,13 +92,7 @@ def export_folder(run_dir: str | Path, repo_id: str, out_dir: str | Path | None 
                 _link_or_copy(p, tmp / "data" / p.name)
         write_card(tmp, cfg, run_dir, repo_id=repo_id)
         report = verify_export(tmp)
-        old = None
-        if out.exists():
-            old = out.with_name(f".tmp-old-export-{out.name}-{int(time.time() * 1000)}")
-            out.rename(old)
-        tmp.rename(out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        swap_dir_in(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

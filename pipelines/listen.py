@@ -24,11 +24,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from kespeechchat.config import RunConfig, load_config
+from kespeechchat.config import RunConfig
 from kespeechchat.metrics import error_kind, normalize_for_scoring
 from kespeechchat.progress import format_summary
-from kespeechchat.store import RunStore, heavy_sources
-from pipelines.report import read_rejects, run_summary
+from kespeechchat.store import RunStore, heavy_sources, swap_dir_in
+from pipelines.report import load_run_config, read_rejects, run_summary
 from pipelines.stages import STAGE_NAMES
 from pipelines.stages.select import row_failures
 
@@ -229,7 +229,7 @@ def _sample(items: list[Any], n: int | None, seed: int) -> list[Any]:
 def collect(run_dir: str | Path, opts: ReportOptions) -> tuple[list[Dialogue], dict[str, int]]:
     """The dialogues the page shows (with audio in memory) and the counts they were drawn from."""
     store = RunStore(run_dir)
-    cfg = load_config(store.config_path)
+    cfg = load_run_config(store.root)
     identities = _identities(store)
     accepted = _accepted_refs(store)
     rejected = _rejected_refs(store, tuple(STAGE_NAMES[1:-1]))
@@ -409,17 +409,6 @@ def _page(
     )
 
 
-def _swap_in(tmp: Path, final: Path) -> None:
-    """Replace ``final`` by the folder ``tmp``: a reader sees the old report or the new one."""
-    old = None
-    if final.exists():
-        old = final.with_name(f".tmp-old-{final.name}-{int(time.time() * 1000)}")
-        final.rename(old)
-    tmp.rename(final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def _write_folder(
     tmp: Path,
     store: RunStore,
@@ -470,8 +459,7 @@ def write_report(
     """Write the page, its audio and plots; the folder is swapped in whole (never half-written)."""
     opts = opts or ReportOptions()
     store = RunStore(run_dir)
-    if not store.config_path.is_file():
-        raise FileNotFoundError(f"{store.root}: not a run directory (no {store.config_path.name})")
+    load_run_config(store.root)  # a clear error for a folder that is not a run
     out_dir = Path(out_dir) if out_dir else store.root / REPORT_DIR
     summary = run_summary(store.root)
     dialogues, counts = collect(store.root, opts)
@@ -491,7 +479,7 @@ def write_report(
         tmp.mkdir(parents=True)
         files, n_acc = _write_folder(tmp, store, summary, shown, counts, omitted, opts)
         page_bytes = (tmp / "index.html").stat().st_size
-        _swap_in(tmp, out_dir)
+        swap_dir_in(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return ReportResult(

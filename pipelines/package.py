@@ -34,7 +34,7 @@ from kespeechchat.audio import decode_audio
 from kespeechchat.config import RunConfig, stable_hash
 from kespeechchat.llm.tasks import load_prompt
 from kespeechchat.progress import Progress
-from kespeechchat.store import RunStore, write_json_atomic
+from kespeechchat.store import RunStore, swap_dir_in, write_json_atomic
 from pipelines.voices import library_fingerprint, library_path
 
 PACKAGE_VERSION = "2"
@@ -456,13 +456,7 @@ def _write_dataset(
             files = {s: writers[s].finish() for s in cfg.package.splits if s in writers}
         summary = _summarise(stats, files, final_dir, sample_rate or cfg.tts.sample_rate_hz, cfg)
         _write_card_or_note(tmp_dir, cfg, store.root, progress, summary=summary)
-        old = None
-        if final_dir.exists():
-            old = final_dir.with_name(f".tmp-old-dataset-{int(time.time() * 1000)}")
-            final_dir.rename(old)
-        tmp_dir.rename(final_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        swap_dir_in(tmp_dir, final_dir)
     finally:
         for w in writers.values():
             w.abort()

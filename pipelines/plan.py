@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from kespeechchat.config import RunConfig, load_config
+from kespeechchat.config import RunConfig
 from kespeechchat.stage import Runtime
 from kespeechchat.store import RunStore
 from pipelines.units import make_stages
@@ -165,25 +165,12 @@ def _active_stages(cfg: RunConfig) -> list[Any]:
 # --------------------------------------------------------------------------- a run's measurements
 
 
-def _intervals(store: RunStore, stage: str) -> list[tuple[float, float]]:
-    out = []
-    for shard in store.shards():
-        m = store.read_marker(stage, shard)
-        if not m or "finished_at" not in m:
-            continue
-        end = datetime.strptime(m["finished_at"], "%Y-%m-%dT%H:%M:%S%z").timestamp()
-        out.append((end - float(m["duration_s"]), end))
-    return out
-
-
-def _union_seconds(intervals: list[tuple[float, float]]) -> float:
-    total, last_end = 0.0, -math.inf
-    for start, end in sorted(intervals):
-        start = max(start, last_end)
-        if end > start:
-            total += end - start
-            last_end = end
-    return total
+def _interval(marker: dict[str, Any]) -> tuple[float, float] | None:
+    """(start, end) of a unit from its marker; None for a marker without a finish time."""
+    if "finished_at" not in marker:
+        return None
+    end = datetime.strptime(marker["finished_at"], "%Y-%m-%dT%H:%M:%S%z").timestamp()
+    return end - float(marker["duration_s"]), end
 
 
 def shared_seconds(intervals: dict[str, list[tuple[float, float]]]) -> dict[str, float]:
@@ -199,14 +186,17 @@ def shared_seconds(intervals: dict[str, list[tuple[float, float]]]) -> dict[str,
 
 
 def run_measurements(cfg: RunConfig, run_dir: str | Path) -> dict[str, dict[str, float]]:
-    """Per stage: dialogues in and out, work done (in the stage's unit), busy seconds summed over
-    units and busy seconds as a union (units that overlapped counted once)."""
+    """Per stage: dialogues in and out, work done (in the stage's unit) and busy seconds summed over
+    units; for the LLM stages also their share of the one server they used (``server_s``). Each
+    marker is read once."""
     store = RunStore(run_dir)
     out: dict[str, dict[str, float]] = {}
+    llm_intervals: dict[str, list[tuple[float, float]]] = {}
     for st in _active_stages(cfg):
         stage = st.name
         metric = WORK.get(stage, ("", None))[1] if _stage_work_unit(st) != "dialogues" else None
         row = {"rows_in": 0.0, "rows_out": 0.0, "work": 0.0, "busy_s": 0.0, "units": 0.0}
+        intervals = []
         for shard in store.shards():
             m = store.read_marker(stage, shard)
             if not m:
@@ -216,13 +206,15 @@ def run_measurements(cfg: RunConfig, run_dir: str | Path) -> dict[str, dict[str,
             row["rows_out"] += m["rows_out"]
             row["busy_s"] += float(m.get("duration_s", 0.0))
             row["work"] += float((m.get("metrics") or {}).get(metric, 0.0)) if metric else m["rows_in"]
+            iv = _interval(m)
+            if iv is not None:
+                intervals.append(iv)
         if row["units"]:
-            row["union_s"] = _union_seconds(_intervals(store, stage))
             out[stage] = row
-    llm = [st.name for st in _active_stages(cfg) if st.needs_llm() and st.name in out]
-    if llm:  # the LLM stages share one server: split its time between them
-        for stage, secs in shared_seconds({n: _intervals(store, n) for n in llm}).items():
-            out[stage]["server_s"] = secs
+            if st.needs_llm():
+                llm_intervals[stage] = intervals
+    for stage, secs in shared_seconds(llm_intervals).items():  # the LLM stages share one server
+        out[stage]["server_s"] = secs
     return out
 
 
@@ -250,7 +242,7 @@ def run_rate(cfg: RunConfig, stage: Any, m: dict[str, float], run_name: str) -> 
         threads = cfg.llm.n_threads or os.cpu_count() or 1
         if cfg.llm.backend != "llamacpp":
             return None  # a remote endpoint's devices are not the run's: use the figures file
-        busy = m.get("server_s", m["union_s"])
+        busy = m["server_s"]
         secs = busy * threads
         how = f"{busy:.4g} s of the shared server x {threads} thread(s)"
     else:
@@ -566,19 +558,11 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
     }
 
 
-def load_run_config(run_dir: str | Path) -> RunConfig:
-    store = RunStore(run_dir)
-    if not store.config_path.is_file():
-        raise FileNotFoundError(f"{store.root}: not a run directory (no {store.config_path.name})")
-    return load_config(store.config_path)
-
-
 __all__ = [
     "Plan",
     "PlanError",
     "format_plan",
     "load_figures",
-    "load_run_config",
     "make_plan",
     "parse_assumptions",
     "plan_to_dict",

@@ -9,8 +9,25 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from kespeechchat.config import RunConfig, load_config
 from kespeechchat.store import RunStore, read_json
 from pipelines.stages import STAGE_NAMES
+
+
+def resolve_run(arg: str, runs_dir: str | Path) -> Path:
+    """A run named on the command line: a directory, or a name under ``runs_dir``."""
+    for p in (Path(arg), Path(runs_dir) / arg):
+        if p.is_dir():
+            return p
+    raise SystemExit(f"error: no run directory {arg!r} (looked in . and {runs_dir}/)")
+
+
+def load_run_config(run_dir: str | Path) -> RunConfig:
+    """The config a run was made with (its ``config.yaml``)."""
+    store = RunStore(run_dir)
+    if not store.config_path.is_file():
+        raise FileNotFoundError(f"{store.root}: not a run directory (no {store.config_path.name})")
+    return load_config(store.config_path)
 
 
 def stage_names() -> tuple[str, ...]:

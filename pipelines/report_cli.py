@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from kespeechchat.config import load_config
 from pipelines.listen import ReportOptions, write_report
@@ -13,18 +12,11 @@ from pipelines.plan import (
     PlanError,
     format_plan,
     load_figures,
-    load_run_config,
     make_plan,
     parse_assumptions,
     plan_to_dict,
 )
-
-
-def _resolve_run(arg: str, runs_dir: str) -> Path:
-    for p in (Path(arg), Path(runs_dir) / arg):
-        if p.is_dir():
-            return p
-    raise SystemExit(f"error: no run directory {arg!r} (looked in . and {runs_dir}/)")
+from pipelines.report import load_run_config, resolve_run
 
 
 def _count_or_all(value: str) -> int | None:
@@ -37,7 +29,7 @@ def _count_or_all(value: str) -> int | None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    run = _resolve_run(args.run, args.runs_dir)
+    run = resolve_run(args.run, args.runs_dir)
     opts = ReportOptions(accepted=args.accepted, rejected=args.rejected, seed=args.seed, max_mb=args.max_mb)
     result = write_report(run, args.out, opts)
     print(result.describe())
@@ -45,7 +37,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    run = _resolve_run(args.from_run, args.runs_dir) if args.from_run else None
+    run = resolve_run(args.from_run, args.runs_dir) if args.from_run else None
     if args.config:
         cfg = load_config(args.config, args.set)
     elif run is not None:

@@ -208,7 +208,9 @@ def run_with_rejects(finished_run, tmp_path_factory):
     lows = sorted(
         min(sims)
         for f in sorted((cfg.run_dir / "select" / "data").glob("*.parquet"))
-        for sims in pq.read_table(f, columns=["speaker_similarities"]).column("speaker_similarities").to_pylist()
+        for sims in pq.read_table(f, columns=["speaker_similarities"])
+        .column("speaker_similarities")
+        .to_pylist()
     )
     assert len(lows) >= 2 and lows[0] < lows[-1], lows
     data = cfg.model_dump(mode="json")
@@ -297,7 +299,8 @@ def test_report_page_plays_its_audio_and_filters_in_a_real_browser(run_with_reje
         assert len(visible(".turn")) == len(everyone)
         page.check("#f-fail-only")
         fails = page.eval_on_selector_all(
-            ".turn", "els => els.filter(e => !e.hidden && !e.closest('[hidden]')).map(e => e.classList.contains('fail'))"
+            ".turn",
+            "els => els.filter(e => !e.hidden && !e.closest('[hidden]')).map(e => e.classList.contains('fail'))",
         )
         assert fails and all(fails)
         page.uncheck("#f-fail-only")
@@ -314,7 +317,8 @@ def test_report_page_plays_its_audio_and_filters_in_a_real_browser(run_with_reje
 
 def test_plan_from_a_real_run_uses_its_markers(finished_run):
     """`plan --from-run`: shares kept, work per dialogue and throughputs come from the run's markers."""
-    from pipelines.plan import load_run_config, make_plan, run_measurements
+    from pipelines.plan import make_plan, run_measurements
+    from pipelines.report import load_run_config
 
     cfg, _ = finished_run
     run_cfg = load_run_config(cfg.run_dir)
