@@ -651,7 +651,10 @@ def _how_it_was_made_section(
             for lg in sorted(set(sel.min_chars_per_s) | set(sel.max_chars_per_s))
         )  # fmt: skip
         + (f", DNSMOS OVRL ≥ {sel.min_dnsmos_ovrl}" if sel.min_dnsmos_ovrl is not None else "")
-        + ".",
+        + ". Text and transcript are compared after the same normalisation (script, numbers, case, "
+        "punctuation); a Chinese character counts as right when it is the same character or reads the same "
+        "with the same tone (汇总 heard as 绘总: the recogniser had to pick one way to write huì zǒng), "
+        "and a wrong tone counts as an error.",
         "",
         "Where every source dialogue went (rows per stage; in = out + rejected):",
         "",

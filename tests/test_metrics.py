@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from kespeechchat.metrics import error_kind, error_rate, normalize_for_scoring
+from kespeechchat.metrics import error_kind, error_rate, literal_error_rate, normalize_for_scoring
 
 
 def test_error_kind():
@@ -33,7 +33,25 @@ def test_pronouns_that_sound_alike_are_not_errors_in_chinese():
     assert error_rate("你看到我的狗了吗？", "你看到我的狗了嘛", "zh") == 0.0  # the same toneless "ma"
     assert error_rate("你看到我的狗了吗？", "你看到我的狗了么", "zh") > 0  # 么 is not mapped (什么: "me")
     assert error_rate("它很可爱", "牠很可爱", "zh") == 0.0
-    assert error_rate("他在银行工作。", "他在银行工做", "zh") > 0  # a real character error still counts
+    assert error_rate("他在银行工作。", "他在银河工作", "zh") > 0  # a real character error still counts
+
+
+def test_characters_read_alike_with_the_same_tone_are_not_errors_in_chinese():
+    # the recogniser heard huì zǒng and had to pick characters: the audio said the text
+    assert error_rate("我们把数据汇总一下", "我们把数据绘总一下", "zh") == 0.0
+    assert literal_error_rate("我们把数据汇总一下", "我们把数据绘总一下", "zh") == pytest.approx(1 / 9)
+    assert error_rate("今天天气很好", "今天天汽很好", "zh") == 0.0  # qì / qì
+    # a wrong tone is a wrong word to a listener: xiāng heard as xiàng, tián as tiān
+    assert error_rate("玫瑰花香是甜美的", "玫瑰花像是天美的", "zh") == pytest.approx(2 / 8)
+    assert error_rate("物质", "无知", "zh") == 1.0
+    assert error_rate("双关语", "双关女", "zh") == pytest.approx(1 / 3)
+    # the same character read in two contexts still matches (长 zhǎng / cháng by the phrase dictionary)
+    assert error_rate("他长大了", "他长达了", "zh") == pytest.approx(1 / 4)
+    # Latin letters and digits inside Chinese stand for themselves
+    assert error_rate("我的iPhone很好", "我的i phone很好", "zh") == 0.0
+    assert error_rate("我的iPhone很好", "我的iPad很好", "zh") > 0
+    # an insertion or a deletion of a homophone is still an insertion or a deletion
+    assert error_rate("我们明天见", "我们明天见面", "zh") == pytest.approx(1 / 5)
 
 
 def test_punctuation_and_spacing_are_ignored():
@@ -45,7 +63,7 @@ def test_punctuation_and_spacing_are_ignored():
 
 def test_real_errors_are_counted():
     # one substituted character out of six
-    assert error_rate("今天天气很好", "今天天汽很好", "zh") == pytest.approx(1 / 6)
+    assert error_rate("今天天气很好", "今天天气很少", "zh") == pytest.approx(1 / 6)
     # one substituted word out of three, then one deleted word
     assert error_rate("the cat sat", "the cat sit", "en") == pytest.approx(1 / 3)
     assert error_rate("the cat sat", "the cat", "en") == pytest.approx(1 / 3)

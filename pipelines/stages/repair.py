@@ -34,7 +34,7 @@ from pipelines.voices import library_fingerprint, load_run_library
 
 class RepairStage(Stage):
     name = "repair"
-    version = "1"
+    version = "2"
     description = "Re-synthesise turns that fail the thresholds (another seed, up to retry.retries times) and re-score them."
     inputs = (
         "dialogue_id",

@@ -269,7 +269,7 @@ def finite_mean(values: list[float]) -> float:
 
 class VerifyStage(Stage):
     name = "verify"
-    version = "3"
+    version = "4"
     description = (
         "Audio sanity, ASR (CER/WER vs the spoken text), speaker similarity vs the voice reference, DNSMOS."
     )
