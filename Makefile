@@ -67,15 +67,21 @@ demo: models
 	$(VENV)/bin/kespeechchat run --config configs/demo.yaml
 
 # Everything, the fault tests included (25 min of pytest on 2 cores on 2026-12-02; each fault test is bounded by timeouts).
+# Two test processes (pytest-xdist), one per core of the 2-core machines CI runs on: most tests use one
+# core at a time (a subprocess run, model loading, Ray starting). A file's tests stay in one process, so
+# a module's models load once; what several files share is made once per session (tests/conftest.py).
+TEST_WORKERS ?= 2
+PYTEST_XDIST := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+
 test: models
-	$(PY) -m pytest -q -ra --durations=15
+	$(PY) -m pytest -q -ra --durations=15 $(PYTEST_XDIST)
 
 # Fault tests alone: SIGKILLs of the driver and of Ray workers, disk full on a tmpfs, two-node Ray.
 test-faults: models
-	$(PY) -m pytest -q -ra -m faults
+	$(PY) -m pytest -q -ra -m faults $(PYTEST_XDIST)
 
 test-fast: models
-	$(PY) -m pytest -q -ra -m "not slow"
+	$(PY) -m pytest -q -ra -m "not slow" $(PYTEST_XDIST)
 
 bench: models
 	$(PY) bench/run_all.py

@@ -1,4 +1,9 @@
-"""Shared fixtures: embedded models prepared once, the real sample data in data/, a quiet environment."""
+"""Shared fixtures: embedded models prepared once, the real sample data in data/, a quiet environment.
+
+The suite runs in two processes (pytest-xdist, ``make test``). What must be made only once per
+session whichever process asks first (a reference run, the tiny dataset) goes through ``made_once``,
+which builds it under a file lock in a folder both processes see.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,30 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ["NO_PROXY"] = "127.0.0.1,localhost"
+
+
+def shared_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder every worker of this test session sees: the session's base temp (its parent under xdist)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def made_once(tmp_path_factory: pytest.TempPathFactory, name: str, build) -> Path:
+    """``build(folder)`` once per test session, whichever worker asks first; the others wait for it.
+
+    Returns the folder. A build that raised is retried by the next caller (nothing marks it done).
+    """
+    from filelock import FileLock
+
+    root = shared_root(tmp_path_factory)
+    folder = root / name
+    done = root / f"{name}.done"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.exists():
+            folder.mkdir(exist_ok=True)
+            build(folder)
+            done.touch()
+    return folder
 
 
 @pytest.fixture(scope="session")
@@ -107,3 +136,19 @@ def campplus_dir(tmp_path_factory, campplus_like):
     d.mkdir()
     campplus_like(d / "campplus.onnx")
     return d
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files with fault tests first, then those with slow tests, then the rest; a file's own order kept.
+
+    The two test processes take whole files from this order (``--dist loadfile
+    --no-loadscope-reorder``), so the longest files start first and the short ones fill in at the end.
+    """
+
+    def rank(item) -> int:
+        return 0 if item.get_closest_marker("faults") else 1 if item.get_closest_marker("slow") else 2
+
+    by_file: dict = {}
+    for item in items:
+        by_file[item.path] = min(by_file.get(item.path, 2), rank(item))
+    items.sort(key=lambda item: by_file[item.path])

@@ -9,18 +9,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from faults import FAULT_ENV, fault_config, reference_run
 
-from kespeechchat.testing import (
-    assert_no_partial_files,
-    cli_run_command,
-    demo_sources,
-    final_rows,
-    small_config,
-    write_config,
-)
+from kespeechchat.testing import assert_no_partial_files, cli_run_command, final_rows
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
-ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+ENV = FAULT_ENV
 
 
 def _du(path: Path) -> int:
@@ -42,19 +36,15 @@ def tmpfs(tmp_path):
     subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
-def test_disk_full_fails_cleanly_and_resumes(tmp_path, tmpfs, sample_data, models_dir):
-    ref_cfg = small_config(tmp_path / "ref", demo_sources(sample_data), name="ref", shard_size=1)
-    subprocess.run(
-        cli_run_command(write_config(ref_cfg, tmp_path / "ref.yaml")), check=True, env=ENV, timeout=900
-    )
-    expected = final_rows(tmp_path / "ref" / "ref")
-    need = _du(tmp_path / "ref" / "ref")
+def test_disk_full_fails_cleanly_and_resumes(tmp_path, tmp_path_factory, tmpfs, sample_data, models_dir):
+    # the uninterrupted run of the same config is the resume tests' (made once per session)
+    ref = reference_run(tmp_path_factory, sample_data, "local")
+    expected = final_rows(ref)
+    need = _du(ref)
 
     size_kb = max(64, need // 2 // 1024)
     subprocess.run(["mount", "-o", f"remount,size={size_kb}k", str(tmpfs)], check=True)
-    cfg = write_config(
-        small_config(tmpfs, demo_sources(sample_data), name="full", shard_size=1), tmp_path / "full.yaml"
-    )
+    cfg = fault_config(tmp_path, tmpfs, "full", sample_data)
     r = subprocess.run(cli_run_command(cfg), env=ENV, capture_output=True, text=True, timeout=900)
     assert r.returncode != 0, "the run should have failed on a full disk"
     assert "No space left on device" in r.stderr, r.stderr[-2000:]

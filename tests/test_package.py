@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import made_once
 
 from kespeechchat.config import PackageConfig, RunConfig
 from kespeechchat.testing import small_config
@@ -46,19 +47,22 @@ TINY_RECORDS = [
 
 
 def build_tiny_run(tmp_path_factory: pytest.TempPathFactory) -> RunConfig:
-    """A real run of four short zh/en dialogues, made once per test session (later calls skip every unit)."""
+    """A real run of four short zh/en dialogues, made once per test session (``made_once``: the
+    worker that asks first builds it, the others wait and read the finished run)."""
     from kespeechchat.models import default_models_dir, prepare_embedded
 
-    prepare_embedded(default_models_dir(), log=lambda s: None)
-    base = tmp_path_factory.getbasetemp() / "kespeechchat-tiny-run"
-    base.mkdir(exist_ok=True)
-    src = base / "tiny.jsonl"
-    src.write_text(
-        "\n".join(json.dumps(r, ensure_ascii=False) for r in TINY_RECORDS) + "\n", encoding="utf-8"
-    )
-    cfg = small_config(base / "runs", [{"path": str(src)}], name="tiny", shard_size=2)
-    Pipeline(cfg, quiet=True).run(executor=LocalExecutor())
-    return cfg
+    def config(base: Path) -> RunConfig:
+        src = base / "tiny.jsonl"
+        return small_config(base / "runs", [{"path": str(src)}], name="tiny", shard_size=2)
+
+    def build(base: Path) -> None:
+        prepare_embedded(default_models_dir(), log=lambda s: None)
+        (base / "tiny.jsonl").write_text(
+            "\n".join(json.dumps(r, ensure_ascii=False) for r in TINY_RECORDS) + "\n", encoding="utf-8"
+        )
+        Pipeline(config(base), quiet=True).run(executor=LocalExecutor())
+
+    return config(made_once(tmp_path_factory, "kespeechchat-tiny-run", build))
 
 
 def repackage(cfg: RunConfig, dest: Path, **package: object) -> tuple[RunConfig, Path]:
