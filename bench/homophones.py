@@ -16,36 +16,6 @@ from pathlib import Path
 from _common import REPO, report
 
 
-def forgiven_pairs(ref: str, hyp: str) -> list[tuple[str, str, str]]:
-    """(written, heard, reading) for each aligned pair that differs in writing but not in reading."""
-    from kespeechchat.metrics import zh_readings
-
-    r, h = list(zip(ref, zh_readings(ref))), list(zip(hyp, zh_readings(hyp)))
-    n, m = len(r), len(h)
-    d = [[0] * (m + 1) for _ in range(n + 1)]
-    for i in range(n + 1):
-        d[i][0] = i
-    for j in range(m + 1):
-        d[0][j] = j
-    for i in range(1, n + 1):
-        for j in range(1, m + 1):
-            same = r[i - 1][0] == h[j - 1][0] or r[i - 1][1] == h[j - 1][1]
-            d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (0 if same else 1))
-    out = []
-    i, j = n, m
-    while i and j:
-        same = r[i - 1][0] == h[j - 1][0] or r[i - 1][1] == h[j - 1][1]
-        if d[i][j] == d[i - 1][j - 1] + (0 if same else 1):
-            if same and r[i - 1][0] != h[j - 1][0]:
-                out.append((r[i - 1][0], h[j - 1][0], r[i - 1][1]))
-            i, j = i - 1, j - 1
-        elif d[i][j] == d[i - 1][j] + 1:
-            i -= 1
-        else:
-            j -= 1
-    return out[::-1]
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dir", type=Path, nargs="?", default=REPO / "runs" / "demo")
@@ -55,7 +25,7 @@ def main() -> int:
     import pyarrow.parquet as pq
     import yaml
 
-    from kespeechchat.metrics import error_rate, literal_error_rate, normalize_for_scoring
+    from kespeechchat.metrics import error_rate, literal_error_rate, normalize_for_scoring, zh_read_alike
 
     cfg = yaml.safe_load((args.run_dir / "config.yaml").read_text(encoding="utf-8"))
     bound = float(cfg["select"]["max_cer_zh"])
@@ -86,19 +56,25 @@ def main() -> int:
                 ok_l &= lit <= bound
                 ok_s &= snd <= bound
                 ref, hyp = normalize_for_scoring(text, "zh"), normalize_for_scoring(heard, "zh")
-                pairs.update(f"{a}→{b} ({p})" for a, b, p in forgiven_pairs(ref, hyp))
+                pairs.update(f"{a}→{b} ({p})" for a, b, p in zh_read_alike(ref, hyp))
             dlg_literal += ok_l
             dlg_sound += ok_s
     if not turns:
         raise SystemExit("no zh turns with a transcript in this run")
     print(f"{args.run_dir} ({args.stage}): {dialogues} zh dialogue(s), {turns} turn(s), bound CER ≤ {bound}")
-    print(f"  mean CER by character {literal_sum / turns:.4f}, by character or reading {sound_sum / turns:.4f}")
+    print(
+        f"  mean CER by character {literal_sum / turns:.4f}, by character or reading {sound_sum / turns:.4f}"
+    )
     print(f"  turns within the bound: by character {literal_pass}, by character or reading {sound_pass}")
-    print(f"  dialogues with every turn within it: by character {dlg_literal}, by character or reading {dlg_sound}")
+    print(
+        f"  dialogues with every turn within it: by character {dlg_literal}, by character or reading {dlg_sound}"
+    )
     print(f"  pairs counted right by their reading ({sum(pairs.values())}):")
     for pair, n in pairs.most_common():
         print(f"    {pair} ×{n}")
-    report("zh CER by character only (final scores of a run)", literal_sum / turns, "cer", note=str(args.run_dir))
+    report(
+        "zh CER by character only (final scores of a run)", literal_sum / turns, "cer", note=str(args.run_dir)
+    )
     report(
         "zh CER by character or toned reading (what the gate uses)",
         sound_sum / turns,

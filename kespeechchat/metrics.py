@@ -121,16 +121,44 @@ def zh_readings(text: str) -> list[str]:
     return out if len(out) == len(text) else list(text)
 
 
-def _edits(ref: list[tuple[str, str]], hyp: list[tuple[str, str]]) -> int:
-    """Levenshtein distance where two (character, reading) tokens match when either part is equal."""
-    prev = list(range(len(hyp) + 1))
-    for i, (rc, rr) in enumerate(ref, 1):
-        cur = [i] + [0] * len(hyp)
-        for j, (hc, hr) in enumerate(hyp, 1):
-            same = rc == hc or rr == hr
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (0 if same else 1))
-        prev = cur
-    return prev[-1]
+def _same(a: tuple[str, str], b: tuple[str, str]) -> bool:
+    return a[0] == b[0] or a[1] == b[1]
+
+
+def _edit_table(ref: list[tuple[str, str]], hyp: list[tuple[str, str]]) -> list[list[int]]:
+    """Levenshtein table where two (character, reading) tokens match when either part is equal."""
+    d = [list(range(len(hyp) + 1))]
+    for i, r in enumerate(ref, 1):
+        row = [i] + [0] * len(hyp)
+        for j, h in enumerate(hyp, 1):
+            row[j] = min(d[i - 1][j] + 1, row[j - 1] + 1, d[i - 1][j - 1] + (0 if _same(r, h) else 1))
+        d.append(row)
+    return d
+
+
+def _zh_tokens(text: str) -> list[tuple[str, str]]:
+    return list(zip(text, zh_readings(text), strict=True))
+
+
+def zh_read_alike(reference: str, hypothesis: str) -> list[tuple[str, str, str]]:
+    """(written, heard, reading) for every aligned pair of characters of two normalised zh strings
+    that differ in writing but not in reading: what ``error_rate`` counts as right and
+    ``literal_error_rate`` as wrong."""
+    ref, hyp = _zh_tokens(reference), _zh_tokens(hypothesis)
+    d = _edit_table(ref, hyp)
+    out = []
+    i, j = len(ref), len(hyp)
+    while i and j:
+        same = _same(ref[i - 1], hyp[j - 1])
+        if d[i][j] == d[i - 1][j - 1] + (0 if same else 1):
+            if same and ref[i - 1][0] != hyp[j - 1][0]:
+                out.append((ref[i - 1][0], hyp[j - 1][0], ref[i - 1][1]))
+            i, j = i - 1, j - 1
+        elif d[i][j] == d[i - 1][j] + 1:
+            i -= 1
+        else:
+            j -= 1
+    return out[::-1]
 
 
 def literal_error_rate(reference: str, hypothesis: str, language: str) -> float:
@@ -161,9 +189,7 @@ def _rate(reference: str, hypothesis: str, language: str, *, by_sound: bool) -> 
     if kind == "cer":
         if not by_sound or ref == hyp:
             return float(jiwer.cer(ref, hyp))
-        r = list(zip(ref, zh_readings(ref)))
-        h = list(zip(hyp, zh_readings(hyp)))
-        return _edits(r, h) / len(r)
+        return _edit_table(_zh_tokens(ref), _zh_tokens(hyp))[-1][-1] / len(ref)
     return float(jiwer.wer(ref, hyp))
 
 

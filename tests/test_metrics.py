@@ -2,7 +2,13 @@ from __future__ import annotations
 
 import pytest
 
-from kespeechchat.metrics import error_kind, error_rate, literal_error_rate, normalize_for_scoring
+from kespeechchat.metrics import (
+    error_kind,
+    error_rate,
+    literal_error_rate,
+    normalize_for_scoring,
+    zh_read_alike,
+)
 
 
 def test_error_kind():
@@ -52,6 +58,9 @@ def test_characters_read_alike_with_the_same_tone_are_not_errors_in_chinese():
     assert error_rate("我的iPhone很好", "我的iPad很好", "zh") > 0
     # an insertion or a deletion of a homophone is still an insertion or a deletion
     assert error_rate("我们明天见", "我们明天见面", "zh") == pytest.approx(1 / 5)
+    # what was forgiven can be listed, pair by pair, for a reader to check
+    # (物质 heard as 无知 is wù zhì against wú zhī: other tones, so not listed)
+    assert zh_read_alike("把词汇总成一句话有毒物质", "把词绘总成一句话有毒无知") == [("汇", "绘", "hui4")]
 
 
 def test_punctuation_and_spacing_are_ignored():
