@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-DEFAULT_AUDIO = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "audio"
+DEFAULT_AUDIO = Path(__file__).resolve().parent.parent / "data" / "audio"  # shipped with the repository
 
 
 def main() -> int:
