@@ -25,7 +25,7 @@ def main() -> int:
     import pyarrow.parquet as pq
     import yaml
 
-    from kespeechchat.metrics import error_rate, literal_error_rate, normalize_for_scoring, zh_read_alike
+    from kespeechchat.metrics import error_rate, literal_error_rate, zh_read_alike
 
     cfg = yaml.safe_load((args.run_dir / "config.yaml").read_text(encoding="utf-8"))
     bound = float(cfg["select"]["max_cer_zh"])
@@ -55,8 +55,7 @@ def main() -> int:
                 sound_pass += snd <= bound
                 ok_l &= lit <= bound
                 ok_s &= snd <= bound
-                ref, hyp = normalize_for_scoring(text, "zh"), normalize_for_scoring(heard, "zh")
-                pairs.update(f"{a}→{b} ({p})" for a, b, p in zh_read_alike(ref, hyp))
+                pairs.update(f"{a}→{b} ({p})" for a, b, p in zh_read_alike(text, heard))
             dlg_literal += ok_l
             dlg_sound += ok_s
     if not turns:

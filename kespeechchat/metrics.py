@@ -85,6 +85,7 @@ def _strip_punctuation(text: str) -> str:
 _ZH_SAME_SOUND = str.maketrans({"她": "他", "它": "他", "祂": "他", "牠": "他", "嘛": "吗"})
 
 
+@lru_cache(maxsize=4096)  # a text is scored more than once (literal and by reading, each repair attempt)
 def normalize_for_scoring(text: str, language: str) -> str:
     """Canonical form for scoring: NFKC, traditional->simplified, TN, lowercase, no punctuation.
 
@@ -141,10 +142,11 @@ def _zh_tokens(text: str) -> list[tuple[str, str]]:
 
 
 def zh_read_alike(reference: str, hypothesis: str) -> list[tuple[str, str, str]]:
-    """(written, heard, reading) for every aligned pair of characters of two normalised zh strings
-    that differ in writing but not in reading: what ``error_rate`` counts as right and
-    ``literal_error_rate`` as wrong."""
-    ref, hyp = _zh_tokens(reference), _zh_tokens(hypothesis)
+    """(written, heard, reading) for every aligned pair of characters of a zh text and its
+    transcript (normalised as for scoring) that differ in writing but not in reading: what
+    ``error_rate`` counts as right and ``literal_error_rate`` as wrong."""
+    ref = _zh_tokens(normalize_for_scoring(reference, "zh"))
+    hyp = _zh_tokens(normalize_for_scoring(hypothesis, "zh"))
     d = _edit_table(ref, hyp)
     out = []
     i, j = len(ref), len(hyp)

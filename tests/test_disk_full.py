@@ -14,7 +14,6 @@ from faults import FAULT_ENV, fault_config, reference_run
 from kespeechchat.testing import assert_no_partial_files, cli_run_command, final_rows
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
-ENV = FAULT_ENV
 
 
 def _du(path: Path) -> int:
@@ -45,7 +44,7 @@ def test_disk_full_fails_cleanly_and_resumes(tmp_path, tmp_path_factory, tmpfs, 
     size_kb = max(64, need // 2 // 1024)
     subprocess.run(["mount", "-o", f"remount,size={size_kb}k", str(tmpfs)], check=True)
     cfg = fault_config(tmp_path, tmpfs, "full", sample_data)
-    r = subprocess.run(cli_run_command(cfg), env=ENV, capture_output=True, text=True, timeout=900)
+    r = subprocess.run(cli_run_command(cfg), env=FAULT_ENV, capture_output=True, text=True, timeout=900)
     assert r.returncode != 0, "the run should have failed on a full disk"
     assert "No space left on device" in r.stderr, r.stderr[-2000:]
     run_dir = tmpfs / "full"
@@ -55,5 +54,5 @@ def test_disk_full_fails_cleanly_and_resumes(tmp_path, tmp_path_factory, tmpfs, 
     assert done_before > 0, "nothing was committed before the disk filled"
 
     subprocess.run(["mount", "-o", f"remount,size={need * 4 // 1024 + 4096}k", str(tmpfs)], check=True)
-    subprocess.run(cli_run_command(cfg), check=True, env=ENV, timeout=900)
+    subprocess.run(cli_run_command(cfg), check=True, env=FAULT_ENV, timeout=900)
     assert final_rows(run_dir) == expected

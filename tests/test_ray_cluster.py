@@ -14,12 +14,13 @@ import time
 from pathlib import Path
 
 import pytest
+from faults import FAULT_ENV
 
 from kespeechchat.testing import cli_run_command, demo_sources, final_rows, small_config, write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 RAY = str(Path(sys.executable).with_name("ray"))
-ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+ENV = FAULT_ENV
 
 
 def _free_port() -> int:
