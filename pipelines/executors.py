@@ -7,8 +7,10 @@
 
 from __future__ import annotations
 
+import heapq
 import os
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -29,10 +31,15 @@ class LocalExecutor:
         self._ready: set[int] = set()
 
     def run(self, pipe: Pipeline, units: list[Unit], last: int) -> None:
-        pending = list(units)
+        # a heap in (stage, shard) order and a count per stage: O(log n) per unit, so a resume of a
+        # hundred thousand shards does not re-sort the queue for every unit
+        pending = [(u.stage_index, u.shard, k, u) for k, u in enumerate(units)]
+        heapq.heapify(pending)
+        left = Counter(u.stage_index for u in units)
+        pushed = len(pending)
         while pending:
-            pending.sort(key=lambda u: (u.stage_index, u.shard))
-            u = pending.pop(0)
+            *_, u = heapq.heappop(pending)
+            left[u.stage_index] -= 1
             stage = pipe.stages[u.stage_index]
             if u.stage_index not in self._ready:
                 pipe.progress.note(f"[{stage.name}] loading …")
@@ -48,12 +55,14 @@ class LocalExecutor:
                 {"executor": "local", "pid": os.getpid()},
             )
             pipe.progress.unit_done(stage.name, u.shard, marker)
-            if not any(p.stage_index == u.stage_index for p in pending):
+            if not left[u.stage_index]:
                 stage.teardown()
                 self._ready.discard(u.stage_index)
             nxt = pipe.plan(u.stage_index + 1, u.shard, marker["output_fingerprint"], last)
             if nxt:
-                pending.append(nxt)
+                heapq.heappush(pending, (nxt.stage_index, nxt.shard, pushed, nxt))
+                left[nxt.stage_index] += 1
+                pushed += 1
 
     def close(self) -> None:
         pass

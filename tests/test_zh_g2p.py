@@ -53,6 +53,16 @@ def syllables(g2p: ZhG2P, text: str) -> list[str]:
         ("定为", ["ding4", "wei2"]),
         ("因为", ["yin1", "wei4"]),
         ("他得了第一名", ["ta1", "de2", "le5", "di4", "yi1", "ming2"]),
+        # 的/地/得 are neutral as particles, not at the end of a content word
+        ("获得", ["huo4", "de2"]),
+        ("当地", ["dang1", "di4"]),
+        ("目的地", ["mu4", "di4", "di4"]),
+        ("他的目的", ["ta1", "de5", "mu4", "di4"]),
+        ("土地", ["tu3", "di4"]),
+        ("随时随地", ["sui2", "shi2", "sui2", "di4"]),
+        ("我觉得", ["wo3", "jue2", "de5"]),
+        ("他慢慢地走", ["ta1", "man4", "man4", "de5", "zou3"]),
+        ("美丽的花", ["mei3", "li4", "de5", "hua1"]),
     ],
 )
 def test_polyphones_and_tone_sandhi(g2p, text, expected):
@@ -65,3 +75,14 @@ def test_phonemes_are_kokoro_v1_ipa_with_tone_arrows(g2p):
     assert "i↘ʨʰi↓" in ph and "i↗nxa↗ŋ" in ph
     assert "," in ph and ph.rstrip().endswith(".")  # punctuation mapped like misaki's
     assert g2p("我有3本书") == g2p("我有三本书")  # digits read as Chinese numbers
+
+
+def test_front_end_version_is_part_of_the_tts_hash():
+    """Runs made before a front-end change re-synthesise: the version goes into the stages' config."""
+    from kespeechchat.backends.tts import tts_config_section
+    from kespeechchat.backends.zh_g2p import ZH_G2P_VERSION
+    from kespeechchat.config import TTSConfig
+
+    assert tts_config_section(TTSConfig(backend="kokoro"))["zh_g2p"] == ZH_G2P_VERSION
+    assert "zh_g2p" not in tts_config_section(TTSConfig(backend="kokoro", zh_frontend="misaki"))
+    assert "num_threads" not in tts_config_section(TTSConfig(backend="kokoro", num_threads=4))

@@ -30,7 +30,7 @@ from kespeechchat.backends.onnx import ShrinkingSession
 from kespeechchat.backends.registry import Finding
 from kespeechchat.backends.speaker import diagnose_campplus
 from kespeechchat.backends.world import transform
-from kespeechchat.backends.zh_g2p import ZhG2P
+from kespeechchat.backends.zh_g2p import ZH_G2P_VERSION, ZhG2P
 from kespeechchat.langid import HAN_RANGES
 from kespeechchat.models import (
     KOKORO_MODEL_FILE,
@@ -445,6 +445,16 @@ class CosyVoiceTTS(LazyModel):
             return np.zeros(0, dtype=np.float32)  # reported as tts_empty by the stage
         audio = np.concatenate(parts).astype(np.float32)
         return _apply_world(audio, self.sample_rate_hz, voice)
+
+
+def tts_config_section(cfg: TTSConfig) -> dict[str, Any]:
+    """What changes the audio a TTS config makes (worker threads do not): the config, and the version
+    of our Chinese front end where the backend reads its phonemes."""
+
+    out: dict[str, Any] = cfg.model_dump(exclude={"num_threads"})
+    if cfg.backend == "kokoro" and cfg.zh_frontend == "sandhi":
+        out["zh_g2p"] = ZH_G2P_VERSION
+    return out
 
 
 def make_tts(cfg: TTSConfig, *, speed_jitter: float = 0.06) -> TTSBackend:

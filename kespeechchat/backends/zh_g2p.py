@@ -10,7 +10,8 @@ cannot read. This keeps the v1.0 phonemes and adds what a front end needs:
 - pypinyin with the large phrase dictionary (pypinyin-dict) and a short list of fixes, so
   polyphonic characters are read by the word they are in;
 - Mandarin tone sandhi (一 and 不 before a fourth tone, third-tone runs, neutral tones of particles
-  and reduplications) by misaki's port of PaddleSpeech's rules.
+  and reduplications) by misaki's port of PaddleSpeech's rules, except its rule that reads every
+  word ending in 的/地/得 as if it ended in the particle (``PARTICLE_FINALS``).
 
 The cases are pinned in ``tests/test_zh_g2p.py``.
 """
@@ -56,6 +57,16 @@ PHRASE_FIXES: dict[str, list[list[str]]] = {
     },
 }
 
+# The sandhi rules (PaddleSpeech's, as misaki ports them) make the last syllable of *any* word ending
+# in 的, 地 or 得 neutral, as if it were the particle: 获得 huò de, 当地 dāng di, 目的 mù de. Only the
+# particles are neutral; in a longer word the dictionary's reading stands (it says 觉得 jué de,
+# 记得 jì de, but 获得 huò dé, 土地 tǔ dì, 目的 mù dì).
+PARTICLE_FINALS = "的地得"
+
+# Bumped whenever the phonemes of some text change, so that runs re-synthesise (the synthesize and
+# repair stages hash it with their config).
+ZH_G2P_VERSION = 2
+
 _lock = threading.Lock()
 _ready = False
 
@@ -96,9 +107,12 @@ class ZhG2P:
         out = []
         cut = self._sandhi.pre_merge_for_modify([(w, p) for w, p in psg.lcut(text)])
         for word, pos in cut:
-            syllables = lazy_pinyin(word, style=Style.TONE3, neutral_tone_with_five=True)
-            if len(syllables) == len(word):
-                syllables = self._sandhi.modified_tone(word, pos, syllables)
+            read = lazy_pinyin(word, style=Style.TONE3, neutral_tone_with_five=True)
+            syllables = read
+            if len(read) == len(word):
+                syllables = self._sandhi.modified_tone(word, pos, list(read))
+                if len(word) > 1 and word[-1] in PARTICLE_FINALS and not read[-1].endswith("5"):
+                    syllables[-1] = read[-1]
             out.append((word, syllables))
         return out
 

@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from kespeechchat.audio import encode_flac
-from kespeechchat.backends.tts import make_tts, split_sentences, turn_seed
+from kespeechchat.backends.tts import make_tts, split_sentences, tts_config_section, turn_seed
 from kespeechchat.stage import Resources, Stage, StageOutput
 from pipelines.stages.select import row_failures, turn_failure, turn_values
 from pipelines.stages.synthesize import TurnSynthesisError, synthesize_turn
@@ -58,7 +58,7 @@ class RepairStage(Stage):
         return {
             "retry": self.cfg.retry.model_dump(),
             "select": self.cfg.select.model_dump(),
-            "tts": self.cfg.tts.model_dump(exclude={"num_threads"}),
+            "tts": tts_config_section(self.cfg.tts),
             "verify": verify_config_section(self.cfg),
             "seed": self.cfg.seed,
             "library": library_fingerprint(self.cfg, self.runtime.run_dir),

@@ -18,7 +18,7 @@ from typing import Any
 import pyarrow as pa
 
 from kespeechchat.audio import encode_flac
-from kespeechchat.backends.tts import make_tts, output_problem, turn_seed
+from kespeechchat.backends.tts import make_tts, output_problem, tts_config_section, turn_seed
 from kespeechchat.stage import Resources, Stage, StageOutput, reject
 from kespeechchat.store import ENVIRONMENT_ERRNOS
 from pipelines.voices import library_fingerprint, load_run_library
@@ -67,7 +67,7 @@ class SynthesizeStage(Stage):
     def config_section(self) -> dict[str, Any]:
 
         return {
-            "tts": self.cfg.tts.model_dump(exclude={"num_threads"}),
+            "tts": tts_config_section(self.cfg.tts),
             "seed": self.cfg.seed,
             "retries": self.cfg.retry.retries,
             "library": library_fingerprint(self.cfg, self.runtime.run_dir),
