@@ -35,6 +35,16 @@ PAPER_SHARDS = 110_000
 PAPER_STAGES = 8
 
 
+def _rss_mb() -> float:
+    """The process's resident memory now (not the peak)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _cpu_s() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
@@ -53,15 +63,19 @@ def child(n: int, run_dir: Path) -> dict:
         "stages": [{"name": "noop", "cpus": 0.25, "memory_mb": 64, "sleep_s": 0}],
     }
     pipe = SleepPipeline(spec)
+    rss = {"start": _rss_mb()}
     t0 = time.perf_counter()
     units = pipe.write_input()
     write_s = time.perf_counter() - t0
+    rss["after_write"] = _rss_mb()
     fps = {u.shard: u.input_fingerprint for u in units}  # what the ingest marker holds in a real run
     ex = RayExecutor(pipe.cfg)
     try:
+        rss["after_ray_init"] = _rss_mb()
         c1, t1 = _cpu_s(), time.perf_counter()
         ex.run(pipe, units, len(pipe.stages) - 1)
         run_s, driver_cpu_s = time.perf_counter() - t1, _cpu_s() - c1
+        rss["after_run"] = _rss_mb()
     finally:
         ex.close()
     # resume: a fresh planner over the finished run finds every unit done, as Pipeline._run_shards does
@@ -69,6 +83,8 @@ def child(n: int, run_dir: Path) -> dict:
     t2 = time.perf_counter()
     todo = sum(1 for shard in range(n) if again.plan(0, shard, fps[shard], 0) is not None)
     plan_s = time.perf_counter() - t2
+    rss["after_plan"] = _rss_mb()
+    peak_driver = _peak_mb()  # before this script's own walk over the run's files below
     files = sum(len(f) for _, _, f in os.walk(run_dir))
     size = sum(p.stat().st_size for p in run_dir.rglob("*") if p.is_file())
     return {
@@ -78,7 +94,9 @@ def child(n: int, run_dir: Path) -> dict:
         "run_s": run_s,
         "units_per_s": len(units) / run_s,
         "driver_cpu_ms_per_unit": 1000 * driver_cpu_s / len(units),
-        "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_mb": peak_driver,
+        "rss_phases_mb": rss,
+        "peak_with_file_walk_mb": _peak_mb(),
         "plan_s": plan_s,
         "left_to_do": todo,
         "files": files,
@@ -110,7 +128,10 @@ def main() -> int:
             print(
                 f"{n:>7} shards: write {row['write_s']:.1f} s, {row['units_per_s']:.0f} units/s "
                 f"(driver CPU {row['driver_cpu_ms_per_unit']:.1f} ms per unit), "
-                f"driver peak RSS {row['rss_mb']:.0f} MB, resume plan {row['plan_s']:.2f} s "
+                f"driver peak RSS {row['rss_mb']:.0f} MB (now: "
+                + ", ".join(f"{k} {v:.0f}" for k, v in row["rss_phases_mb"].items())
+                + f"; the bench's own file walk after it: {row['peak_with_file_walk_mb']:.0f}), "
+                f"resume plan {row['plan_s']:.2f} s "
                 f"({row['left_to_do']} left to do), {row['files']} files ({row['files_per_unit']:.1f} per unit)",
                 flush=True,
             )
@@ -147,6 +168,8 @@ def main() -> int:
         ratio=hi["rss_mb"] / lo["rss_mb"],
     )
     units = PAPER_SHARDS * PAPER_STAGES
+    ph = hi["rss_phases_mb"]
+    run_kb = (ph["after_run"] - ph["after_ray_init"]) * 1024 / hi["units"]
     per_unit_plan = hi["plan_s"] / hi["units"]
     print(
         f"\nprojection to 7 M dialogues ({PAPER_SHARDS} shards x {PAPER_STAGES} stages = {units} units), "
@@ -155,7 +178,10 @@ def main() -> int:
         f"{hi['driver_cpu_ms_per_unit'] * units / 1000 / 3600:.2f} h over the run "
         f"(dispatch here {hi['units_per_s']:.0f} units/s, bound by 2 cores running the no-op workers too)\n"
         f"  resume planning: {per_unit_plan * units:.0f} s\n"
-        f"  files: {hi['files_per_unit'] * units / 1e6:.2f} M"
+        f"  files: {hi['files_per_unit'] * units / 1e6:.2f} M\n"
+        f"  driver memory: {run_kb:.2f} KB per unit while units run ({hi['rss_phases_mb']['after_run']:.0f} MB "
+        f"after {hi['units']} units), so about {hi['rss_phases_mb']['after_ray_init'] + run_kb * units / 1024:.0f} MB "
+        f"at {units} units"
     )
     return 0
 

@@ -269,7 +269,20 @@ class _RayRun:
         requests = [Request(o["num_cpus"], o["num_gpus"], o["memory"]) for o in self.opts]
         workers = [self.xcfg.stage_workers.get(st.name, 1) for st in self.stages]
         self.totals = self.ray.cluster_resources()
-        self.sched = Scheduler(requests, workers, Request.of(self.totals))
+        server = getattr(pipe, "_llm_server", None)  # managed here: its threads do the LLM stages' work
+        llm_stages = frozenset(i for i, st in enumerate(self.stages) if st.needs_llm())
+        self.sched = Scheduler(
+            requests,
+            workers,
+            Request.of(self.totals),
+            reserve=Request(CPU=float(server.n_threads)) if server is not None else None,
+            reserve_for=llm_stages if server is not None else frozenset(),
+        )
+        if self.sched.reserve.CPU > 0:
+            pipe.progress.note(
+                f"llama.cpp server: {self.sched.reserve.CPU:g} of its {server.n_threads} thread(s) "
+                "reserved as CPUs while the LLM stages have work"
+            )
         self.build = pipe.stage_builder()
         self.run_dir = str(pipe.runtime.run_dir)
         self.actors: dict[int, Any] = {}  # slot id -> actor handle
@@ -451,6 +464,8 @@ class _RayRun:
             f"{self.stages[s.stage].name} ({s.state}, {sched.requests[s.stage].describe()})"
             for s in sorted(sched.slots.values(), key=lambda s: s.stage)
         ]
+        if sched.reserving() and sched.reserve.CPU > 0:
+            held.append(f"llama.cpp server ({sched.reserve.describe()} reserved)")
         lines.append("  held by this run: " + (", ".join(held) or "nothing"))
         try:
             free = Request.of(self.ray.available_resources()).describe()

@@ -21,10 +21,17 @@ The rule
    shards frees their inputs and their actors sooner than starting new ones. Extra actors of a
    stage (``executor.stage_workers``) only take resources no waiting stage without an actor needs.
 
+5. **Work done outside an actor is reserved too.** A server the run manages (the embedded llama.cpp
+   server) does the LLM stages' work on its own threads while their actors only wait on HTTP, so
+   the actors ask for almost nothing and the server's CPUs are held as a reservation while work can
+   still reach an LLM stage (rule 1's test), then given back to the speech stages. The reservation is
+   cut down so that one actor of each LLM stage and one actor of any other stage still fit beside it.
+
 Why it cannot deadlock: say nothing runs and units wait. If a stage with waiting units has an idle
 actor, a unit is dispatched. Otherwise every actor of the run is idle and belongs to a stage with no
 waiting units, so rule 3 may release all of them; since each stage's actor fits the cluster by itself
-(checked before the run), the most downstream waiting stage then gets its actor. Either way a unit
+(checked before the run, and beside the reservation of rule 5 by its cap), the most downstream
+waiting stage then gets its actor. Either way a unit
 starts, every unit ends, so the run ends. What the rule cannot see (other jobs on a shared cluster,
 resources split across nodes) is caught by the executor's watchdog, which stops the run with a
 diagnosis instead of waiting forever.
@@ -109,13 +116,42 @@ class Scheduler:
     reports back with ``placed`` / ``loaded`` / ``finished`` / ``lost``.
     """
 
-    def __init__(self, requests: list[Request], workers: list[int], capacity: Request):
+    def __init__(
+        self,
+        requests: list[Request],
+        workers: list[int],
+        capacity: Request,
+        reserve: Request | None = None,
+        reserve_for: frozenset[int] = frozenset(),
+    ):
         self.requests = requests
         self.workers = [max(1, w) for w in workers]
         self.capacity = capacity
         self.waiting: dict[int, deque[Any]] = {i: deque() for i in range(len(requests))}
         self.slots: dict[int, Slot] = {}
         self._next_id = 0
+        self.reserve_for = frozenset(reserve_for)
+        self.reserve = self._capped(reserve or Request())
+
+    def _capped(self, want: Request) -> Request:
+        """Rule 5's reservation, cut down so that beside it one actor of every stage of ``reserve_for``
+        and one actor of any other stage still fit the cluster (so rule 3's argument still holds)."""
+
+        if not self.reserve_for:
+            return Request()
+        clients = Request()
+        for j in self.reserve_for:
+            clients = clients + self.requests[j]
+        out = []
+        for k in RESOURCE_KEYS:
+            largest = max((getattr(r, k) for r in self.requests), default=0.0)
+            room = getattr(self.capacity, k) - largest - getattr(clients, k)
+            out.append(max(0.0, min(getattr(want, k), room)))
+        return Request(*out)
+
+    def reserving(self) -> bool:
+        """Rule 5: the reservation stands while work can still reach a stage it serves."""
+        return bool(self.reserve_for) and any(self.reachable(j) for j in self.reserve_for)
 
     # -- what the executor reports -------------------------------------------------------------------
     def submit(self, unit: Any, *, front: bool = False) -> None:
@@ -148,7 +184,7 @@ class Scheduler:
         return any(self.waiting.values()) or any(s.state == BUSY for s in self.slots.values())
 
     def held(self) -> Request:
-        total = Request()
+        total = self.reserve if self.reserving() else Request()
         for s in self.slots.values():
             total = total + self.requests[s.stage]
         return total

@@ -78,7 +78,9 @@ def test_malformed_jsonl_reasons() -> None:
         assert r.reason in REASONS and r.detail and r.source_file == "malformed.jsonl"
         assert len(r.raw_excerpt) <= 300
     by_index = {r.record_index: r for r in rejects}
-    assert by_index[8].detail == "messages[2] is a tool call or its result (role='tool'): not a spoken dialogue"
+    assert (
+        by_index[8].detail == "messages[2] is a tool call or its result (role='tool'): not a spoken dialogue"
+    )
     assert by_index[11].detail.startswith("same turns as malformed.jsonl#0")
     assert by_index[1].raw_excerpt == '{"instruction": "broken", "output":'
     assert "messages[0].content[0].type='image_url'" in by_index[15].detail

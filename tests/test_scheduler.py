@@ -22,7 +22,17 @@ class U:
 
 
 def simulate(
-    requests, workers, capacity, durations, n_shards, start_s=1.0, deaths=0.0, seed=0, max_events=200_000
+    requests,
+    workers,
+    capacity,
+    durations,
+    n_shards,
+    start_s=1.0,
+    deaths=0.0,
+    seed=0,
+    max_events=200_000,
+    reserve=None,
+    reserve_for=frozenset(),
 ):
     """Run every shard through every stage; returns (finish time, peak held, starts per stage).
 
@@ -31,7 +41,7 @@ def simulate(
     unit goes back to its queue and a new actor is needed, as after a SIGKILL or an OOM kill).
     Raises AssertionError on a deadlock (work left, nothing scheduled)."""
     rng = random.Random(seed)
-    sched = Scheduler(requests, workers, capacity)
+    sched = Scheduler(requests, workers, capacity, reserve=reserve, reserve_for=reserve_for)
     for s in range(n_shards):
         sched.submit(U(0, s))
     events: list[tuple[float, int, str, int]] = []  # (time, seq, kind, slot id)
@@ -183,8 +193,65 @@ def test_random_clusters_and_stages_never_deadlock_nor_overcommit(seed):
     n = rng.randint(1, 12)
     durations = [[rng.expovariate(1 / 20) + 0.1 for _ in range(n)] for _ in range(n_stages)]
     deaths = rng.choice([0.0, 0.0, 0.1, 0.3])
+    # half the runs hold a server reservation (rule 5) for their first stages while work reaches them
+    reserve_for = frozenset(range(rng.randint(1, n_stages))) if seed % 2 else frozenset()
+    reserve = Request(rng.choice([1, 2, 4, 16]), 0, rng.uniform(0, 1) * capacity.memory)
     end, peak, starts = simulate(
-        requests, workers, capacity, durations, n, start_s=rng.uniform(0.5, 5), deaths=deaths, seed=seed
+        requests,
+        workers,
+        capacity,
+        durations,
+        n,
+        start_s=rng.uniform(0.5, 5),
+        deaths=deaths,
+        seed=seed,
+        reserve=reserve,
+        reserve_for=reserve_for,
     )
     assert peak.fits_in(capacity)
     assert all(k >= 1 for k in starts)
+
+
+def test_the_llm_servers_cpus_are_reserved_while_llm_stages_have_work_then_given_back():
+    """Rule 5 on the demo's two CPUs: the managed server's 2 threads are held (cut to what leaves room
+    for the LLM stages' actors and one speech actor) until no work can reach an LLM stage."""
+    cap = Request(2, 0, 14 * GiB)
+    sched = Scheduler(DEMO, [1] * 8, cap, reserve=Request(CPU=2), reserve_for=frozenset({0, 1, 2}))
+    assert sched.reserve.CPU == pytest.approx(2 - 1.0 - (0.1 + 0.1 + 0.25))
+    sched.submit(U(0, 0))
+    assert sched.reserving() and sched.held().CPU == pytest.approx(sched.reserve.CPU)
+    d = sched.decide(0.0)
+    assert [s.stage for s in d.start] == [0]
+    # the shard leaves the LLM stages: the reservation goes, two speech actors fit at once
+    sched.waiting[0].clear()
+    sched.slots.clear()
+    sched.submit(U(4, 0))
+    sched.submit(U(5, 1))
+    assert not sched.reserving() and sched.held().CPU == 0
+    d = sched.decide(1.0)
+    assert sorted(s.stage for s in d.start) == [4, 5]
+    # with LLM work still waiting, only one of them fits beside the reservation
+    sched2 = Scheduler(DEMO, [1] * 8, cap, reserve=Request(CPU=2), reserve_for=frozenset({0, 1, 2}))
+    sched2.submit(U(2, 0))
+    sched2.submit(U(4, 1))
+    sched2.submit(U(5, 2))
+    d = sched2.decide(0.0)
+    assert sorted(s.stage for s in d.start) == [2, 5]
+    assert sched2.held().fits_in(cap)
+
+
+def test_the_demo_finishes_with_the_server_reserved():
+    rng = random.Random(5)
+    n = 10
+    durations = [[rng.uniform(30, 300) if i < 3 else rng.uniform(5, 60) for _ in range(n)] for i in range(8)]
+    end, peak, starts = simulate(
+        DEMO,
+        [1] * 8,
+        Request(2, 0, 14 * GiB),
+        durations,
+        n,
+        reserve=Request(CPU=2),
+        reserve_for=frozenset({0, 1, 2}),
+    )
+    assert peak.CPU <= 2 + 1e-9
+    assert end < sum(sum(col) for col in durations)
