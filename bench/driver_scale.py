@@ -68,6 +68,7 @@ def child(n: int, run_dir: Path) -> dict:
     units = pipe.write_input()
     write_s = time.perf_counter() - t0
     rss["after_write"] = _rss_mb()
+    input_files = sum(len(f) for _, _, f in os.walk(run_dir))
     fps = {u.shard: u.input_fingerprint for u in units}  # what the ingest marker holds in a real run
     ex = RayExecutor(pipe.cfg)
     try:
@@ -101,6 +102,8 @@ def child(n: int, run_dir: Path) -> dict:
         "left_to_do": todo,
         "files": files,
         "files_per_unit": files / max(n, 1),
+        "input_files_per_shard": input_files / max(n, 1),
+        "stage_files_per_unit": (files - input_files) / max(len(units), 1),
         "bytes": size,
     }
 
@@ -178,7 +181,8 @@ def main() -> int:
         f"{hi['driver_cpu_ms_per_unit'] * units / 1000 / 3600:.2f} h over the run "
         f"(dispatch here {hi['units_per_s']:.0f} units/s, bound by 2 cores running the no-op workers too)\n"
         f"  resume planning: {per_unit_plan * units:.0f} s\n"
-        f"  files: {hi['files_per_unit'] * units / 1e6:.2f} M\n"
+        f"  files: {(hi['input_files_per_shard'] * PAPER_SHARDS + hi['stage_files_per_unit'] * units) / 1e6:.2f} M "
+        f"({hi['input_files_per_shard']:.1f} per input shard, {hi['stage_files_per_unit']:.1f} per unit)\n"
         f"  driver memory: {run_kb:.2f} KB per unit while units run ({hi['rss_phases_mb']['after_run']:.0f} MB "
         f"after {hi['units']} units), so about {hi['rss_phases_mb']['after_ray_init'] + run_kb * units / 1024:.0f} MB "
         f"at {units} units"
