@@ -146,7 +146,10 @@ def run_stage(
     return int(out.metrics.get("tokens_out", 0)), wall
 
 
-PROMPT_CACHE = {"prompt": 0, "cached": 0}  # prompt tokens sent by the plain way, and taken from the server's cache
+PROMPT_CACHE = {
+    "prompt": 0,
+    "cached": 0,
+}  # prompt tokens sent by the plain way, and taken from the server's cache
 
 
 def run_plain(reqs: list[dict], endpoint: str, key: str, concurrency: int) -> tuple[int, float]:
@@ -307,7 +310,9 @@ def main() -> int:
     short = "fake" if fake else ("llama.cpp" if args.server == "embedded" else "endpoint")
     if PROMPT_CACHE["prompt"]:
         hit = PROMPT_CACHE["cached"] / PROMPT_CACHE["prompt"]
-        print(f"prompt-prefix cache: {PROMPT_CACHE['cached']} of {PROMPT_CACHE['prompt']} prompt tokens ({hit:.0%})")
+        print(
+            f"prompt-prefix cache: {PROMPT_CACHE['cached']} of {PROMPT_CACHE['prompt']} prompt tokens ({hit:.0%})"
+        )
         report(f"prompt-prefix cache hit rate, plain load ({short})", hit, "share", note=label)
     if "stage" not in rate:
         return 0
