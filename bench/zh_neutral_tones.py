@@ -37,23 +37,19 @@ def sentences(path: Path, lo: int = 10, hi: int = 30) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def restored_pinyin(g2p, text: str) -> list[tuple[str, list[str]]]:
-    """ZhG2P.pinyin, but a neutral tone that sandhi put on a syllable of a longer word goes back to
-    the dictionary's tone."""
-    import jieba.posseg as psg
+def restore_tones(words: list[tuple[str, list[str]]]) -> list[tuple[str, list[str]]]:
+    """The front end's (word, syllables), but a neutral tone that sandhi put on a syllable of a
+    longer word goes back to the dictionary's tone."""
     from pypinyin import Style, lazy_pinyin
 
     out = []
-    for word, pos in g2p._sandhi.pre_merge_for_modify([(w, p) for w, p in psg.lcut(text)]):
+    for word, syl in words:
         read = lazy_pinyin(word, style=Style.TONE3, neutral_tone_with_five=True)
-        syl = list(read)
-        if len(syl) == len(word):
-            syl = g2p._sandhi.modified_tone(word, pos, syl)
-            if len(word) > 1:
-                syl = [
-                    b if s.endswith("5") and not b.endswith("5") and s[:-1] == b[:-1] else s
-                    for s, b in zip(syl, read, strict=True)
-                ]
+        if len(word) > 1 and len(read) == len(syl) == len(word):
+            syl = [
+                b if s.endswith("5") and not b.endswith("5") and s[:-1] == b[:-1] else s
+                for s, b in zip(syl, read, strict=True)
+            ]
         out.append((word, syl))
     return out
 
@@ -62,7 +58,8 @@ def changed_words(g2p, text: str) -> list[str]:
     """Words whose syllables differ between the two front ends."""
     out = []
     for run in HAN.findall(text):
-        a, b = g2p.pinyin(run), restored_pinyin(g2p, run)
+        a = g2p.pinyin(run)
+        b = restore_tones(a)
         out += [w for (w, x), (_, y) in zip(a, b, strict=True) if x != y]
     return out
 
@@ -95,11 +92,15 @@ def measure(args) -> None:
     asr = make_asr(cfg.asr)
     asr.setup()
     orig = zh_g2p.ZhG2P.pinyin
+
+    def restored(self, text):
+        return restore_tones(orig(self, text))
+
     out = []
     try:
         for s in todo:
             for variant in ("current", "restored"):
-                zh_g2p.ZhG2P.pinyin = orig if variant == "current" else restored_pinyin
+                zh_g2p.ZhG2P.pinyin = orig if variant == "current" else restored
                 clips = [tts.synthesize(s, "zh", v, seed=0, attempt=1) for v in voices]
                 hyps = [asr.transcribe([(a, tts.sample_rate_hz, "zh")])[0] for a in clips]
                 errs = [error_rate(s, h, "zh") for h in hyps]

@@ -269,7 +269,7 @@ class _RayRun:
         requests = [Request(o["num_cpus"], o["num_gpus"], o["memory"]) for o in self.opts]
         workers = [self.xcfg.stage_workers.get(st.name, 1) for st in self.stages]
         self.totals = self.ray.cluster_resources()
-        server = getattr(pipe, "_llm_server", None)  # managed here: its threads do the LLM stages' work
+        server = pipe.llm_server  # its threads do the LLM stages' work
         llm_stages = frozenset(i for i, st in enumerate(self.stages) if st.needs_llm())
         self.sched = Scheduler(
             requests,

@@ -100,6 +100,11 @@ class Pipeline:
         return run_package(self.cfg, self.store, self.progress)
 
     # -- LLM server ---------------------------------------------------------------------------
+    @property
+    def llm_server(self) -> ManagedLlamaServer | None:
+        """The llama.cpp server this run started and stops (None with configured endpoints)."""
+        return self._llm_server
+
     def ensure_llm(self) -> None:
         """Start the managed llama.cpp server (embedded profile) or resolve the configured endpoints."""
         if self.runtime.llm_endpoints:
