@@ -135,6 +135,14 @@ class LLMConfig(_Model):
         "decoding; set false for a server that rejects or ignores `pattern` (replies are still checked after).",
     )
     concurrency: int = Field(4, ge=1, description="Concurrent requests per endpoint.")
+    prefix_concurrency: int | None = Field(
+        None,
+        ge=1,
+        description="Requests in flight at once per prompt family (same system prompt and example: one task in "
+        "one language), per stage worker. llama.cpp's server keeps a cached prefix in one slot at a time, so "
+        "several requests of one family started together each read the whole prompt again. None: 1 for the "
+        "managed llama.cpp server, unlimited for other endpoints (vLLM shares cached prefixes across requests).",
+    )
     timeout_s: float = Field(120.0, gt=0, description="Timeout of one request.")
     max_retries: int = Field(
         4, ge=0, description="Retries on 429/5xx/timeouts/connection errors (with backoff)."

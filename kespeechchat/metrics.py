@@ -10,6 +10,12 @@ right tone still has to guess which of them was written (汇总 or 绘总, 在 o
 nothing about the audio, so a Chinese character counts as right when it is the same character or
 has the same toned reading as the one it is aligned with (a tone heard wrongly is still an
 error: 香 xiāng heard as 像 xiàng). ``literal_error_rate`` keeps the character-only count.
+
+A recogniser also writes a symbol between two numbers for several different spoken words: "660-549"
+is "six hundred and sixty minus five hundred forty nine" as well as "… to …", "3x4" is "three
+times four" or "three by four". Text normalisation can only guess which was said, so the
+hypothesis is scored under each reading of such symbols (``OPERATOR_READINGS``) and the best
+reading counts: the audio said one of them, and nothing in the transcript says which.
 """
 
 from __future__ import annotations
@@ -28,6 +34,16 @@ _SPACES = re.compile(r"\s+")
 _HAN = re.compile(f"[{HAN_RANGES}]")
 _LATIN_WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)*")
 _ALNUM = re.compile(r"[A-Za-z0-9]")
+# Readings of a symbol that a recogniser writes between two numbers (hyphens, dashes and minus signs;
+# multiplication signs and the letter x), per language. The hypothesis is scored under each.
+_BETWEEN_DIGITS = {
+    "dash": re.compile(r"(?<=\d)\s*[-\u2010-\u2015\u2212]\s*(?=\d)"),
+    "times": re.compile(r"(?<=\d)\s*[x\u00d7*]\s*(?=\d)"),
+}
+OPERATOR_READINGS: dict[str, dict[str, tuple[str, ...]]] = {
+    "en": {"dash": ("to", "minus"), "times": ("times", "by")},
+    "zh": {"dash": ("到", "至", "减"), "times": ("乘",)},
+}
 # One English word inside Chinese speech takes about as long as two Chinese characters; one Chinese
 # character inside English speech about as long as three letters.
 ZH_CHARS_PER_LATIN_WORD = 2
@@ -178,7 +194,33 @@ def error_rate(reference: str, hypothesis: str, language: str) -> float:
     return _rate(reference, hypothesis, language, by_sound=True)
 
 
+def hypothesis_readings(hypothesis: str, language: str) -> list[str]:
+    """``hypothesis`` and its rewrites with each reading of the symbols between numbers
+    (``OPERATOR_READINGS``): one symbol kind read the same way throughout a hypothesis."""
+
+    error_kind(language)
+    text = unicodedata.normalize("NFKC", hypothesis or "")
+    variants = [text]
+    for kind, pattern in _BETWEEN_DIGITS.items():
+        if not pattern.search(text):
+            continue
+        variants = [
+            pattern.sub(f" {word} " if language == "en" else word, v)
+            for v in variants
+            for word in OPERATOR_READINGS[language][kind]
+        ]
+    return variants if len(variants) == 1 else [text, *variants]
+
+
 def _rate(reference: str, hypothesis: str, language: str, *, by_sound: bool) -> float:
+
+    readings = hypothesis_readings(hypothesis, language)
+    if len(readings) > 1:
+        return min(_rate_one(reference, h, language, by_sound=by_sound) for h in readings)
+    return _rate_one(reference, hypothesis, language, by_sound=by_sound)
+
+
+def _rate_one(reference: str, hypothesis: str, language: str, *, by_sound: bool) -> float:
     import jiwer
 
     kind = error_kind(language)

@@ -400,3 +400,68 @@ def test_small_check_arrays_and_enums():
             _small_check(bad, schema, "$")
         with pytest.raises(ValueError):
             check_schema(bad, schema)
+
+
+def _family_requests(n: int) -> list[dict]:
+    return [
+        {
+            "messages": [
+                {"role": "system", "content": "prompt A" if i % 2 == 0 else "prompt B"},
+                {"role": "user", "content": f"item {i}"},
+            ],
+            "schema": SCHEMA,
+            "max_tokens": 16,
+        }
+        for i in range(n)
+    ]
+
+
+class _FamilyCounter:
+    """A responder that records how many requests of each system prompt were in flight at once."""
+
+    def __init__(self, delay_s: float, invalid_first: frozenset[int] = frozenset()):
+        import threading
+
+        self.lock = threading.Lock()
+        self.now: dict[str, int] = {}
+        self.peak: dict[str, int] = {}
+        self.delay_s = delay_s
+        self.invalid_first = set(invalid_first)
+
+    def __call__(self, body: dict) -> FakeReply:
+        import time
+
+        family = body["messages"][0]["content"]
+        i = int(body["messages"][-1]["content"].split()[-1])
+        with self.lock:
+            self.now[family] = self.now.get(family, 0) + 1
+            self.peak[family] = max(self.peak.get(family, 0), self.now[family])
+            invalid = i in self.invalid_first
+            self.invalid_first.discard(i)
+        time.sleep(self.delay_s)  # the fake serves each request on its own thread
+        with self.lock:
+            self.now[family] -= 1
+        if invalid:
+            return FakeReply.json_content({"answer": "no number"})
+        return FakeReply.json_content({"answer": f"item {i}", "n": i})
+
+
+def test_prefix_concurrency_bounds_each_prompt_family_and_keeps_re_asks_in_the_turn(srv):
+    counter = _FamilyCounter(0.15, invalid_first=frozenset({0}))
+    srv.responder = counter
+    client = make_client(srv, concurrency=4, prefix_concurrency=1)
+    results = client.complete_json_many(_family_requests(8))
+    assert [r.value["n"] for r in results] == list(range(8))
+    assert counter.peak == {"prompt A": 1, "prompt B": 1}  # one per family, a re-ask included
+    assert srv.max_in_flight == 2  # the two families still overlap
+    assert client.stats["invalid_retries"] == 1 and client.stats["http_requests"] == 9
+
+
+def test_without_prefix_concurrency_a_family_fills_the_endpoint(srv):
+    counter = _FamilyCounter(0.15)
+    srv.responder = counter
+    results = make_client(srv, concurrency=4).complete_json_many(_family_requests(8))
+    assert [r.value["n"] for r in results] == list(range(8))
+    assert max(counter.peak.values()) > 1 and srv.max_in_flight == 4
+    with pytest.raises(ValueError, match="prefix_concurrency"):
+        make_client(srv, prefix_concurrency=0)

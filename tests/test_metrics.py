@@ -124,3 +124,31 @@ def test_spoken_chars_counts_what_is_said():
     assert spoken_chars("Ｈｅｌｌｏ", "en") == 5  # full-width letters are letters
     with pytest.raises(ValueError, match="fr"):
         spoken_chars("bonjour", "fr")
+
+
+def test_a_symbol_between_numbers_is_scored_under_each_reading():
+    # the demo's en turn: the audio said "minus", Whisper wrote a hyphen, TN reads "660-549" as a range
+    ref = "What is the result of six hundred and sixty minus five hundred forty nine thousand six hundred and ninety five?"
+    assert error_rate(ref, "What is the result of 660-549,695?", "en") == 0.0
+    assert error_rate("from nineteen ninety to two thousand", "from 1990-2000", "en") == 0.0
+    assert error_rate("a room of three by four metres", "a room of 3x4 metres", "en") == 0.0
+    assert error_rate("three times four is twelve", "3 × 4 is 12", "en") == 0.0
+    assert error_rate("六百六十减五百四十九", "660-549", "zh") == 0.0
+    assert error_rate("三乘四等于十二", "3×4=12", "zh") == 0.0
+    # a reading is chosen, not invented: a plus sign heard for "minus" is still an error,
+    # and a hyphen cannot stand for "plus"
+    assert error_rate("six minus four", "6+4", "en") > 0
+    assert error_rate("six plus four", "6-4", "en") > 0
+    assert error_rate("六加四", "6-4", "zh") > 0
+    # nothing changes where no symbol stands between numbers
+    assert error_rate("a well-known fact", "a well known fact", "en") == 0.0
+    assert error_rate("six minus four", "six to four", "en") > 0
+
+
+def test_hypothesis_readings_are_few_and_keep_the_transcript():
+    from kespeechchat.metrics import hypothesis_readings
+
+    assert hypothesis_readings("no symbols here", "en") == ["no symbols here"]
+    r = hypothesis_readings("660-549 and 3x4", "en")
+    assert r[0] == "660-549 and 3x4" and len(r) == 1 + 2 * 2
+    assert "660 minus 549 and 3 by 4" in [" ".join(v.split()) for v in r]

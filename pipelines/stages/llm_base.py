@@ -109,6 +109,7 @@ class LLMStage(Stage):
             max_retries=llm.max_retries,
             structured_output=self.runtime.llm_structured_output,
             cache_dir=RunStore(self.runtime.run_dir).cache_dir / "llm",
+            prefix_concurrency=llm.prefix_concurrency or (1 if llm.backend == "llamacpp" else None),
         )
 
     def teardown(self) -> None:

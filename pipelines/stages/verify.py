@@ -101,7 +101,8 @@ def verify_config_section(cfg: RunConfig) -> dict[str, Any]:
         "asr": cfg.asr.model_dump(exclude={"num_threads"}),
         "speaker": cfg.speaker.model_dump(exclude={"num_threads"}),
         "quality": cfg.quality.model_dump(exclude={"num_threads"}),
-        "metrics": "v3",
+        # the scorer's own rules (kespeechchat.metrics); v4: symbols between numbers read every way
+        "metrics": "v4",
     }
 
 
