@@ -24,6 +24,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -66,6 +67,40 @@ def eer(same: list[float], other: list[float]) -> tuple[float, float]:
     return best
 
 
+def _gate(utts: list[dict], refs: dict, ident: dict, sel: Any) -> tuple[float, float, float, float]:
+    """(EER, its cosine, genuine rejected, wrong identity accepted at the default bounds) against ``refs``."""
+    from kespeechchat.backends.speaker import cosine
+
+    same, other, rejected, accepted = [], [], [], []
+    for u in utts:
+        bound = (
+            sel.min_speaker_similarity
+            if u["duration_s"] >= sel.speaker_short_s
+            else sel.min_speaker_similarity_short
+        )
+        c = cosine(u["emb"], refs[(u["voice_id"], u["language"])])
+        same.append(c)
+        rejected.append(c < bound)
+        for (vid, lang), e in refs.items():
+            if lang == u["language"] and ident[vid] != u["identity_id"]:
+                o = cosine(u["emb"], e)
+                other.append(o)
+                accepted.append(o >= bound)
+    t, rate = eer(same, other)
+    return rate, t, float(np.mean(rejected)), float(np.mean(accepted))
+
+
+def _compare_refs(
+    utts: list[dict], refs: dict, short_refs: dict, ref_audio_s: dict, ident: dict, sel: Any
+) -> None:
+    """The speaker gate with the two-sentence reference probe and with its first sentence alone."""
+    print("\nreference probe: both sentences vs the first sentence only (the same utterances)")
+    print("  reference        audio s   EER (cosine)     genuine rejected   wrong identity accepted")
+    for name, r in (("full", refs), ("first sentence", short_refs)):
+        rate, t, rej, acc = _gate(utts, r, ident, sel)
+        print(f"  {name:15s} {ref_audio_s[name]:8.1f}   {rate:.3f} ({t:.3f})   {rej:16.3f}   {acc:16.3f}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--voices", type=int, default=12, help="library voices (plus the 4 agent voices)")
@@ -73,13 +108,18 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--short-s", type=float, default=2.0, help="clips shorter than this are reported apart")
     ap.add_argument("--out", type=Path, default=None, help="write all measurements as JSON here")
+    ap.add_argument(
+        "--compare-short-ref",
+        action="store_true",
+        help="also embed a reference made of the probe's first sentence only, and compare the gates",
+    )
     args = ap.parse_args()
 
     from kespeechchat.audio import audio_sanity
     from kespeechchat.backends.asr import FasterWhisperASR
     from kespeechchat.backends.quality import DNSMOSScorer
     from kespeechchat.backends.speaker import ResemblyzerEncoder, cosine
-    from kespeechchat.backends.tts import KokoroTTS
+    from kespeechchat.backends.tts import KokoroTTS, split_sentences
     from kespeechchat.metrics import error_rate, spoken_chars
     from voice_library.recipes import agent_voices, build_library
     from voice_library.refs import PROBE_TEXTS
@@ -91,11 +131,20 @@ def main() -> int:
     sr = tts.sample_rate_hz
     t0 = time.perf_counter()
     refs: dict[tuple[str, str], np.ndarray] = {}
+    short_refs: dict[tuple[str, str], np.ndarray] = {}  # --compare-short-ref: the probe's first sentence
+    ref_audio_s = {"full": 0.0, "first sentence": 0.0}
     utts: list[dict] = []
     audio: list[np.ndarray] = []
     for k, v in enumerate(voices):
         for lang in ("zh", "en"):
-            refs[(v.voice_id, lang)] = enc.embed(tts.synthesize(PROBE_TEXTS[lang], lang, v), sr)
+            ref = tts.synthesize(PROBE_TEXTS[lang], lang, v)
+            refs[(v.voice_id, lang)] = enc.embed(ref, sr)
+            ref_audio_s["full"] += len(ref) / sr
+            if args.compare_short_ref:
+                first = split_sentences(PROBE_TEXTS[lang], lang)[0]
+                short = tts.synthesize(first, lang, v)
+                short_refs[(v.voice_id, lang)] = enc.embed(short, sr)
+                ref_audio_s["first sentence"] += len(short) / sr
             n = len(SENTENCES[lang])
             for j in range(args.per_language):
                 text = SENTENCES[lang][(k + j * 2) % n]
@@ -198,6 +247,8 @@ def main() -> int:
     report("speaker EER (resemblyzer, library voices)", rate_eer, "", note=f"at cosine {t_eer:.3f}")
     report("genuine turns rejected at the default speaker bounds", float(genuine_rejected), "share")
     report("wrong-identity turns accepted at the default speaker bounds", float(wrong_accepted), "share")
+    if args.compare_short_ref:
+        _compare_refs(utts, refs, short_refs, ref_audio_s, ident, sel)
     print("\nclean TTS output, per language")
     for lang in ("zh", "en"):
         us = [u for u in utts if u["language"] == lang]
