@@ -17,6 +17,10 @@ from kespeechchat.langid import LANGUAGES, script_counts, turn_languages
 if TYPE_CHECKING:
     from kespeechchat.config import FilterConfig
 
+# Part of the text stages' config hash: a rule added or changed reruns them (the LLM's replies are
+# cached, so only what the rules now drop or let through costs anything). 2: structured_data.
+RULES_VERSION = 2
+
 REASONS = (
     "too_many_turns",
     "language_unsupported",
@@ -27,6 +31,7 @@ REASONS = (
     "table",
     "url",
     "tool_call",
+    "structured_data",
     "template_placeholder",
     "emoji_run",
     "language_mismatch",
@@ -93,6 +98,13 @@ _TOOL_MARKERS = re.compile(
 )
 _JSON_NAME = re.compile(r"[{,]\s*\"name\"\s*:\s*\"[^\"]*\"")
 _JSON_ARGS = re.compile(r"[{,]\s*\"(?:arguments|parameters)\"\s*:\s*[{\"]")
+
+# --- structured data ---------------------------------------------------------------------------
+# An object literal with at least two quoted keys (JSON, a Python dict, or the same with escaped
+# quotes inside a string): '{"name": "John", "age": 25}'. Read aloud it is brace-quote-colon noise,
+# and no spoken rewrite of it keeps what the answer is (a data format).
+_KEY = r"""\\?["'][^"'\\\n{}]{1,40}\\?["']\s*:"""
+_OBJECT = re.compile(rf"""\{{\s*{_KEY}\s*[^\n{{}}]{{1,120}}?,\s*{_KEY}""")
 
 # --- template placeholders ---------------------------------------------------------------------
 _PLACEHOLDER = re.compile(
@@ -184,6 +196,11 @@ def has_tool_call(text: str) -> str | None:
     return None
 
 
+def has_structured_data(text: str) -> str | None:
+    m = _OBJECT.search(text)
+    return f"object literal {_quote(text, m.start(), m.end())}" if m else None
+
+
 def has_placeholder(text: str) -> str | None:
     for m in _PLACEHOLDER.finditer(text):
         s = m.group(0)
@@ -204,6 +221,7 @@ CONTENT_RULES: tuple[tuple[str, Callable[[str], str | None]], ...] = (
     ("table", has_table),
     ("url", has_url),
     ("tool_call", has_tool_call),
+    ("structured_data", has_structured_data),
     ("template_placeholder", has_placeholder),
     ("emoji_run", has_emoji_run),
 )

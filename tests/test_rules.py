@@ -55,6 +55,10 @@ def test_clean_dialogues_pass() -> None:
         ),
         ("二氧化碳溶于水：\n\nCO2 + H2O -> H2CO3\n\n这是一个可逆反应。", "latex"),
         ("Carbonic acid splits: H2CO3 ⇌ HCO3- + H+.", "latex"),
+        ('Here it is: {"name": "John", "age": 25}', "structured_data"),
+        ('输出："{\\"姓名\\": \\"John\\", \\"年龄\\": 25}"', "structured_data"),  # the demo's, escaped
+        ('{\n    "姓名": "John",\n    "年龄": 25\n}', "structured_data"),
+        ("The settings are {'volume': 3, 'mode': 'quiet'}.", "structured_data"),
         ("Great job! 🎉🎉🎉", "emoji_run"),
         ("So fun 😀 😂 🥳 today", "emoji_run"),
     ],
@@ -74,6 +78,9 @@ def test_content_rules_fire(answer: str, reason: str) -> None:
         "My name is Tom and I like cats.",  # no placeholder
         "Use <b>bold</b> text sparingly.",  # html tag, not a placeholder
         "I love it 😀 and you 😂.",  # two emoji, not a run
+        "The set {a, b} has two elements.",  # braces without quoted keys
+        '{"name": "John"} is a JSON object with one key.',  # one key: a word about JSON, said aloud
+        'He said "yes": then left, and "no": never again.',  # quoted words and colons, no braces
         "1. Mix the flour.\n2. Add the eggs.\n3. Bake for twenty minutes.",  # a list, not code
         "If x = 5 then the total is 10.\nThat is all there is to it.\nEasy, right?",  # one equation in prose
         "Go from step 1 -> step 2 -> step 3 and you are done.",  # arrows without formulas
@@ -167,6 +174,7 @@ def test_real_data(sample_data: Path) -> None:
     assert counts["table"] >= 3
     assert counts["url"] >= 3
     assert counts["language_unsupported"] >= 5  # translation tasks into other languages
+    assert counts["structured_data"] >= 2  # "generate a JSON string from …" tasks
     fastchat = per_file["en_fastchat_dummy_conversation.json"]
     assert fastchat["pass"] >= 0.95 * sum(fastchat.values())
     assert counts["pass"] >= 0.5 * len(rows)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from kespeechchat.llm.tasks import judge_request, parse_judge
-from kespeechchat.rules import check_dialogue
+from kespeechchat.rules import RULES_VERSION, check_dialogue
 from kespeechchat.stage import Resources
 from pipelines.stages.llm_base import LLMStage
 
@@ -29,6 +29,9 @@ class FilterStage(LLMStage):
 
     def needs_llm(self) -> bool:
         return self.cfg.filter.llm_judge
+
+    def extra_config(self) -> dict[str, Any]:
+        return {"rules": RULES_VERSION}
 
     def prefilter(self, row: dict[str, Any]) -> tuple[str, str] | None:
         hit = check_dialogue(row["roles"], row["rewritten_texts"], row["language"], self.cfg.filter)

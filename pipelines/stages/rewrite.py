@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from kespeechchat.llm.tasks import parse_rewrite, rewrite_request
-from kespeechchat.rules import check_dialogue
+from kespeechchat.rules import RULES_VERSION, check_dialogue
 from kespeechchat.stage import Resources
 from pipelines.stages.llm_base import LLMStage
 
@@ -32,7 +32,7 @@ class RewriteStage(LLMStage):
         return self.cfg.rewrite.mode == "llm"
 
     def extra_config(self) -> dict[str, Any]:
-        return {"prefilter": self._prefilter_cfg().model_dump()}
+        return {"prefilter": self._prefilter_cfg().model_dump(), "rules": RULES_VERSION}
 
     def _prefilter_cfg(self):
         return self.cfg.filter.model_copy(update=_PREFILTER_LIMITS)
