@@ -243,8 +243,9 @@ class LLMClient:
     ``prefix_concurrency`` bounds the requests of one prompt family (every message but the last)
     that are in flight at once; None leaves them unbounded. llama.cpp's server hands a cached prefix
     to one slot at a time, so family members started together each evaluate the whole prompt; one
-    at a time, each finds the prefix its predecessor left (measured on 12 rewrite requests: 45 %
-    fewer prompt tokens evaluated). The re-asks of a request stay inside its turn.
+    at a time, each finds the prefix its predecessor left (``make demo``: 6 whole-prompt reads
+    instead of 20, 45 % fewer prompt tokens evaluated; bench/README.md). The re-asks of a request
+    stay inside its turn.
     """
 
     def __init__(
