@@ -244,7 +244,7 @@ class LLMClient:
     that are in flight at once; None leaves them unbounded. llama.cpp's server hands a cached prefix
     to one slot at a time, so family members started together each evaluate the whole prompt; one
     at a time, each finds the prefix its predecessor left (``make demo``: 6 whole-prompt reads
-    instead of 20, 45 % fewer prompt tokens evaluated; bench/README.md). The re-asks of a request
+    instead of 20, 44 % fewer prompt tokens evaluated; bench/README.md). The re-asks of a request
     stay inside its turn.
     """
 
