@@ -150,10 +150,8 @@ def run_stage(
     return int(out.metrics.get("tokens_out", 0)), wall
 
 
-PROMPT_CACHE = {
-    "prompt": 0,
-    "cached": 0,
-}  # prompt tokens sent by the plain way, and taken from the server's cache
+# prompt tokens sent by the plain way, and taken from the server's cache
+PROMPT_CACHE = {"prompt": 0, "cached": 0}
 
 
 def run_plain(reqs: list[dict], endpoint: str, key: str, concurrency: int) -> tuple[int, float]:
@@ -277,9 +275,8 @@ def main() -> int:
             "json_schema",
         )
         label = args.server
-    if (
-        args.server != "embedded"
-    ):  # an endpoint we did not start: the stage treats it as one (no family bound)
+    # an endpoint we did not start: the stage treats it as one (no prompt-family bound)
+    if args.server != "embedded":
         cfg.llm.backend, cfg.llm.endpoints = "openai", [endpoint]
     results: dict[str, tuple[int, float]] = {}
     try:

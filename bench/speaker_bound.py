@@ -70,14 +70,11 @@ def eer(same: list[float], other: list[float]) -> tuple[float, float]:
 def _gate(utts: list[dict], refs: dict, ident: dict, sel: Any) -> tuple[float, float, float, float]:
     """(EER, its cosine, genuine rejected, wrong identity accepted at the default bounds) against ``refs``."""
     from kespeechchat.backends.speaker import cosine
+    from pipelines.stages.select import speaker_bound
 
     same, other, rejected, accepted = [], [], [], []
     for u in utts:
-        bound = (
-            sel.min_speaker_similarity
-            if u["duration_s"] >= sel.speaker_short_s
-            else sel.min_speaker_similarity_short
-        )
+        bound = speaker_bound(sel, u["duration_s"])
         c = cosine(u["emb"], refs[(u["voice_id"], u["language"])])
         same.append(c)
         rejected.append(c < bound)
@@ -221,29 +218,7 @@ def main() -> int:
     from kespeechchat.config import SelectConfig
 
     sel = SelectConfig()
-    genuine_rejected = np.mean(
-        [
-            u["same"]
-            < (
-                sel.min_speaker_similarity
-                if u["duration_s"] >= sel.speaker_short_s
-                else sel.min_speaker_similarity_short
-            )
-            for u in utts
-        ]
-    )
-    wrong_accepted = np.mean(
-        [
-            c
-            >= (
-                sel.min_speaker_similarity
-                if u["duration_s"] >= sel.speaker_short_s
-                else sel.min_speaker_similarity_short
-            )
-            for u in utts
-            for c, _ in u["others"]
-        ]
-    )
+    _, _, genuine_rejected, wrong_accepted = _gate(utts, refs, ident, sel)
     report("speaker EER (resemblyzer, library voices)", rate_eer, "", note=f"at cosine {t_eer:.3f}")
     report("genuine turns rejected at the default speaker bounds", float(genuine_rejected), "share")
     report("wrong-identity turns accepted at the default speaker bounds", float(wrong_accepted), "share")

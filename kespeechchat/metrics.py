@@ -202,22 +202,21 @@ def hypothesis_readings(hypothesis: str, language: str) -> list[str]:
     text = unicodedata.normalize("NFKC", hypothesis or "")
     variants = [text]
     for kind, pattern in _BETWEEN_DIGITS.items():
-        if not pattern.search(text):
-            continue
-        variants = [
-            pattern.sub(f" {word} " if language == "en" else word, v)
-            for v in variants
-            for word in OPERATOR_READINGS[language][kind]
-        ]
-    return variants if len(variants) == 1 else [text, *variants]
+        if pattern.search(text):
+            variants = [
+                pattern.sub(f" {word} " if language == "en" else word, v)
+                for v in variants
+                for word in OPERATOR_READINGS[language][kind]
+            ]
+    return [text, *variants] if variants[0] != text else variants
 
 
 def _rate(reference: str, hypothesis: str, language: str, *, by_sound: bool) -> float:
 
-    readings = hypothesis_readings(hypothesis, language)
-    if len(readings) > 1:
-        return min(_rate_one(reference, h, language, by_sound=by_sound) for h in readings)
-    return _rate_one(reference, hypothesis, language, by_sound=by_sound)
+    return min(
+        _rate_one(reference, h, language, by_sound=by_sound)
+        for h in hypothesis_readings(hypothesis, language)
+    )
 
 
 def _rate_one(reference: str, hypothesis: str, language: str, *, by_sound: bool) -> float:

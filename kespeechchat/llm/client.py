@@ -486,75 +486,58 @@ class LLMClient:
             return JsonResult(value=cached, error=None, detail="", cached=True)
 
         async with self._family_turn(messages):
-            return await self._ask(
-                messages, schema, key, max_tokens, temperature, seed, validate, invalid_retries
+            tokens_in = tokens_out = attempts = 0
+            detail = ""
+            for ask in range(invalid_retries + 1):
+                body: dict[str, Any] = {
+                    "model": model,
+                    "messages": messages,
+                    "max_tokens": max_tokens,
+                    "temperature": temperature if ask == 0 else max(temperature, RETRY_MIN_TEMPERATURE),
+                    "seed": seed if ask == 0 else seed + 7919 * ask,
+                    "response_format": response_format(schema, self.structured_output),
+                }
+                try:
+                    resp, sent = await self._chat(body)
+                except _Unavailable as e:
+                    return self._fail("llm_unavailable", str(e), tokens_in, tokens_out, attempts + e.sent)
+                except _BadRequest as e:
+                    return self._fail("llm_bad_request", str(e), tokens_in, tokens_out, attempts + e.sent)
+                attempts += sent
+                t_in, t_out, t_cached = _usage(resp)
+                tokens_in, tokens_out = tokens_in + t_in, tokens_out + t_out
+                self._count("tokens_in", t_in)
+                self._count("tokens_cached", t_cached)
+                self._count("tokens_out", t_out)
+                choice = resp.choices[0]
+                content = getattr(choice.message, "content", None)
+                try:
+                    value = parse_reply(content, choice.finish_reason, schema)
+                    if validate is not None:
+                        validate(value)
+                except ValueError as e:
+                    detail = f"{e}"[:500]
+                    if ask < invalid_retries:
+                        self._count("invalid_retries")
+                    continue
+                # file I/O in a worker thread: the event loop keeps the other requests moving
+                await asyncio.to_thread(self._cache_put, key, value, tokens_in, tokens_out, attempts)
+                return JsonResult(
+                    value=value,
+                    error=None,
+                    detail="",
+                    tokens_in=tokens_in,
+                    tokens_out=tokens_out,
+                    cached=False,
+                    attempts=attempts,
+                )
+            return self._fail(
+                "llm_invalid_output",
+                f"{detail} (after {invalid_retries + 1} replies)",
+                tokens_in,
+                tokens_out,
+                attempts,
             )
-
-    async def _ask(
-        self,
-        messages: list[dict],
-        schema: dict,
-        key: str,
-        max_tokens: int,
-        temperature: float,
-        seed: int,
-        validate: Callable[[dict], None] | None,
-        invalid_retries: int,
-    ) -> JsonResult:
-        """The asks of one request (the first, then re-asks of invalid replies) and the cache write."""
-        model = await self.resolve_model()
-        tokens_in = tokens_out = attempts = 0
-        detail = ""
-        for ask in range(invalid_retries + 1):
-            body: dict[str, Any] = {
-                "model": model,
-                "messages": messages,
-                "max_tokens": max_tokens,
-                "temperature": temperature if ask == 0 else max(temperature, RETRY_MIN_TEMPERATURE),
-                "seed": seed if ask == 0 else seed + 7919 * ask,
-                "response_format": response_format(schema, self.structured_output),
-            }
-            try:
-                resp, sent = await self._chat(body)
-            except _Unavailable as e:
-                return self._fail("llm_unavailable", str(e), tokens_in, tokens_out, attempts + e.sent)
-            except _BadRequest as e:
-                return self._fail("llm_bad_request", str(e), tokens_in, tokens_out, attempts + e.sent)
-            attempts += sent
-            t_in, t_out, t_cached = _usage(resp)
-            tokens_in, tokens_out = tokens_in + t_in, tokens_out + t_out
-            self._count("tokens_in", t_in)
-            self._count("tokens_cached", t_cached)
-            self._count("tokens_out", t_out)
-            choice = resp.choices[0]
-            content = getattr(choice.message, "content", None)
-            try:
-                value = parse_reply(content, choice.finish_reason, schema)
-                if validate is not None:
-                    validate(value)
-            except ValueError as e:
-                detail = f"{e}"[:500]
-                if ask < invalid_retries:
-                    self._count("invalid_retries")
-                continue
-            # file I/O in a worker thread: the event loop keeps the other requests moving
-            await asyncio.to_thread(self._cache_put, key, value, tokens_in, tokens_out, attempts)
-            return JsonResult(
-                value=value,
-                error=None,
-                detail="",
-                tokens_in=tokens_in,
-                tokens_out=tokens_out,
-                cached=False,
-                attempts=attempts,
-            )
-        return self._fail(
-            "llm_invalid_output",
-            f"{detail} (after {invalid_retries + 1} replies)",
-            tokens_in,
-            tokens_out,
-            attempts,
-        )
 
     def complete_json_many(self, requests: list[dict]) -> list[JsonResult]:
         """Run many ``complete_json`` calls (kwargs dicts) with bounded concurrency; order is kept.
