@@ -4,6 +4,7 @@ the same inputs but rule-based text stages (speech stages only cost). The ratio 
 
     .venv/bin/python bench/e2e_throughput.py [--zh 3] [--en 3]
     .venv/bin/python bench/e2e_throughput.py --baseline-pool voice_library/data/kokoro_searched_identities.parquet
+    .venv/bin/python bench/e2e_throughput.py --runs runs/demo          # finished runs, as they are
 
 With ``--baseline-pool`` both runs use the rule-based text stages and differ only in the identity
 pool the voices come from (baseline: the given pool; measured: the configured one): what the
@@ -64,7 +65,25 @@ def run_one(label: str, cfg, tmp: Path, cores: int) -> dict:
     wall = time.perf_counter() - t0
     if r.returncode != 0:
         sys.exit(f"{label} run failed ({r.returncode}):\n{r.stderr[-3000:]}")
-    run_dir = Path(cfg.runs_dir) / cfg.name
+    return measure_run(label, Path(cfg.runs_dir) / cfg.name, wall, cores)
+
+
+def marker_span_s(run_dir: Path) -> float:
+    """Seconds from the first unit's start to the last unit's end (the run's work, from its markers)."""
+    import json
+    from datetime import datetime
+
+    spans = []
+    for f in run_dir.glob("*/_markers/*.json"):
+        m = json.loads(f.read_text())
+        if "finished_at" in m:
+            end = datetime.strptime(m["finished_at"], "%Y-%m-%dT%H:%M:%S%z").timestamp()
+            spans.append((end - float(m["duration_s"]), end))
+    return max(e for _, e in spans) - min(s for s, _ in spans)
+
+
+def measure_run(label: str, run_dir: Path, wall: float, cores: int) -> dict:
+    """Accepted and synthesised audio of a finished run, per core-hour of ``wall`` × ``cores``."""
     s = run_summary(run_dir)
     accepted = float((s.get("dataset") or {}).get("audio_s", 0.0))
     synthesised = _synthesised_audio_s(run_dir)
@@ -98,9 +117,19 @@ def main() -> None:
     ap.add_argument("--en", type=int, default=2)
     ap.add_argument("--config", default=str(REPO / "configs" / "demo.yaml"))
     ap.add_argument("--baseline-pool", help="compare voice pools instead of text stages (see above)")
+    ap.add_argument(
+        "--runs",
+        nargs="+",
+        type=Path,
+        help="measure finished runs instead (e.g. runs/demo): wall = first unit start to last unit end",
+    )
     args = ap.parse_args()
     cores = os.cpu_count() or 1
     print(f"machine: {machine()}")
+    if args.runs:
+        for run_dir in args.runs:
+            measure_run(str(run_dir), run_dir, marker_span_s(run_dir), cores)
+        return None
     tmp = Path(tempfile.mkdtemp(prefix="ksc-e2e-"))
     base = load_config(args.config)
     data = base.model_dump(mode="json")
